@@ -1,0 +1,1 @@
+//! Metadata master (being written).

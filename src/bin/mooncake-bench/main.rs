@@ -1,0 +1,51 @@
+//! `mooncake-bench`: one binary, one subcommand per layer of the system.
+//!
+//! - `transfer`: transfer-engine READ/WRITE throughput against a plain-TCP baseline.
+//! - `master`: batch metadata RPC throughput against a master.
+//! - `store`: the main job: an embedded master, two clients and a layer-wise KV workload.
+
+mod master;
+mod store;
+mod transfer;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "mooncake-bench", version, about = "Benchmarks for mooncake-rs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Transfer-engine READ/WRITE throughput, with a plain TCP stream as the baseline.
+    Transfer(transfer::Args),
+    /// Batch metadata RPC throughput against a master (embedded unless --master is given).
+    Master(master::Args),
+    /// Layer-wise KV workload through the store client (embedded master and pool holder).
+    Store(store::Args),
+    /// Internal: the target process `transfer` spawns.
+    #[command(hide = true)]
+    TransferTarget(transfer::TargetArgs),
+    /// Internal: the pool-holding client process `store` spawns.
+    #[command(hide = true)]
+    StoreHolder(store::HolderArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Transfer(a) => transfer::run(a),
+        Command::Master(a) => master::run(a),
+        Command::Store(a) => store::run(a),
+        Command::TransferTarget(a) => transfer::run_target(a),
+        Command::StoreHolder(a) => store::run_holder(a),
+    }
+}

@@ -1,0 +1,1 @@
+//! Store client (being written).

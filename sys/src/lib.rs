@@ -1,0 +1,7 @@
+//! Raw FFI for mooncake-rs. Everything that touches foreign code lives here.
+//!
+//! - `verbs`: ibverbs through `sideway`, which loads libibverbs at run time, so the same
+//!   binary runs on hosts without rdma-core.
+
+/// ibverbs, re-exported from `sideway` (dlopen'ed at run time).
+pub use sideway as verbs;
