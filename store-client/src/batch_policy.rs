@@ -1,0 +1,237 @@
+//! When the auto-batcher sends the calls it has collected: the pure decision, clock injected.
+//!
+//! Single-key calls queue up; the policy looks at how many are waiting, how long the oldest has
+//! waited, how many batches are already running and how fast calls have been arriving, and
+//! says: send `n` now, wait until a given instant, or hold (wait for an arrival or for a
+//! running batch to finish). It adapts to load: while recent batches held one call each
+//! (idle, or one caller at a time), a call is sent at once and pays no wait; once calls pile
+//! up (batches grow past one), a batch waits at most the linger time, or only as long as
+//! filling it is expected to take at the observed arrival rate.
+
+use std::time::{Duration, Instant};
+
+/// Tuning of the auto-batcher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchPolicyConfig {
+    /// Longest a call waits for company (50-200 µs is typical).
+    pub max_linger: Duration,
+    /// Most calls in one batch.
+    pub max_batch: usize,
+    /// Most batches running at once; further calls queue meanwhile.
+    pub max_in_flight: usize,
+}
+
+impl Default for BatchPolicyConfig {
+    fn default() -> Self {
+        Self {
+            max_linger: Duration::from_micros(100),
+            max_batch: 256,
+            max_in_flight: 4,
+        }
+    }
+}
+
+/// What the driver should do now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Send the oldest `n` queued calls as one batch.
+    Flush(usize),
+    /// Nothing to send before this instant (unless more calls arrive).
+    WaitUntil(Instant),
+    /// Nothing to send until a call arrives or a running batch finishes.
+    Hold,
+}
+
+/// Adaptive batching policy (pure: all time comes in as arguments).
+#[derive(Clone, Debug)]
+pub struct BatchPolicy {
+    config: BatchPolicyConfig,
+    last_arrival: Option<Instant>,
+    /// Exponentially weighted mean time between arrivals, in nanoseconds.
+    mean_gap_ns: f64,
+    /// Exponentially weighted mean size of the batches sent.
+    mean_batch: f64,
+}
+
+/// Below this mean batch size the load counts as idle: calls are sent without waiting.
+const IDLE_MEAN_BATCH: f64 = 1.5;
+
+/// Weight of the newest gap in the running mean.
+const GAP_WEIGHT: f64 = 0.125;
+
+impl BatchPolicy {
+    /// A policy that starts out assuming an idle system.
+    pub fn new(config: BatchPolicyConfig) -> Self {
+        let config = BatchPolicyConfig {
+            max_batch: config.max_batch.max(1),
+            max_in_flight: config.max_in_flight.max(1),
+            ..config
+        };
+        Self {
+            config,
+            last_arrival: None,
+            mean_gap_ns: f64::INFINITY,
+            mean_batch: 1.0,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> BatchPolicyConfig {
+        self.config
+    }
+
+    /// Records that a call arrived at `now`.
+    pub fn on_arrival(&mut self, now: Instant) {
+        if let Some(last) = self.last_arrival {
+            let gap = now.saturating_duration_since(last).as_nanos() as f64;
+            self.mean_gap_ns = if self.mean_gap_ns.is_finite() {
+                self.mean_gap_ns + GAP_WEIGHT * (gap - self.mean_gap_ns)
+            } else {
+                gap
+            };
+        }
+        self.last_arrival = Some(now);
+    }
+
+    /// Records that a batch of `n` calls was sent.
+    pub fn on_flush(&mut self, n: usize) {
+        self.mean_batch += GAP_WEIGHT * (n as f64 - self.mean_batch);
+    }
+
+    /// Whether the policy currently sends calls without waiting.
+    pub fn is_idle(&self) -> bool {
+        self.mean_batch < IDLE_MEAN_BATCH
+    }
+
+    /// Expected time between arrivals (infinite before two calls were seen).
+    pub fn mean_gap(&self) -> Option<Duration> {
+        self.mean_gap_ns
+            .is_finite()
+            .then(|| Duration::from_nanos(self.mean_gap_ns as u64))
+    }
+
+    /// Decides, at `now`, with `queued` calls waiting (the oldest since `oldest`) and
+    /// `in_flight` batches running.
+    pub fn decide(
+        &self,
+        now: Instant,
+        queued: usize,
+        oldest: Instant,
+        in_flight: usize,
+    ) -> Decision {
+        let c = &self.config;
+        if queued == 0 || in_flight >= c.max_in_flight {
+            return Decision::Hold;
+        }
+        if queued >= c.max_batch {
+            return Decision::Flush(c.max_batch);
+        }
+        // Idle: no company is expected, so waiting buys nothing.
+        if self.is_idle() {
+            return Decision::Flush(queued);
+        }
+        // Busy: wait as long as filling the batch should take, at most the linger time.
+        let linger_ns = c.max_linger.as_nanos() as f64;
+        let fill_ns = self.mean_gap_ns * (c.max_batch - queued) as f64;
+        let wait = Duration::from_nanos(fill_ns.min(linger_ns) as u64);
+        let deadline = oldest + wait;
+        if now >= deadline {
+            Decision::Flush(queued)
+        } else {
+            Decision::WaitUntil(deadline)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(batch: usize) -> BatchPolicyConfig {
+        BatchPolicyConfig {
+            max_linger: Duration::from_micros(100),
+            max_batch: batch,
+            max_in_flight: 2,
+        }
+    }
+
+    #[test]
+    fn idle_call_is_sent_at_once() {
+        let p = BatchPolicy::new(cfg(64));
+        let t = Instant::now();
+        assert_eq!(p.decide(t, 1, t, 0), Decision::Flush(1));
+    }
+
+    #[test]
+    fn one_caller_at_a_time_does_not_wait() {
+        let mut p = BatchPolicy::new(cfg(64));
+        let t = Instant::now();
+        for i in 0..10 {
+            p.on_arrival(t + Duration::from_micros(i * 5));
+            p.on_flush(1);
+        }
+        let now = t + Duration::from_micros(45);
+        assert!(p.is_idle());
+        assert_eq!(p.decide(now, 1, now, 0), Decision::Flush(1));
+    }
+
+    /// Bursty load: calls pile up, so batches grow and the policy starts lingering; when the
+    /// load goes back to one call at a time it stops lingering again.
+    #[test]
+    fn growing_batches_switch_to_lingering_and_back() {
+        let mut p = BatchPolicy::new(cfg(64));
+        let t = Instant::now();
+        for i in 0..20 {
+            p.on_arrival(t + Duration::from_micros(i));
+        }
+        p.on_flush(20);
+        assert!(!p.is_idle());
+        let now = t + Duration::from_micros(20);
+        assert!(matches!(p.decide(now, 1, now, 0), Decision::WaitUntil(_)));
+        for _ in 0..40 {
+            p.on_flush(1);
+        }
+        assert!(p.is_idle());
+    }
+
+    #[test]
+    fn busy_arrivals_linger_up_to_the_limit() {
+        let mut p = BatchPolicy::new(cfg(64));
+        let t = Instant::now();
+        for i in 0..20 {
+            p.on_arrival(t + Duration::from_micros(i * 2));
+        }
+        p.on_flush(20);
+        let now = t + Duration::from_micros(38);
+        let d = p.decide(now, 3, now, 0);
+        assert_eq!(d, Decision::WaitUntil(now + Duration::from_micros(100)));
+        assert_eq!(
+            p.decide(now + Duration::from_micros(100), 3, now, 0),
+            Decision::Flush(3)
+        );
+    }
+
+    #[test]
+    fn near_full_batch_waits_only_for_the_expected_fill() {
+        let mut p = BatchPolicy::new(cfg(8));
+        let t = Instant::now();
+        for i in 0..50 {
+            p.on_arrival(t + Duration::from_micros(i * 2));
+        }
+        p.on_flush(8);
+        let now = t + Duration::from_micros(98);
+        match p.decide(now, 6, now, 0) {
+            Decision::WaitUntil(d) => assert!(d - now <= Duration::from_micros(5)),
+            other => panic!("expected a short wait, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn full_batch_flushes_and_in_flight_limit_holds() {
+        let p = BatchPolicy::new(cfg(8));
+        let t = Instant::now();
+        assert_eq!(p.decide(t, 20, t, 0), Decision::Flush(8));
+        assert_eq!(p.decide(t, 20, t, 2), Decision::Hold);
+        assert_eq!(p.decide(t, 0, t, 0), Decision::Hold);
+    }
+}

@@ -1,0 +1,94 @@
+//! Which replica of an object a read tries first, and which next when a read fails.
+//!
+//! A replica in this client's own segment is read with a memcpy, so it comes first; then every
+//! other complete replica in the order the master listed them. Replicas still being written
+//! (`Processing`) are never read. A failed read moves on to the next candidate.
+
+/// What replica choice needs to know about a replica.
+pub trait ReplicaView {
+    /// Engine segment name of the replica's holder.
+    fn segment_name(&self) -> &str;
+    /// Whether the replica's bytes are all written (readable).
+    fn is_complete(&self) -> bool;
+}
+
+/// Indices of the readable replicas, best first: those in `local_segment`, then the rest.
+pub fn replica_order<R: ReplicaView>(replicas: &[R], local_segment: Option<&str>) -> Vec<usize> {
+    let is_local = |r: &R| local_segment.is_some_and(|l| r.segment_name() == l);
+    let complete = || replicas.iter().enumerate().filter(|(_, r)| r.is_complete());
+    complete()
+        .filter(|(_, r)| is_local(r))
+        .chain(complete().filter(|(_, r)| !is_local(r)))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Per-key cursor over the candidate replicas of one read, used across retries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicaCursor {
+    order: Vec<usize>,
+    next: usize,
+}
+
+impl ReplicaCursor {
+    /// A cursor over `replica_order(replicas, local_segment)`.
+    pub fn new<R: ReplicaView>(replicas: &[R], local_segment: Option<&str>) -> Self {
+        Self {
+            order: replica_order(replicas, local_segment),
+            next: 0,
+        }
+    }
+
+    /// The next replica to try, or `None` when all have been tried.
+    pub fn next_candidate(&mut self) -> Option<usize> {
+        let c = self.order.get(self.next).copied();
+        if c.is_some() {
+            self.next += 1;
+        }
+        c
+    }
+
+    /// Number of readable replicas this cursor started with.
+    pub fn readable(&self) -> usize {
+        self.order.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct R(&'static str, bool);
+    impl ReplicaView for R {
+        fn segment_name(&self) -> &str {
+            self.0
+        }
+        fn is_complete(&self) -> bool {
+            self.1
+        }
+    }
+
+    #[test]
+    fn local_first_then_complete_in_master_order() {
+        let rs = [R("a", true), R("b", false), R("me", true), R("c", true)];
+        assert_eq!(replica_order(&rs, Some("me")), vec![2, 0, 3]);
+        assert_eq!(replica_order(&rs, None), vec![0, 2, 3]);
+    }
+
+    #[test]
+    fn processing_replicas_are_never_candidates() {
+        let rs = [R("me", false), R("b", false)];
+        assert!(replica_order(&rs, Some("me")).is_empty());
+    }
+
+    #[test]
+    fn cursor_walks_candidates_once() {
+        let rs = [R("a", true), R("me", true)];
+        let mut c = ReplicaCursor::new(&rs, Some("me"));
+        assert_eq!(c.readable(), 2);
+        assert_eq!(c.next_candidate(), Some(1));
+        assert_eq!(c.next_candidate(), Some(0));
+        assert_eq!(c.next_candidate(), None);
+        assert_eq!(c.next_candidate(), None);
+    }
+}
