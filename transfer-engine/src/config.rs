@@ -1,0 +1,109 @@
+//! Engine configuration: which transport, which metadata store, and their knobs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::metadata::InMemoryMetadataStore;
+
+/// Which transport moves bytes to remote segments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// RDMA when an active RDMA device is usable, TCP otherwise.
+    #[default]
+    Auto,
+    /// TCP sockets.
+    Tcp,
+    /// RDMA verbs.
+    Rdma,
+}
+
+/// Where registered memory lives.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+pub enum Location {
+    /// Host (CPU) memory.
+    #[default]
+    Host,
+    /// Memory of the CUDA device with this ordinal.
+    Cuda(u32),
+}
+
+/// Where segment descriptors are published and looked up.
+#[derive(Clone, Debug, Default)]
+pub enum MetadataConfig {
+    /// Peer to peer: the segment name is `host:port` of the peer's listener, which serves its
+    /// own descriptor.
+    #[default]
+    P2p,
+    /// A store shared by the engines of one process (tests, single-process setups).
+    InProcess(Arc<InMemoryMetadataStore>),
+    /// An etcd cluster; descriptors live under `prefix`.
+    Etcd {
+        /// etcd client URLs, e.g. `http://127.0.0.1:2379`.
+        endpoints: Vec<String>,
+        /// Key prefix, e.g. `mooncake/segments/`.
+        prefix: String,
+    },
+}
+
+/// Knobs of the RDMA transport.
+#[derive(Clone, Debug)]
+pub struct RdmaConfig {
+    /// Device names to use (e.g. `rxe0`); empty means every active device.
+    pub devices: Vec<String>,
+    /// Requests are cut into slices of at most this many bytes.
+    pub slice_size: usize,
+    /// GID index for RoCE; `None` picks one automatically.
+    pub gid_index: Option<u32>,
+    /// How often a failed slice is retried before its request fails.
+    pub max_retries: u32,
+}
+
+impl Default for RdmaConfig {
+    fn default() -> Self {
+        RdmaConfig {
+            devices: Vec::new(),
+            slice_size: 64 * 1024,
+            gid_index: None,
+            max_retries: 3,
+        }
+    }
+}
+
+/// Configuration of an [`crate::Engine`].
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Segment name; `None` means `"<listen ip>:<port>"`.
+    pub name: Option<String>,
+    /// Address the engine listens on (port 0: ephemeral).
+    pub listen_addr: SocketAddr,
+    /// Where descriptors are published.
+    pub metadata: MetadataConfig,
+    /// Transport for remote segments.
+    pub protocol: Protocol,
+    /// A request not finished by then completes as `TimedOut`.
+    pub request_timeout: Duration,
+    /// Persistent TCP connections per peer.
+    pub tcp_connections_per_peer: usize,
+    /// TCP requests larger than this are striped over the connections.
+    pub tcp_stripe_size: usize,
+    /// RDMA knobs.
+    pub rdma: RdmaConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            name: None,
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metadata: MetadataConfig::P2p,
+            protocol: Protocol::Auto,
+            request_timeout: Duration::from_secs(10),
+            tcp_connections_per_peer: 4,
+            tcp_stripe_size: 1 << 20,
+            rdma: RdmaConfig::default(),
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! The engine: registered memory, opened segments, batches, and the transports that serve
+//! them.
+//!
+//! ```no_run
+//! use transfer_engine::*;
+//! let engine = Engine::new(EngineConfig { protocol: Protocol::Tcp, ..Default::default() })?;
+//! let mut buf = AlignedBuffer::new(1 << 20)?;
+//! // SAFETY: `buf` outlives the registration (unregistered below before it drops).
+//! unsafe { engine.register_memory(buf.as_mut_ptr(), buf.len(), Location::Host)? };
+//! let peer = engine.open_segment("127.0.0.1:12345")?;
+//! let batch = engine.allocate_batch(1)?;
+//! let req = TransferRequest { op: OpCode::Read, local_addr: buf.addr(), target: peer,
+//!                             target_offset: 0x7f00_0000_0000, len: 4096 };
+//! engine.submit(batch, &[req])?;
+//! let statuses = engine.wait(batch)?;
+//! engine.free_batch(batch)?;
+//! engine.unregister_memory(buf.as_mut_ptr())?;
+//! # Ok::<(), TransferError>(())
+//! ```
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use crate::batch::{BatchTable, CompletionSink};
+use crate::control::ControlHandler;
+use crate::descriptor::SegmentDescriptor;
+use crate::listener::{Listener, ServeState};
+use crate::metadata::{self, MetadataStore};
+use crate::registry::{MemoryRegistry, Region};
+use crate::segment::{OpenSegment, SegmentTable};
+use crate::transport::local::LocalTransport;
+use crate::transport::tcp::TcpTransport;
+use crate::transport::{Transport, TransportContext};
+use crate::{
+    BatchId, EngineConfig, Location, MetadataConfig, Protocol, SegmentHandle, TransferError,
+    TransferRequest, TransferStatus,
+};
+
+/// This engine's own segment as peers see it.
+struct LocalSegment {
+    name: String,
+    addr: SocketAddr,
+    registry: Arc<MemoryRegistry>,
+    transport: Arc<dyn Transport>,
+}
+
+impl ControlHandler for LocalSegment {
+    fn descriptor(&self) -> SegmentDescriptor {
+        let mut transports = BTreeMap::new();
+        if let Some(d) = self.transport.descriptor_data() {
+            transports.insert(self.transport.name().to_string(), d);
+        }
+        SegmentDescriptor {
+            name: self.name.clone(),
+            tcp_addr: self.addr,
+            buffers: self.registry.snapshot(),
+            transports,
+        }
+    }
+
+    fn transport(&self, name: &str, payload: &[u8]) -> Result<Vec<u8>, String> {
+        if name == self.transport.name() {
+            self.transport.handle_control(payload)
+        } else {
+            Err(format!(
+                "this engine runs transport {}, not {name}",
+                self.transport.name()
+            ))
+        }
+    }
+}
+
+struct Inner {
+    listener: Option<Listener>,
+    local: Arc<LocalSegment>,
+    protocol: Protocol,
+    publishes: bool,
+    metadata: Arc<dyn MetadataStore>,
+    memcpy: LocalTransport,
+    segments: SegmentTable,
+    batches: BatchTable,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if self.publishes {
+            if let Err(e) = self.metadata.remove(&self.local.name) {
+                tracing::warn!(error = %e, "could not withdraw segment descriptor");
+            }
+        }
+        // Stop serving peers before anything else goes away.
+        self.listener = None;
+    }
+}
+
+/// A transfer engine: one segment, its registered memory, and batches of one-sided transfers
+/// to other segments. Cheap to clone (shared inside).
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("name", &self.inner.local.name)
+            .field("protocol", &self.inner.protocol)
+            .finish()
+    }
+}
+
+fn choose_transport(
+    ctx: &TransportContext,
+) -> Result<(Protocol, Arc<dyn Transport>), TransferError> {
+    let tcp = || -> Result<(Protocol, Arc<dyn Transport>), TransferError> {
+        Ok((Protocol::Tcp, Arc::new(TcpTransport::new(ctx)?)))
+    };
+    match ctx.config.protocol {
+        Protocol::Tcp => tcp(),
+        Protocol::Rdma => Ok((Protocol::Rdma, crate::rdma::new_transport(ctx)?)),
+        Protocol::Auto => match crate::rdma::probe(&ctx.config.rdma) {
+            Ok(()) => Ok((Protocol::Rdma, crate::rdma::new_transport(ctx)?)),
+            Err(why) => {
+                tracing::info!(reason = %why, "RDMA not usable; using TCP");
+                tcp()
+            }
+        },
+    }
+}
+
+impl Engine {
+    /// Starts an engine: binds its listener, picks its transport, publishes its descriptor.
+    pub fn new(config: EngineConfig) -> Result<Engine, TransferError> {
+        let listener = TcpListener::bind(config.listen_addr)?;
+        let addr = listener.local_addr()?;
+        let name = config.name.clone().unwrap_or_else(|| addr.to_string());
+        if name.is_empty() {
+            return Err(TransferError::InvalidArgument(
+                "segment name must not be empty".into(),
+            ));
+        }
+        let registry = Arc::new(MemoryRegistry::default());
+        let metadata = metadata::from_config(&config.metadata, config.request_timeout)?;
+        let publishes = !matches!(config.metadata, MetadataConfig::P2p);
+        let ctx = TransportContext {
+            config,
+            local_name: name.clone(),
+            listen_addr: addr,
+            registry: registry.clone(),
+        };
+        let (protocol, transport) = choose_transport(&ctx)?;
+        let local = Arc::new(LocalSegment {
+            name: name.clone(),
+            addr,
+            registry: registry.clone(),
+            transport,
+        });
+        let state = Arc::new(ServeState {
+            registry: registry.clone(),
+            name,
+            control: local.clone(),
+        });
+        let listener = Listener::start(listener, state)?;
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                listener: Some(listener),
+                local,
+                protocol,
+                publishes,
+                metadata,
+                memcpy: LocalTransport::new(registry),
+                segments: SegmentTable::default(),
+                batches: BatchTable::default(),
+            }),
+        };
+        engine.publish()?;
+        Ok(engine)
+    }
+
+    /// This engine's segment name.
+    pub fn name(&self) -> &str {
+        &self.inner.local.name
+    }
+
+    /// The transport chosen for remote segments (`Tcp` or `Rdma`).
+    pub fn protocol(&self) -> Protocol {
+        self.inner.protocol
+    }
+
+    /// The address this engine's listener is bound to.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.inner.local.addr
+    }
+
+    /// This engine's current segment descriptor.
+    pub fn descriptor(&self) -> SegmentDescriptor {
+        self.inner.local.descriptor()
+    }
+
+    fn publish(&self) -> Result<(), TransferError> {
+        if self.inner.publishes {
+            self.inner.metadata.publish(&self.descriptor())?;
+        }
+        Ok(())
+    }
+
+    /// Registers `[ptr, ptr + len)` so that local requests may use it and peers may read and
+    /// write it; refuses zero length and overlap with registered memory.
+    ///
+    /// # Safety
+    /// `[ptr, ptr + len)` stays valid and is not freed until unregistered; peers may read and
+    /// write it at any time while registered.
+    pub unsafe fn register_memory(
+        &self,
+        ptr: *mut u8,
+        len: usize,
+        location: Location,
+    ) -> Result<(), TransferError> {
+        let region = Region {
+            addr: ptr as u64,
+            len: len as u64,
+            location,
+        };
+        let local = &self.inner.local;
+        local.registry.insert(region)?;
+        let published = local
+            .transport
+            .register_memory(&region)
+            .and_then(|()| self.publish());
+        if let Err(e) = published {
+            let _ = local.registry.remove(region.addr);
+            let _ = local.transport.unregister_memory(&region);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Unregisters the region that starts at `ptr`.
+    pub fn unregister_memory(&self, ptr: *mut u8) -> Result<(), TransferError> {
+        let local = &self.inner.local;
+        let region = local.registry.remove(ptr as u64)?;
+        local.transport.unregister_memory(&region)?;
+        self.publish()
+    }
+
+    /// Opens a segment by name (this engine's own name gives the memcpy-served local segment).
+    pub fn open_segment(&self, name: &str) -> Result<SegmentHandle, TransferError> {
+        let local = name == self.name();
+        self.inner.segments.open(name, local, || {
+            if local {
+                Ok(self.descriptor())
+            } else {
+                self.inner.metadata.fetch(name)
+            }
+        })
+    }
+
+    /// Creates a batch with room for `capacity` requests.
+    pub fn allocate_batch(&self, capacity: usize) -> Result<BatchId, TransferError> {
+        self.inner.batches.allocate(capacity)
+    }
+
+    /// Appends requests to a batch and starts them. Requests that fail a check complete as
+    /// `Failed` at once; the others are queued on their transport.
+    pub fn submit(
+        &self,
+        batch: BatchId,
+        requests: &[TransferRequest],
+    ) -> Result<(), TransferError> {
+        let b = self.inner.batches.get(batch)?;
+        if requests.is_empty() {
+            return Ok(());
+        }
+        let base = b.reserve(requests.len())?;
+        let sink = CompletionSink::new(b);
+        let mut failed = Vec::new();
+        let mut groups: Vec<(SegmentHandle, Vec<(usize, TransferRequest)>)> = Vec::new();
+        self.inner.local.registry.with(|set| {
+            for (k, r) in requests.iter().enumerate() {
+                let i = base + k;
+                if r.len == 0 {
+                    failed.push((i, TransferStatus::failed("zero-length request")));
+                } else if set.find(r.local_addr, r.len).is_none() {
+                    failed.push((
+                        i,
+                        TransferStatus::failed(format!(
+                            "local range [{:#x}, +{}) is not inside memory registered with this engine",
+                            r.local_addr, r.len
+                        )),
+                    ));
+                } else {
+                    match groups.iter_mut().find(|(h, _)| *h == r.target) {
+                        Some((_, g)) => g.push((i, *r)),
+                        None => groups.push((r.target, vec![(i, *r)])),
+                    }
+                }
+            }
+        });
+        sink.finish_many(failed);
+        for (handle, items) in groups {
+            self.submit_to(handle, items, &sink);
+        }
+        Ok(())
+    }
+
+    fn submit_to(
+        &self,
+        handle: SegmentHandle,
+        items: Vec<(usize, TransferRequest)>,
+        sink: &CompletionSink,
+    ) {
+        let Some(seg) = self.inner.segments.get(handle) else {
+            let reason = format!("segment handle {} is not open", handle.0);
+            sink.finish_many(
+                items
+                    .into_iter()
+                    .map(|(i, _)| (i, TransferStatus::failed(reason.clone()))),
+            );
+            return;
+        };
+        if seg.local {
+            self.inner.memcpy.submit(&seg.descriptor(), items, sink);
+            return;
+        }
+        let desc = self.descriptor_covering(&seg, &items);
+        let (ok, bad): (Vec<_>, Vec<_>) = items
+            .into_iter()
+            .partition(|(_, r)| desc.find(r.target_offset, r.len).is_some());
+        sink.finish_many(bad.into_iter().map(|(i, r)| {
+            (
+                i,
+                TransferStatus::failed(format!(
+                    "remote range [{:#x}, +{}) is not inside one buffer exported by segment {}",
+                    r.target_offset, r.len, seg.name
+                )),
+            )
+        }));
+        if !ok.is_empty() {
+            self.inner.local.transport.submit(&desc, ok, sink);
+        }
+    }
+
+    /// The cached descriptor, refreshed once if it lacks a range some request names (the
+    /// peer may have registered memory since).
+    fn descriptor_covering(
+        &self,
+        seg: &OpenSegment,
+        items: &[(usize, TransferRequest)],
+    ) -> Arc<SegmentDescriptor> {
+        let desc = seg.descriptor();
+        if items
+            .iter()
+            .all(|(_, r)| desc.find(r.target_offset, r.len).is_some())
+        {
+            return desc;
+        }
+        match self.inner.metadata.fetch(&seg.name) {
+            Ok(fresh) => seg.set_descriptor(fresh),
+            Err(e) => {
+                tracing::warn!(segment = %seg.name, error = %e, "descriptor refresh failed");
+                desc
+            }
+        }
+    }
+
+    /// Status of request `index` of a batch.
+    pub fn status(&self, batch: BatchId, index: usize) -> Result<TransferStatus, TransferError> {
+        self.inner.batches.get(batch)?.status(index)
+    }
+
+    /// Statuses of all requests of a batch.
+    pub fn batch_status(&self, batch: BatchId) -> Result<Vec<TransferStatus>, TransferError> {
+        Ok(self.inner.batches.get(batch)?.statuses())
+    }
+
+    /// Blocks until every request of the batch finished; returns their statuses.
+    pub fn wait(&self, batch: BatchId) -> Result<Vec<TransferStatus>, TransferError> {
+        Ok(self.inner.batches.get(batch)?.wait())
+    }
+
+    /// A future resolving to the statuses once every request of the batch finished.
+    pub fn completion(
+        &self,
+        batch: BatchId,
+    ) -> impl Future<Output = Result<Vec<TransferStatus>, TransferError>> + Send + 'static {
+        self.inner.batches.completion(batch)
+    }
+
+    /// Frees a batch; `Busy` while requests are in flight.
+    pub fn free_batch(&self, batch: BatchId) -> Result<(), TransferError> {
+        self.inner.batches.free(batch)
+    }
+}

@@ -1,0 +1,335 @@
+//! One pooled TCP data connection on the initiating side.
+//!
+//! A dedicated sender thread takes queued parts from a crossbeam channel, records them in the
+//! in-flight table and writes as many as are queued with one `writev` (WRITE payloads straight
+//! from registered memory). A dedicated receiver thread reads answers and copies READ payloads
+//! straight into registered memory, then reports completions in groups. Whoever sees the
+//! connection fail (either thread, the deadline watchdog, or drop) closes the in-flight table,
+//! fails every part in it and shuts the socket down, which stops the other thread.
+
+use std::io;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
+
+use crate::batch::CompletionSink;
+use crate::transport::inflight::{CloseReason, InFlight};
+use crate::transport::slicing::{whole_status, PartOutcome, RequestJoin};
+use crate::transport::tcp::wire::{hello, ConnKind, FrameKind, FrameReader, Header, OutBatch};
+use crate::{OpCode, TransferStatus};
+
+/// Parts gathered into one `writev` at most.
+const MAX_PARTS_PER_WRITE: usize = 1024;
+/// Header buffer of the receiver.
+const READ_BUFFER: usize = 256 << 10;
+
+/// Who to tell when a part finishes.
+#[derive(Debug)]
+pub enum PartDone {
+    /// The part is a whole request.
+    Whole {
+        /// The request's batch.
+        sink: CompletionSink,
+        /// The request's index in it.
+        index: usize,
+    },
+    /// The part is one stripe of a larger request.
+    Join(Arc<RequestJoin>),
+}
+
+/// One frame's worth of a request.
+#[derive(Debug)]
+pub struct Part {
+    /// Direction.
+    pub op: OpCode,
+    /// Local address.
+    pub local: u64,
+    /// Remote address.
+    pub remote: u64,
+    /// Bytes.
+    pub len: u64,
+    /// Deadline.
+    pub deadline: Instant,
+    /// Completion target.
+    pub done: PartDone,
+}
+
+/// Completions of whole requests, grouped per batch and reported under one lock each.
+#[derive(Default)]
+struct Completions {
+    sink: Option<CompletionSink>,
+    items: Vec<(usize, TransferStatus)>,
+}
+
+impl Completions {
+    fn finish(&mut self, part: Part, outcome: PartOutcome) {
+        match part.done {
+            PartDone::Join(j) => j.part_done(outcome),
+            PartDone::Whole { sink, index } => {
+                if !self.sink.as_ref().is_some_and(|s| s.same_batch(&sink)) {
+                    self.flush();
+                    self.sink = Some(sink);
+                }
+                self.items.push((index, whole_status(outcome, part.len)));
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some(sink) = &self.sink {
+            sink.finish_many(self.items.drain(..));
+        }
+    }
+}
+
+fn outcome_of(reason: &CloseReason, peer: SocketAddr) -> PartOutcome {
+    match reason {
+        CloseReason::TimedOut => PartOutcome::TimedOut,
+        CloseReason::Failed(r) => PartOutcome::Failed(format!("connection to {peer} lost: {r}")),
+    }
+}
+
+struct Shared {
+    peer: SocketAddr,
+    stream: TcpStream,
+    inflight: Mutex<InFlight<Part>>,
+}
+
+impl Shared {
+    fn close(&self, reason: CloseReason) {
+        let (reason, parts) = self.inflight.lock().close(reason);
+        let _ = self.stream.shutdown(Shutdown::Both);
+        let mut c = Completions::default();
+        for p in parts {
+            c.finish(p, outcome_of(&reason, self.peer));
+        }
+        c.flush();
+    }
+}
+
+/// A data connection to one peer.
+pub struct Connection {
+    shared: Arc<Shared>,
+    tx: Option<Sender<Vec<Part>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Connection {
+    /// Connects to `peer` and starts its sender and receiver threads.
+    pub fn connect(peer: SocketAddr, timeout: Duration) -> io::Result<Connection> {
+        let stream = TcpStream::connect_timeout(&peer, timeout)?;
+        stream.set_nodelay(true)?;
+        io::Write::write_all(&mut &stream, &hello(ConnKind::Data))?;
+        let shared = Arc::new(Shared {
+            peer,
+            stream: stream.try_clone()?,
+            inflight: Mutex::new(InFlight::default()),
+        });
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let s = shared.clone();
+        let w = stream.try_clone()?;
+        let sender = std::thread::Builder::new()
+            .name(format!("te-tcp-tx-{peer}"))
+            .spawn(move || send_loop(&s, w, rx))?;
+        let s = shared.clone();
+        let receiver = std::thread::Builder::new()
+            .name(format!("te-tcp-rx-{peer}"))
+            .spawn(move || receive_loop(&s, stream));
+        let receiver = match receiver {
+            Ok(r) => r,
+            Err(e) => {
+                shared.close(CloseReason::Failed("no receiver thread".into()));
+                drop(tx);
+                let _ = sender.join();
+                return Err(e);
+            }
+        };
+        Ok(Connection {
+            shared,
+            tx: Some(tx),
+            threads: vec![sender, receiver],
+        })
+    }
+
+    /// Queues parts; gives them back if the connection is gone.
+    pub fn send(&self, parts: Vec<Part>) -> Result<(), Vec<Part>> {
+        match &self.tx {
+            Some(tx) => tx.send(parts).map_err(|e| e.0),
+            None => Err(parts),
+        }
+    }
+
+    /// Whether the connection still works.
+    pub fn is_alive(&self) -> bool {
+        self.shared.inflight.lock().closed().is_none()
+    }
+
+    /// Closes the connection, timing out its parts, if one is past its deadline at `now`.
+    pub fn check_deadline(&self, now: Instant) {
+        let expired = self.shared.inflight.lock().expired(now);
+        if expired {
+            tracing::warn!(peer = %self.shared.peer, "request past its deadline; closing connection");
+            self.shared.close(CloseReason::TimedOut);
+        }
+    }
+
+    /// Fails `parts` as this connection's failure would.
+    pub fn fail(&self, parts: Vec<Part>) {
+        let reason = self
+            .shared
+            .inflight
+            .lock()
+            .closed()
+            .cloned()
+            .unwrap_or_else(|| CloseReason::Failed("connection closed".into()));
+        let mut c = Completions::default();
+        for p in parts {
+            c.finish(p, outcome_of(&reason, self.shared.peer));
+        }
+        c.flush();
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.shared
+            .close(CloseReason::Failed("engine closed the connection".into()));
+        self.tx = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn send_loop(shared: &Shared, mut stream: TcpStream, rx: Receiver<Vec<Part>>) {
+    let mut next_id: u64 = 0;
+    let mut out = OutBatch::default();
+    while let Ok(mut parts) = rx.recv() {
+        while parts.len() < MAX_PARTS_PER_WRITE {
+            match rx.try_recv() {
+                Ok(more) => parts.extend(more),
+                Err(_) => break,
+            }
+        }
+        let mut ids = Vec::with_capacity(parts.len());
+        for p in &parts {
+            next_id += 1;
+            ids.push(next_id);
+            let kind = match p.op {
+                OpCode::Read => FrameKind::ReadReq,
+                OpCode::Write => FrameKind::WriteReq,
+            };
+            out.header(&Header {
+                kind,
+                aux: 0,
+                id: next_id,
+                addr: p.remote,
+                len: p.len,
+            });
+            if p.op == OpCode::Write {
+                // SAFETY: the engine checked the local range lies in registered memory, which
+                // stays valid while registered; it is only read.
+                unsafe { out.raw(p.local as *const u8, p.len as usize) };
+            }
+        }
+        let refused = {
+            let mut table = shared.inflight.lock();
+            let mut refused = Vec::new();
+            for (id, p) in ids.into_iter().zip(parts) {
+                if let Err((p, _)) = table.insert(id, p.deadline, p) {
+                    refused.push(p);
+                }
+            }
+            refused
+        };
+        if !refused.is_empty() {
+            // The table closes all at once, so nothing of this group was recorded.
+            out = OutBatch::default();
+            let reason = shared
+                .inflight
+                .lock()
+                .closed()
+                .cloned()
+                .unwrap_or(CloseReason::TimedOut);
+            let mut c = Completions::default();
+            for p in refused {
+                c.finish(p, outcome_of(&reason, shared.peer));
+            }
+            c.flush();
+            continue;
+        }
+        if let Err(e) = out.write_to(&mut stream) {
+            shared.close(CloseReason::Failed(format!("send: {e}")));
+        }
+    }
+}
+
+fn receive_loop(shared: &Shared, stream: TcpStream) {
+    let mut reader = FrameReader::new(stream, READ_BUFFER);
+    let mut done = Completions::default();
+    let reason = loop {
+        if !reader.header_buffered() {
+            done.flush();
+        }
+        let raw = match reader.read_header() {
+            Ok(Some(raw)) => raw,
+            Ok(None) => break "peer closed the connection".to_string(),
+            Err(e) => break format!("receive: {e}"),
+        };
+        let h = match Header::decode(&raw) {
+            Ok(h) => h,
+            Err(e) => break format!("malformed answer: {e}"),
+        };
+        let Some(part) = shared.inflight.lock().remove(h.id) else {
+            break format!("answer for unknown request id {}", h.id);
+        };
+        let matches = h.addr == part.remote
+            && match h.kind {
+                FrameKind::ReadResp => part.op == OpCode::Read && h.len == part.len,
+                FrameKind::WriteResp => part.op == OpCode::Write,
+                FrameKind::Error => true,
+                _ => false,
+            };
+        if !matches {
+            done.finish(part, PartOutcome::Failed("malformed answer".into()));
+            break format!("answer {h:?} does not match its request");
+        }
+        match h.kind {
+            FrameKind::ReadResp => {
+                // SAFETY: the engine checked the local range lies in registered memory, which
+                // stays valid and writable while registered; only this thread writes it for
+                // this part, and only before reporting the part finished.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(part.local as *mut u8, part.len as usize)
+                };
+                if let Err(e) = reader.read_payload(dst) {
+                    let closed = shared.inflight.lock().closed().cloned();
+                    let outcome = closed.map_or_else(
+                        || PartOutcome::Failed(format!("receive: {e}")),
+                        |r| outcome_of(&r, shared.peer),
+                    );
+                    done.finish(part, outcome);
+                    break format!("receive: {e}");
+                }
+                done.finish(part, PartOutcome::Done);
+            }
+            FrameKind::Error => {
+                let mut msg = vec![0u8; h.aux as usize];
+                if let Err(e) = reader.read_payload(&mut msg) {
+                    done.finish(part, PartOutcome::Failed(format!("receive: {e}")));
+                    break format!("receive: {e}");
+                }
+                let msg = String::from_utf8_lossy(&msg).into_owned();
+                done.finish(part, PartOutcome::Failed(format!("target refused: {msg}")));
+            }
+            _ => done.finish(part, PartOutcome::Done),
+        }
+    };
+    done.flush();
+    tracing::debug!(peer = %shared.peer, %reason, "data connection ended");
+    shared.close(CloseReason::Failed(reason));
+}

@@ -1,0 +1,179 @@
+//! The TCP transport: pooled persistent connections per peer, many requests in flight per
+//! connection, large requests striped over the pool, payloads moved straight between sockets
+//! and registered memory on both sides.
+//!
+//! Every engine serves data connections on its listener ([`server`]); the initiating side
+//! ([`connection`]) keeps `tcp_connections_per_peer` connections to each peer it talks to. A
+//! watchdog thread closes a connection whose oldest request is past its deadline, which times
+//! out everything in flight on it.
+
+pub mod connection;
+pub mod server;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{RecvTimeoutError, Sender};
+use parking_lot::Mutex;
+
+use crate::batch::CompletionSink;
+use crate::descriptor::SegmentDescriptor;
+use crate::transport::slicing::{split, RequestJoin};
+use crate::transport::{Transport, TransportContext};
+use crate::{TransferError, TransferRequest, TransferStatus};
+use connection::{Connection, Part, PartDone};
+
+struct Pool {
+    per_peer: usize,
+    timeout: Duration,
+    peers: Mutex<HashMap<SocketAddr, Vec<Arc<Connection>>>>,
+}
+
+impl Pool {
+    fn connections(&self, peer: SocketAddr) -> Result<Vec<Arc<Connection>>, String> {
+        let mut peers = self.peers.lock();
+        let conns = peers.entry(peer).or_default();
+        conns.retain(|c| c.is_alive());
+        while conns.len() < self.per_peer {
+            match Connection::connect(peer, self.timeout) {
+                Ok(c) => conns.push(Arc::new(c)),
+                Err(e) if conns.is_empty() => return Err(format!("connect to {peer}: {e}")),
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "extra connection failed; using fewer");
+                    break;
+                }
+            }
+        }
+        Ok(conns.clone())
+    }
+
+    fn all(&self) -> Vec<Arc<Connection>> {
+        self.peers.lock().values().flatten().cloned().collect()
+    }
+}
+
+/// The TCP transport.
+pub struct TcpTransport {
+    pool: Arc<Pool>,
+    stripe: u64,
+    timeout: Duration,
+    next: AtomicUsize,
+    stop: Option<Sender<()>>,
+    watchdog: Option<JoinHandle<()>>,
+}
+
+impl TcpTransport {
+    /// Creates the transport and its deadline watchdog.
+    pub fn new(ctx: &TransportContext) -> Result<TcpTransport, TransferError> {
+        let timeout = ctx.config.request_timeout;
+        let pool = Arc::new(Pool {
+            per_peer: ctx.config.tcp_connections_per_peer.max(1),
+            timeout,
+            peers: Mutex::new(HashMap::new()),
+        });
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let tick = (timeout / 10).clamp(Duration::from_millis(5), Duration::from_millis(500));
+        let p = pool.clone();
+        let watchdog = std::thread::Builder::new()
+            .name("te-tcp-watchdog".into())
+            .spawn(move || {
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
+                    let now = Instant::now();
+                    for c in p.all() {
+                        c.check_deadline(now);
+                    }
+                }
+            })?;
+        Ok(TcpTransport {
+            pool,
+            stripe: ctx.config.tcp_stripe_size.max(1) as u64,
+            timeout,
+            next: AtomicUsize::new(0),
+            stop: Some(stop),
+            watchdog: Some(watchdog),
+        })
+    }
+}
+
+impl Drop for TcpTransport {
+    fn drop(&mut self) {
+        self.stop = None;
+        if let Some(w) = self.watchdog.take() {
+            let _ = w.join();
+        }
+        self.pool.peers.lock().clear();
+    }
+}
+
+impl Transport for TcpTransport {
+    fn name(&self) -> &'static str {
+        "tcp"
+    }
+
+    fn submit(
+        &self,
+        target: &Arc<SegmentDescriptor>,
+        items: Vec<(usize, TransferRequest)>,
+        sink: &CompletionSink,
+    ) {
+        let conns = match self.pool.connections(target.tcp_addr) {
+            Ok(c) => c,
+            Err(e) => {
+                let reason = format!("segment {}: {e}", target.name);
+                sink.finish_many(
+                    items
+                        .into_iter()
+                        .map(|(i, _)| (i, TransferStatus::failed(reason.clone()))),
+                );
+                return;
+            }
+        };
+        let deadline = Instant::now() + self.timeout;
+        let n = conns.len();
+        let count = items.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut per_conn: Vec<Vec<Part>> = (0..n).map(|_| Vec::new()).collect();
+        for (j, (index, req)) in items.into_iter().enumerate() {
+            let part = |off: u64, len: u64, done: PartDone| Part {
+                op: req.op,
+                local: req.local_addr + off,
+                remote: req.target_offset + off,
+                len,
+                deadline,
+                done,
+            };
+            if req.len <= self.stripe {
+                // Neighbouring small requests share a connection so they share syscalls.
+                let c = (start + j * n / count) % n;
+                let done = PartDone::Whole {
+                    sink: sink.clone(),
+                    index,
+                };
+                per_conn[c].push(part(0, req.len, done));
+            } else {
+                let parts = req.len.div_ceil(self.stripe) as usize;
+                let join = Arc::new(RequestJoin::new(sink.clone(), index, req.len, parts));
+                for (k, (off, len)) in split(req.len, self.stripe).enumerate() {
+                    per_conn[(start + j + k) % n].push(part(
+                        off,
+                        len,
+                        PartDone::Join(join.clone()),
+                    ));
+                }
+            }
+        }
+        for (conn, parts) in conns.iter().zip(per_conn) {
+            if parts.is_empty() {
+                continue;
+            }
+            if let Err(parts) = conn.send(parts) {
+                conn.fail(parts);
+            }
+        }
+    }
+}

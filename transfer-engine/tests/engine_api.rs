@@ -1,0 +1,192 @@
+//! Engine API behaviour within one process: registration rules, the local (memcpy) segment,
+//! in-process metadata between two engines, batch bookkeeping errors.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{registered, req};
+use transfer_engine::{
+    AlignedBuffer, Engine, EngineConfig, InMemoryMetadataStore, Location, MetadataConfig, OpCode,
+    Protocol, TransferError, TransferState, TransferStatus,
+};
+
+fn tcp_engine(metadata: MetadataConfig, name: Option<&str>) -> Engine {
+    Engine::new(EngineConfig {
+        name: name.map(str::to_string),
+        metadata,
+        protocol: Protocol::Tcp,
+        request_timeout: Duration::from_secs(10),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn registration_rejects_zero_length_and_overlap() {
+    let e = tcp_engine(MetadataConfig::P2p, None);
+    assert_eq!(e.protocol(), Protocol::Tcp);
+    assert_eq!(e.name(), e.listen_addr().to_string());
+    let mut b = AlignedBuffer::new(8192).unwrap();
+    let p = b.as_mut_ptr();
+    // SAFETY: `b` outlives every registration below (all undone or refused).
+    unsafe {
+        assert!(matches!(
+            e.register_memory(p, 0, Location::Host),
+            Err(TransferError::InvalidArgument(_))
+        ));
+        e.register_memory(p, 4096, Location::Host).unwrap();
+        assert!(matches!(
+            e.register_memory(p.add(100), 100, Location::Host),
+            Err(TransferError::Overlap { .. })
+        ));
+        assert!(matches!(
+            e.register_memory(p, 8192, Location::Host),
+            Err(TransferError::Overlap { .. })
+        ));
+        e.register_memory(p.add(4096), 4096, Location::Host)
+            .unwrap();
+    }
+    assert_eq!(e.descriptor().buffers.len(), 2);
+    assert!(matches!(
+        e.unregister_memory(p.wrapping_add(1)),
+        Err(TransferError::NotRegistered(_))
+    ));
+    e.unregister_memory(p).unwrap();
+    e.unregister_memory(p.wrapping_add(4096)).unwrap();
+    assert!(e.descriptor().buffers.is_empty());
+}
+
+#[test]
+fn own_segment_is_served_by_memcpy_with_range_checks() {
+    let e = tcp_engine(MetadataConfig::P2p, None);
+    let mut src = registered(&e, 4096);
+    let dst = registered(&e, 4096);
+    src.as_mut_slice()
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b = i as u8);
+    let me = e.open_segment(e.name()).unwrap();
+    assert_eq!(e.open_segment(e.name()).unwrap(), me, "one handle per name");
+    let unregistered = AlignedBuffer::new(4096).unwrap();
+    let reqs = [
+        req(OpCode::Write, src.addr(), me, dst.addr(), 4096),
+        req(OpCode::Read, src.addr(), me, dst.addr() + 4000, 200),
+        req(OpCode::Read, unregistered.addr(), me, dst.addr(), 10),
+    ];
+    let b = e.allocate_batch(3).unwrap();
+    e.submit(b, &reqs).unwrap();
+    let st = e.wait(b).unwrap();
+    assert_eq!(st[0], TransferStatus::completed(4096));
+    assert!(matches!(st[1].state, TransferState::Failed(_)));
+    assert!(matches!(&st[2].state, TransferState::Failed(r) if r.contains("local range")));
+    assert_eq!(src.as_slice(), dst.as_slice());
+    assert!(matches!(
+        e.submit(b, &reqs[..1]),
+        Err(TransferError::BatchFull { .. })
+    ));
+    e.free_batch(b).unwrap();
+    assert!(matches!(
+        e.status(b, 0),
+        Err(TransferError::BatchNotFound(_))
+    ));
+    assert!(matches!(e.wait(b), Err(TransferError::BatchNotFound(_))));
+}
+
+#[test]
+fn in_process_metadata_connects_two_named_engines() {
+    let store = Arc::new(InMemoryMetadataStore::new());
+    let a = tcp_engine(MetadataConfig::InProcess(store.clone()), Some("node-a"));
+    let b = tcp_engine(MetadataConfig::InProcess(store.clone()), Some("node-b"));
+    let mut a_buf = registered(&a, 1 << 20);
+    let b_buf = registered(&b, 1 << 20);
+    a_buf
+        .as_mut_slice()
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, x)| *x = (i % 251) as u8);
+    let seg_b = a.open_segment("node-b").unwrap();
+    let batch = a.allocate_batch(1).unwrap();
+    a.submit(
+        batch,
+        &[req(
+            OpCode::Write,
+            a_buf.addr(),
+            seg_b,
+            b_buf.addr(),
+            1 << 20,
+        )],
+    )
+    .unwrap();
+    assert_eq!(
+        a.wait(batch).unwrap()[0],
+        TransferStatus::completed(1 << 20)
+    );
+    assert_eq!(a_buf.as_slice(), b_buf.as_slice());
+    assert!(matches!(
+        a.open_segment("node-c"),
+        Err(TransferError::SegmentNotFound { .. })
+    ));
+    drop(b);
+    assert!(matches!(
+        a.open_segment("node-b"),
+        Ok(h) if h == seg_b
+    ));
+    let fresh = tcp_engine(MetadataConfig::InProcess(store.clone()), Some("node-x"));
+    drop(fresh);
+    assert!(
+        matches!(
+            a.open_segment("node-x"),
+            Err(TransferError::SegmentNotFound { .. })
+        ),
+        "a dropped engine withdraws its descriptor"
+    );
+}
+
+#[test]
+fn unreachable_p2p_peer_is_segment_not_found() {
+    let e = tcp_engine(MetadataConfig::P2p, None);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    assert!(matches!(
+        e.open_segment(&dead.to_string()),
+        Err(TransferError::SegmentNotFound { .. })
+    ));
+    assert!(matches!(
+        e.open_segment("not a host"),
+        Err(TransferError::SegmentNotFound { .. })
+    ));
+}
+
+#[test]
+fn completion_future_resolves_for_remote_batch() {
+    let a = tcp_engine(MetadataConfig::P2p, None);
+    let b = tcp_engine(MetadataConfig::P2p, None);
+    let a_buf = registered(&a, 64 << 10);
+    let mut b_buf = registered(&b, 64 << 10);
+    b_buf.as_mut_slice().fill(9);
+    let seg = a.open_segment(b.name()).unwrap();
+    let batch = a.allocate_batch(16).unwrap();
+    let reqs: Vec<_> = (0..16)
+        .map(|k| {
+            req(
+                OpCode::Read,
+                a_buf.addr() + k * 4096,
+                seg,
+                b_buf.addr() + k * 4096,
+                4096,
+            )
+        })
+        .collect();
+    a.submit(batch, &reqs).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let st = rt.block_on(a.completion(batch)).unwrap();
+    assert!(st.iter().all(|s| *s == TransferStatus::completed(4096)));
+    assert!(a_buf.as_slice().iter().all(|&x| x == 9));
+    a.free_batch(batch).unwrap();
+}
