@@ -1,1 +1,181 @@
-fn main() {}
+//! `mooncake-master`: the metadata master daemon.
+//!
+//! Every flag has a default (see `--help`) and an environment override (`MOONCAKE_MASTER_*`).
+//! Without `--etcd-endpoints` it is a single master; with them it joins the leader election of
+//! `--cluster-id` and serves only while leader. SIGTERM/SIGINT shut it down gracefully (a
+//! leader resigns so that a standby takes over at once).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use mooncake_master::ha::{EtcdConfig, DEFAULT_CLUSTER_ID};
+use mooncake_master::placement::AllocationStrategy;
+use mooncake_master::service::ServiceConfig;
+use mooncake_master::{MasterConfig, MasterServer};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mooncake-master",
+    version,
+    about = "mooncake-rs metadata master"
+)]
+struct Args {
+    /// RPC listen address.
+    #[arg(
+        long,
+        env = "MOONCAKE_MASTER_RPC_ADDR",
+        default_value = "0.0.0.0:50051"
+    )]
+    rpc_addr: SocketAddr,
+    /// Address published to clients through etcd (default: the RPC address; set it when
+    /// listening on 0.0.0.0).
+    #[arg(long, env = "MOONCAKE_MASTER_ADVERTISE_ADDR")]
+    advertise_addr: Option<String>,
+    /// Admin HTTP address for /metrics, /health and /role.
+    #[arg(
+        long,
+        env = "MOONCAKE_MASTER_HTTP_ADDR",
+        default_value = "0.0.0.0:9003"
+    )]
+    http_addr: SocketAddr,
+    /// Disable the admin HTTP server.
+    #[arg(long, env = "MOONCAKE_MASTER_NO_HTTP")]
+    no_http: bool,
+    /// Read lease granted by GetReplicaList/ExistKey, in milliseconds.
+    #[arg(long, env = "MOONCAKE_MASTER_LEASE_TTL_MS", default_value_t = 10_000)]
+    lease_ttl_ms: u64,
+    /// Soft-pin duration, in milliseconds.
+    #[arg(
+        long,
+        env = "MOONCAKE_MASTER_SOFT_PIN_TTL_MS",
+        default_value_t = 1_800_000
+    )]
+    soft_pin_ttl_ms: u64,
+    /// A client silent this long loses its segments, in milliseconds.
+    #[arg(long, env = "MOONCAKE_MASTER_CLIENT_TTL_MS", default_value_t = 10_000)]
+    client_ttl_ms: u64,
+    /// A PROCESSING object this old may be taken over / is discarded, in milliseconds.
+    #[arg(
+        long,
+        env = "MOONCAKE_MASTER_PUT_DISCARD_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    put_discard_timeout_ms: u64,
+    /// Space of a discarded PROCESSING object is reused after this delay, in milliseconds.
+    #[arg(
+        long,
+        env = "MOONCAKE_MASTER_PUT_RELEASE_TIMEOUT_MS",
+        default_value_t = 600_000
+    )]
+    put_release_timeout_ms: u64,
+    /// Eviction starts when used/capacity exceeds this.
+    #[arg(
+        long,
+        env = "MOONCAKE_MASTER_EVICTION_HIGH_WATERMARK",
+        default_value_t = 0.90
+    )]
+    eviction_high_watermark: f64,
+    /// Fraction of evictable objects one eviction pass removes.
+    #[arg(long, env = "MOONCAKE_MASTER_EVICTION_RATIO", default_value_t = 0.05)]
+    eviction_ratio: f64,
+    /// Replica placement strategy.
+    #[arg(long, env = "MOONCAKE_MASTER_ALLOCATION_STRATEGY", value_enum, default_value_t = AllocationStrategy::Random)]
+    allocation_strategy: AllocationStrategy,
+    /// Index shards.
+    #[arg(long, env = "MOONCAKE_MASTER_SHARDS", default_value_t = 128)]
+    shards: usize,
+    /// etcd endpoints (comma separated host:port); enables HA leader election.
+    #[arg(long, env = "MOONCAKE_MASTER_ETCD_ENDPOINTS", value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// Masters with the same cluster id elect one leader.
+    #[arg(long, env = "MOONCAKE_MASTER_CLUSTER_ID", default_value = DEFAULT_CLUSTER_ID)]
+    cluster_id: String,
+    /// Leader lease TTL in seconds (failover takes about this long).
+    #[arg(long, env = "MOONCAKE_MASTER_ETCD_LEASE_TTL_S", default_value_t = 5)]
+    etcd_lease_ttl_s: i64,
+    /// After winning an election, no allocation for this long, in milliseconds (reads and
+    /// writes granted by the previous leader finish first); defaults to the lease TTL.
+    #[arg(long, env = "MOONCAKE_MASTER_RECOVERY_WINDOW_MS")]
+    recovery_window_ms: Option<u64>,
+    /// Largest accepted RPC frame, in bytes.
+    #[arg(long, env = "MOONCAKE_MASTER_MAX_FRAME_BYTES", default_value_t = 64 << 20)]
+    max_frame_bytes: usize,
+    /// Maintenance tick period (expiry, delayed release, eviction), in milliseconds.
+    #[arg(long, env = "MOONCAKE_MASTER_TICK_MS", default_value_t = 100)]
+    tick_ms: u64,
+    /// Tokio worker threads (0 = one per core).
+    #[arg(long, env = "MOONCAKE_MASTER_THREADS", default_value_t = 0)]
+    threads: usize,
+}
+
+fn config(a: &Args) -> anyhow::Result<MasterConfig> {
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&a.eviction_high_watermark) && (0.0..=1.0).contains(&a.eviction_ratio),
+        "--eviction-high-watermark and --eviction-ratio must lie in [0, 1]"
+    );
+    let service = ServiceConfig {
+        lease_ttl: Duration::from_millis(a.lease_ttl_ms),
+        soft_pin_ttl: Duration::from_millis(a.soft_pin_ttl_ms),
+        client_ttl: Duration::from_millis(a.client_ttl_ms),
+        put_discard_timeout: Duration::from_millis(a.put_discard_timeout_ms),
+        put_release_timeout: Duration::from_millis(a.put_release_timeout_ms),
+        eviction_high_watermark: a.eviction_high_watermark,
+        eviction_ratio: a.eviction_ratio,
+        strategy: a.allocation_strategy,
+        shards: a.shards,
+        recovery_window: Duration::from_millis(a.recovery_window_ms.unwrap_or(a.lease_ttl_ms)),
+        ..Default::default()
+    };
+    let etcd = (!a.etcd_endpoints.is_empty()).then(|| EtcdConfig {
+        endpoints: a.etcd_endpoints.clone(),
+        cluster_id: a.cluster_id.clone(),
+        lease_ttl_s: a.etcd_lease_ttl_s,
+    });
+    Ok(MasterConfig {
+        rpc_addr: a.rpc_addr,
+        advertise_addr: a.advertise_addr.clone(),
+        http_addr: (!a.no_http).then_some(a.http_addr),
+        service,
+        max_frame: a.max_frame_bytes,
+        tick_interval: Duration::from_millis(a.tick_ms.max(1)),
+        etcd,
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let cfg = config(&args)?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if args.threads > 0 {
+        rt.worker_threads(args.threads);
+    }
+    let rt = rt.enable_all().build().context("building tokio runtime")?;
+    rt.block_on(async move {
+        let m = MasterServer::start(cfg)
+            .await
+            .with_context(|| format!("starting master on {}", args.rpc_addr))?;
+        tracing::info!(rpc = %m.rpc_addr(), http = ?m.http_addr(), "mooncake-master started");
+        let sig = wait_for_signal().await?;
+        tracing::info!("{sig}: shutting down");
+        m.stop().await;
+        Ok(())
+    })
+}

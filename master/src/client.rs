@@ -1,0 +1,581 @@
+//! Async RPC client of the master (used by store-client).
+//!
+//! One TCP connection carries many requests at once, matched to responses by request id. The
+//! address is either `host:port` or `etcd://h1:p1,h2:p2[/cluster-id]`; with etcd the client
+//! looks up the elected leader and, when the connection drops, looks it up again, so that it
+//! follows failovers. A call whose connection breaks fails with `RPC_FAIL` (the caller decides
+//! whether to retry); the next call reconnects.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use mooncake_master::{MasterClient, ReplicateConfig};
+//! let master = MasterClient::connect("127.0.0.1:50051").await?;
+//! let me = uuid::Uuid::new_v4();
+//! let placed = master
+//!     .batch_put_start(me, vec![("k".into(), 4096)], ReplicateConfig::default())
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::io::BufReader;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::codec::{
+    client_handshake, decode_payload, encode_frame, read_frame, FrameError, DEFAULT_MAX_FRAME,
+};
+use crate::ha::{self, DEFAULT_CLUSTER_ID};
+use crate::proto::{
+    BatchResult, ClientId, ErrorCode, HeldObject, PingResponse, ReplicaDescriptor, ReplicateConfig,
+    Request, Response, Segment, SegmentId,
+};
+
+/// Why the client could not reach a master.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    /// The address string is not `host:port` or `etcd://…`.
+    #[error(
+        "invalid master address {0:?}: use host:port or etcd://host:port[,host:port][/cluster-id]"
+    )]
+    InvalidAddress(String),
+    /// Socket error.
+    #[error("connecting to master {addr}: {source}")]
+    Io {
+        /// Address tried.
+        addr: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Handshake or framing failure.
+    #[error("master {addr}: {source}")]
+    Frame {
+        /// Address tried.
+        addr: String,
+        /// Cause.
+        source: FrameError,
+    },
+    /// etcd could not be queried.
+    #[error("etcd: {0}")]
+    Etcd(String),
+    /// etcd has no elected master for the cluster.
+    #[error("no master is elected for cluster {0:?} (are masters running with --etcd-endpoints?)")]
+    NoLeader(String),
+    /// Timed out.
+    #[error("timed out connecting to master {0}")]
+    Timeout(String),
+}
+
+/// Client tunables.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Deadline of one call.
+    pub rpc_timeout: Duration,
+    /// Deadline of one TCP connect + handshake.
+    pub connect_timeout: Duration,
+    /// With etcd: how long a reconnect keeps looking for a (new) leader.
+    pub failover_wait: Duration,
+    /// Largest accepted response frame.
+    pub max_frame: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            rpc_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(3),
+            failover_wait: Duration::from_secs(20),
+            max_frame: DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Target {
+    Direct(String),
+    Etcd {
+        endpoints: Vec<String>,
+        cluster_id: String,
+    },
+}
+
+fn parse_target(addr: &str) -> Result<Target, RpcError> {
+    let bad = || RpcError::InvalidAddress(addr.to_string());
+    if let Some(rest) = addr.strip_prefix("etcd://") {
+        let (hosts, cluster) = match rest.split_once('/') {
+            Some((h, c)) if !c.is_empty() => (h, c.to_string()),
+            Some((h, _)) => (h, DEFAULT_CLUSTER_ID.to_string()),
+            None => (rest, DEFAULT_CLUSTER_ID.to_string()),
+        };
+        let endpoints: Vec<String> = hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(str::to_string)
+            .collect();
+        if endpoints.is_empty() {
+            return Err(bad());
+        }
+        Ok(Target::Etcd {
+            endpoints,
+            cluster_id: cluster,
+        })
+    } else if addr
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+    {
+        Ok(Target::Direct(addr.to_string()))
+    } else {
+        Err(bad())
+    }
+}
+
+type Pending = Mutex<HashMap<u64, oneshot::Sender<Response>>>;
+
+#[derive(Debug)]
+struct Conn {
+    addr: String,
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    pending: Pending,
+    next_id: AtomicU64,
+    alive: AtomicBool,
+}
+
+impl Conn {
+    fn fail_all(&self) {
+        self.alive.store(false, Ordering::SeqCst);
+        // Dropping the senders wakes every waiter with an error.
+        self.pending.lock().clear();
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    target: Target,
+    opts: ClientOptions,
+    conn: Mutex<Option<Arc<Conn>>>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+/// See the module documentation. Cheap to clone; clones share the connection.
+#[derive(Clone, Debug)]
+pub struct MasterClient {
+    inner: Arc<Inner>,
+}
+
+impl MasterClient {
+    /// Connects to `addr` (`host:port` or `etcd://h1:p1,h2:p2[/cluster-id]`).
+    pub async fn connect(addr: &str) -> Result<MasterClient, RpcError> {
+        Self::connect_with(addr, ClientOptions::default()).await
+    }
+
+    /// Connects with explicit options.
+    pub async fn connect_with(addr: &str, opts: ClientOptions) -> Result<MasterClient, RpcError> {
+        let c = MasterClient {
+            inner: Arc::new(Inner {
+                target: parse_target(addr)?,
+                opts,
+                conn: Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
+            }),
+        };
+        c.connection().await?;
+        Ok(c)
+    }
+
+    /// Address of the master currently connected, if any.
+    pub fn connected_addr(&self) -> Option<String> {
+        self.inner
+            .conn
+            .lock()
+            .as_ref()
+            .filter(|c| c.alive.load(Ordering::SeqCst))
+            .map(|c| c.addr.clone())
+    }
+
+    async fn connection(&self) -> Result<Arc<Conn>, RpcError> {
+        if let Some(c) = self.live_conn() {
+            return Ok(c);
+        }
+        let _g = self.inner.connecting.lock().await;
+        if let Some(c) = self.live_conn() {
+            return Ok(c);
+        }
+        let deadline = match self.inner.target {
+            Target::Direct(_) => Instant::now(),
+            Target::Etcd { .. } => Instant::now() + self.inner.opts.failover_wait,
+        };
+        loop {
+            match self.open().await {
+                Ok(c) => {
+                    *self.inner.conn.lock() = Some(c.clone());
+                    return Ok(c);
+                }
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(e) => {
+                    tracing::debug!("master not reachable yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn live_conn(&self) -> Option<Arc<Conn>> {
+        self.inner
+            .conn
+            .lock()
+            .as_ref()
+            .filter(|c| c.alive.load(Ordering::SeqCst))
+            .cloned()
+    }
+
+    async fn resolve(&self) -> Result<String, RpcError> {
+        match &self.inner.target {
+            Target::Direct(a) => Ok(a.clone()),
+            Target::Etcd {
+                endpoints,
+                cluster_id,
+            } => {
+                let lookup = async {
+                    let mut etcd = ha::connect(endpoints).await?;
+                    ha::current_leader(&mut etcd, cluster_id).await
+                };
+                match tokio::time::timeout(self.inner.opts.connect_timeout, lookup).await {
+                    Ok(Ok(Some((addr, _term)))) => Ok(addr),
+                    Ok(Ok(None)) => Err(RpcError::NoLeader(cluster_id.clone())),
+                    Ok(Err(e)) => Err(RpcError::Etcd(e.to_string())),
+                    Err(_) => Err(RpcError::Timeout(format!("etcd {endpoints:?}"))),
+                }
+            }
+        }
+    }
+
+    async fn open(&self) -> Result<Arc<Conn>, RpcError> {
+        let addr = self.resolve().await?;
+        let opts = &self.inner.opts;
+        let connect = async {
+            let mut s = TcpStream::connect(&addr)
+                .await
+                .map_err(|source| RpcError::Io {
+                    addr: addr.clone(),
+                    source,
+                })?;
+            let _ = s.set_nodelay(true);
+            client_handshake(&mut s)
+                .await
+                .map_err(|source| RpcError::Frame {
+                    addr: addr.clone(),
+                    source,
+                })?;
+            Ok::<_, RpcError>(s)
+        };
+        let stream = tokio::time::timeout(opts.connect_timeout, connect)
+            .await
+            .map_err(|_| RpcError::Timeout(addr.clone()))??;
+        let (rd, wr) = stream.into_split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let conn = Arc::new(Conn {
+            addr: addr.clone(),
+            tx,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            alive: AtomicBool::new(true),
+        });
+        let wconn = conn.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::server::write_frames(wr, rx).await {
+                tracing::debug!("master connection writer: {e}");
+            }
+            wconn.fail_all();
+        });
+        let rconn = conn.clone();
+        let max = opts.max_frame;
+        tokio::spawn(async move {
+            let mut rd = BufReader::with_capacity(256 * 1024, rd);
+            let mut buf = Vec::new();
+            loop {
+                match read_frame(&mut rd, &mut buf, max).await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        tracing::warn!(addr = %rconn.addr, "master connection: {e}");
+                        break;
+                    }
+                }
+                match decode_payload::<Response>(&buf) {
+                    Ok((id, resp)) => {
+                        if let Some(w) = rconn.pending.lock().remove(&id) {
+                            let _ = w.send(resp);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(addr = %rconn.addr, "bad frame from master: {e}");
+                        break;
+                    }
+                }
+            }
+            rconn.fail_all();
+        });
+        Ok(conn)
+    }
+
+    /// Sends one request and waits for its response.
+    pub async fn call(&self, req: Request) -> Result<Response, ErrorCode> {
+        let conn = self.connection().await.map_err(|e| {
+            tracing::warn!("{e}");
+            ErrorCode::RpcFail
+        })?;
+        let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut frame = Vec::new();
+        encode_frame(id, &req, &mut frame).map_err(|_| ErrorCode::InvalidParams)?;
+        if frame.len() - 4 > self.inner.opts.max_frame {
+            return Err(ErrorCode::InvalidParams);
+        }
+        let (tx, rx) = oneshot::channel();
+        conn.pending.lock().insert(id, tx);
+        if !conn.alive.load(Ordering::SeqCst) || conn.tx.send(frame).is_err() {
+            conn.pending.lock().remove(&id);
+            return Err(ErrorCode::RpcFail);
+        }
+        match tokio::time::timeout(self.inner.opts.rpc_timeout, rx).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(_)) => Err(ErrorCode::RpcFail),
+            Err(_) => {
+                conn.pending.lock().remove(&id);
+                Err(ErrorCode::RpcFail)
+            }
+        }
+    }
+
+    async fn unit(&self, req: Request) -> Result<(), ErrorCode> {
+        match self.call(req).await? {
+            Response::Unit(r) => r,
+            _ => Err(ErrorCode::RpcFail),
+        }
+    }
+
+    async fn replicas(&self, req: Request) -> BatchResult<Vec<ReplicaDescriptor>> {
+        match self.call(req).await? {
+            Response::Replicas(r) => r,
+            _ => Err(ErrorCode::RpcFail),
+        }
+    }
+
+    async fn units(&self, req: Request) -> BatchResult<()> {
+        match self.call(req).await? {
+            Response::Units(r) => r,
+            _ => Err(ErrorCode::RpcFail),
+        }
+    }
+
+    /// Mounts a segment.
+    pub async fn mount_segment(&self, client: ClientId, seg: Segment) -> Result<(), ErrorCode> {
+        self.unit(Request::MountSegment {
+            client,
+            segment: seg,
+        })
+        .await
+    }
+
+    /// After NEED_REMOUNT or a leader change: re-registers the client and its segments.
+    pub async fn remount_segments(
+        &self,
+        client: ClientId,
+        segs: Vec<Segment>,
+    ) -> Result<(), ErrorCode> {
+        self.remount_segments_with_objects(client, segs, Vec::new())
+            .await
+            .map(|_| ())
+    }
+
+    /// Like [`Self::remount_segments`], also reporting objects the client knows to be held
+    /// (e.g. those it wrote), so that a new leader keeps them and never allocates over them.
+    /// One result per object.
+    pub async fn remount_segments_with_objects(
+        &self,
+        client: ClientId,
+        segs: Vec<Segment>,
+        objects: Vec<HeldObject>,
+    ) -> BatchResult<()> {
+        self.units(Request::RemountSegments {
+            client,
+            segments: segs,
+            objects,
+        })
+        .await
+    }
+
+    /// Unmounts a segment (its replicas are dropped).
+    pub async fn unmount_segment(&self, client: ClientId, seg: SegmentId) -> Result<(), ErrorCode> {
+        self.unit(Request::UnmountSegment {
+            client,
+            segment: seg,
+        })
+        .await
+    }
+
+    /// Heartbeat; `need_remount` asks the client to remount its segments.
+    pub async fn ping(&self, client: ClientId) -> Result<PingResponse, ErrorCode> {
+        match self.call(Request::Ping { client }).await? {
+            Response::Ping(r) => r,
+            _ => Err(ErrorCode::RpcFail),
+        }
+    }
+
+    /// Allocates replicas for `(key, size)` items; objects enter PROCESSING.
+    pub async fn batch_put_start(
+        &self,
+        client: ClientId,
+        items: Vec<(String, u64)>,
+        cfg: ReplicateConfig,
+    ) -> BatchResult<Vec<ReplicaDescriptor>> {
+        self.replicas(Request::BatchPutStart {
+            client,
+            items,
+            config: cfg,
+        })
+        .await
+    }
+
+    /// Marks written keys COMPLETE.
+    pub async fn batch_put_end(&self, client: ClientId, keys: Vec<String>) -> BatchResult<()> {
+        self.units(Request::BatchPutEnd { client, keys }).await
+    }
+
+    /// Drops keys whose write failed.
+    pub async fn batch_put_revoke(&self, client: ClientId, keys: Vec<String>) -> BatchResult<()> {
+        self.units(Request::BatchPutRevoke { client, keys }).await
+    }
+
+    /// Like PutStart but overwrites complete keys (buffers reused when the size matches).
+    pub async fn batch_upsert_start(
+        &self,
+        client: ClientId,
+        items: Vec<(String, u64)>,
+        cfg: ReplicateConfig,
+    ) -> BatchResult<Vec<ReplicaDescriptor>> {
+        self.replicas(Request::BatchUpsertStart {
+            client,
+            items,
+            config: cfg,
+        })
+        .await
+    }
+
+    /// Completes upserts (same as PutEnd).
+    pub async fn batch_upsert_end(&self, client: ClientId, keys: Vec<String>) -> BatchResult<()> {
+        self.batch_put_end(client, keys).await
+    }
+
+    /// Revokes upserts (same as PutRevoke).
+    pub async fn batch_upsert_revoke(
+        &self,
+        client: ClientId,
+        keys: Vec<String>,
+    ) -> BatchResult<()> {
+        self.batch_put_revoke(client, keys).await
+    }
+
+    /// Replica lists of complete keys (grants read leases).
+    pub async fn batch_get_replica_list(
+        &self,
+        keys: Vec<String>,
+    ) -> BatchResult<Vec<ReplicaDescriptor>> {
+        self.replicas(Request::BatchGetReplicaList { keys }).await
+    }
+
+    /// Whether keys exist and are complete (grants read leases).
+    pub async fn batch_exist_key(&self, keys: Vec<String>) -> BatchResult<bool> {
+        match self.call(Request::BatchExistKey { keys }).await? {
+            Response::Bools(r) => r,
+            _ => Err(ErrorCode::RpcFail),
+        }
+    }
+
+    /// Removes keys (`force` also removes leased and PROCESSING ones).
+    pub async fn batch_remove(&self, keys: Vec<String>, force: bool) -> BatchResult<()> {
+        self.units(Request::BatchRemove { keys, force }).await
+    }
+
+    /// Removes every removable key; the number removed.
+    pub async fn remove_all(&self, force: bool) -> Result<u64, ErrorCode> {
+        match self.call(Request::RemoveAll { force }).await? {
+            Response::Count(r) => r,
+            _ => Err(ErrorCode::RpcFail),
+        }
+    }
+
+    /// Single-key PutStart.
+    pub async fn put_start(
+        &self,
+        client: ClientId,
+        key: String,
+        size: u64,
+        cfg: ReplicateConfig,
+    ) -> Result<Vec<ReplicaDescriptor>, ErrorCode> {
+        single(self.batch_put_start(client, vec![(key, size)], cfg).await)
+    }
+
+    /// Single-key PutEnd.
+    pub async fn put_end(&self, client: ClientId, key: String) -> Result<(), ErrorCode> {
+        single(self.batch_put_end(client, vec![key]).await)
+    }
+
+    /// Single-key PutRevoke.
+    pub async fn put_revoke(&self, client: ClientId, key: String) -> Result<(), ErrorCode> {
+        single(self.batch_put_revoke(client, vec![key]).await)
+    }
+
+    /// Single-key GetReplicaList.
+    pub async fn get_replica_list(&self, key: String) -> Result<Vec<ReplicaDescriptor>, ErrorCode> {
+        single(self.batch_get_replica_list(vec![key]).await)
+    }
+
+    /// Single-key ExistKey.
+    pub async fn exist_key(&self, key: String) -> Result<bool, ErrorCode> {
+        single(self.batch_exist_key(vec![key]).await)
+    }
+
+    /// Single-key Remove.
+    pub async fn remove(&self, key: String, force: bool) -> Result<(), ErrorCode> {
+        single(self.batch_remove(vec![key], force).await)
+    }
+}
+
+fn single<T>(r: BatchResult<T>) -> Result<T, ErrorCode> {
+    r?.into_iter().next().unwrap_or(Err(ErrorCode::RpcFail))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse() {
+        assert!(matches!(
+            parse_target("127.0.0.1:5").unwrap(),
+            Target::Direct(_)
+        ));
+        match parse_target("etcd://a:1,b:2/c1").unwrap() {
+            Target::Etcd {
+                endpoints,
+                cluster_id,
+            } => {
+                assert_eq!(endpoints, vec!["a:1", "b:2"]);
+                assert_eq!(cluster_id, "c1");
+            }
+            t => panic!("{t:?}"),
+        }
+        match parse_target("etcd://a:1").unwrap() {
+            Target::Etcd { cluster_id, .. } => assert_eq!(cluster_id, DEFAULT_CLUSTER_ID),
+            t => panic!("{t:?}"),
+        }
+        for bad in ["", "nohost", "etcd://", "h:notaport", ":5"] {
+            assert!(parse_target(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! Local-first placement: the writer's own segments first (a local memcpy instead of a network
+//! transfer), then the others in random order.
+
+use std::sync::Arc;
+
+use super::random::random_rotation;
+use super::PlacementStrategy;
+use crate::proto::ClientId;
+use crate::segment::MountedSegment;
+
+/// See the module documentation.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LocalFirst;
+
+impl PlacementStrategy for LocalFirst {
+    fn order(&self, segments: &[Arc<MountedSegment>], writer: ClientId, out: &mut Vec<usize>) {
+        out.extend(
+            segments
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.owner == writer)
+                .map(|(i, _)| i),
+        );
+        let mut rest = Vec::with_capacity(segments.len());
+        random_rotation(segments.len(), &mut rest);
+        out.extend(rest.into_iter().filter(|&i| segments[i].owner != writer));
+    }
+}

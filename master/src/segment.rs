@@ -1,0 +1,243 @@
+//! Mounted segments and the replicas allocated in them.
+//!
+//! A [`MountedSegment`] owns the allocator of its region. A [`Replica`] is an allocation in
+//! one segment and frees its range when dropped, so removing an object from the index (or
+//! dropping a delayed-release batch) returns its space with no separate bookkeeping.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::allocator::{OffsetAllocator, SpaceAllocator};
+use crate::proto::{ClientId, ErrorCode, ReplicaDescriptor, ReplicaStatus, Segment, SegmentId};
+
+/// A segment the master allocates in.
+#[derive(Debug)]
+pub struct MountedSegment {
+    /// Segment as the client described it.
+    pub segment: Segment,
+    /// Host part of the name, for distinct-host placement.
+    pub host: String,
+    /// Client that mounted it.
+    pub owner: ClientId,
+    mounted: AtomicBool,
+    alloc: Mutex<Box<dyn SpaceAllocator>>,
+}
+
+impl MountedSegment {
+    /// A fresh mounted segment with an empty allocator.
+    pub fn new(segment: Segment, owner: ClientId) -> Self {
+        let host = match segment.name.rsplit_once(':') {
+            Some((h, _)) if !h.is_empty() => h.to_string(),
+            _ => segment.name.clone(),
+        };
+        let alloc: Box<dyn SpaceAllocator> = Box::new(OffsetAllocator::new(segment.size));
+        MountedSegment {
+            segment,
+            host,
+            owner,
+            mounted: AtomicBool::new(true),
+            alloc: Mutex::new(alloc),
+        }
+    }
+
+    /// Whether it is still mounted (replicas in unmounted segments are never returned).
+    pub fn is_mounted(&self) -> bool {
+        self.mounted.load(Ordering::Acquire)
+    }
+
+    /// (capacity, used) bytes.
+    pub fn usage(&self) -> (u64, u64) {
+        let a = self.alloc.lock();
+        (a.capacity(), a.used())
+    }
+
+    /// Free fraction of the capacity.
+    pub fn free_ratio(&self) -> f64 {
+        let (cap, used) = self.usage();
+        if cap == 0 {
+            0.0
+        } else {
+            (cap - used) as f64 / cap as f64
+        }
+    }
+
+    /// Fragmentation of the free space (see [`SpaceAllocator::fragmentation`]).
+    pub fn fragmentation(&self) -> f64 {
+        self.alloc.lock().fragmentation()
+    }
+}
+
+/// One replica's allocation; frees its range on drop.
+#[derive(Debug)]
+pub struct Replica {
+    segment: Arc<MountedSegment>,
+    offset: u64,
+    len: u64,
+}
+
+impl Replica {
+    /// Allocates `len` bytes in `segment`.
+    pub fn allocate(segment: &Arc<MountedSegment>, len: u64) -> Option<Replica> {
+        let offset = segment.alloc.lock().allocate(len)?;
+        Some(Replica {
+            segment: segment.clone(),
+            offset,
+            len,
+        })
+    }
+
+    /// Claims the exact range `[addr, addr+len)` (an address, as in a descriptor).
+    pub fn reserve(segment: &Arc<MountedSegment>, addr: u64, len: u64) -> Option<Replica> {
+        let offset = addr.checked_sub(segment.segment.base)?;
+        if !segment.alloc.lock().reserve(offset, len) {
+            return None;
+        }
+        Some(Replica {
+            segment: segment.clone(),
+            offset,
+            len,
+        })
+    }
+
+    /// The segment holding it.
+    pub fn segment(&self) -> &Arc<MountedSegment> {
+        &self.segment
+    }
+
+    /// Whether its segment is still mounted.
+    pub fn is_live(&self) -> bool {
+        self.segment.is_mounted()
+    }
+
+    /// First address.
+    pub fn addr(&self) -> u64 {
+        self.segment.segment.base + self.offset
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether it is empty (never: zero-length objects are refused).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The descriptor clients use to read or write it.
+    pub fn descriptor(&self, status: ReplicaStatus) -> ReplicaDescriptor {
+        ReplicaDescriptor {
+            segment_name: self.segment.segment.name.clone(),
+            segment_id: self.segment.segment.id,
+            addr: self.addr(),
+            len: self.len,
+            status,
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.segment.alloc.lock().free(self.offset);
+    }
+}
+
+/// The set of mounted segments.
+#[derive(Debug, Default)]
+pub struct SegmentRegistry {
+    segments: RwLock<Vec<Arc<MountedSegment>>>,
+}
+
+impl SegmentRegistry {
+    /// Mounts `segment` for `owner`. Remounting the same id by the same owner is a no-op.
+    pub fn mount(&self, owner: ClientId, segment: Segment) -> Result<(), ErrorCode> {
+        if segment.size == 0 || segment.name.is_empty() {
+            return Err(ErrorCode::InvalidParams);
+        }
+        let end = segment
+            .base
+            .checked_add(segment.size)
+            .ok_or(ErrorCode::InvalidParams)?;
+        let mut segs = self.segments.write();
+        for s in segs.iter() {
+            if s.segment.id == segment.id {
+                return if s.owner == owner && s.segment == segment {
+                    Ok(())
+                } else {
+                    Err(ErrorCode::SegmentAlreadyExists)
+                };
+            }
+            // Two segments of one holder must not share memory: space would be handed out twice.
+            let other_end = s.segment.base + s.segment.size;
+            if s.segment.name == segment.name && segment.base < other_end && s.segment.base < end {
+                return Err(ErrorCode::SegmentAlreadyExists);
+            }
+        }
+        segs.push(Arc::new(MountedSegment::new(segment, owner)));
+        Ok(())
+    }
+
+    /// Unmounts a segment; `owner` must match unless `None`.
+    pub fn unmount(
+        &self,
+        owner: Option<ClientId>,
+        id: SegmentId,
+    ) -> Result<Arc<MountedSegment>, ErrorCode> {
+        let mut segs = self.segments.write();
+        let i = segs
+            .iter()
+            .position(|s| s.segment.id == id)
+            .ok_or(ErrorCode::SegmentNotFound)?;
+        if owner.is_some_and(|o| o != segs[i].owner) {
+            return Err(ErrorCode::IllegalClient);
+        }
+        let s = segs.swap_remove(i);
+        s.mounted.store(false, Ordering::Release);
+        Ok(s)
+    }
+
+    /// Ids of the segments `owner` mounted.
+    pub fn owned_by(&self, owner: ClientId) -> Vec<SegmentId> {
+        self.segments
+            .read()
+            .iter()
+            .filter(|s| s.owner == owner)
+            .map(|s| s.segment.id)
+            .collect()
+    }
+
+    /// The mounted segment with this id.
+    pub fn get(&self, id: SegmentId) -> Option<Arc<MountedSegment>> {
+        self.segments
+            .read()
+            .iter()
+            .find(|s| s.segment.id == id)
+            .cloned()
+    }
+
+    /// A snapshot of all mounted segments.
+    pub fn snapshot(&self) -> Vec<Arc<MountedSegment>> {
+        self.segments.read().clone()
+    }
+
+    /// Total (capacity, used) bytes.
+    pub fn usage(&self) -> (u64, u64) {
+        self.segments
+            .read()
+            .iter()
+            .map(|s| s.usage())
+            .fold((0, 0), |(c, u), (c2, u2)| (c + c2, u + u2))
+    }
+
+    /// Number of mounted segments.
+    pub fn len(&self) -> usize {
+        self.segments.read().len()
+    }
+
+    /// Whether none is mounted.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,384 @@
+//! The RPC server: a thin tokio driver around [`MasterService`].
+//!
+//! Each connection has a reader task, which decodes frames and runs the (synchronous, short)
+//! service call inline, and a writer task that coalesces queued responses into few writes.
+//! A malformed or oversized frame closes only that connection. With etcd configured the server
+//! campaigns for leadership and serves only while leader (see [`crate::ha`]).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use crate::clock::SystemClock;
+use crate::codec::{decode_payload, encode_frame, read_frame, server_handshake};
+use crate::config::MasterConfig;
+use crate::ha::{self, EtcdConfig};
+use crate::metrics::Metrics;
+use crate::proto::Request;
+use crate::service::MasterService;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Binding or runtime creation failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// State shared by the RPC driver, the HA loop and the admin HTTP server.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Metrics registry.
+    pub metrics: Metrics,
+    current: RwLock<Option<Arc<MasterService>>>,
+    leader: AtomicBool,
+}
+
+impl Shared {
+    /// The service of the current term (`None` while standby).
+    pub fn current(&self) -> Option<Arc<MasterService>> {
+        self.current.read().clone()
+    }
+
+    /// Whether this process is serving as leader.
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Acquire)
+    }
+
+    fn set(&self, service: Option<Arc<MasterService>>) {
+        let leader = service.is_some();
+        *self.current.write() = service;
+        self.leader.store(leader, Ordering::Release);
+        self.metrics.set_leader(leader);
+    }
+}
+
+/// Entry point for embedding a master.
+#[derive(Debug)]
+pub struct MasterServer;
+
+/// A started master; shuts down when dropped.
+#[derive(Debug)]
+pub struct RunningMaster {
+    rpc_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl MasterServer {
+    /// Binds the RPC (and admin HTTP) listeners and starts serving on the current tokio
+    /// runtime; with etcd configured it serves only once elected.
+    pub async fn start(cfg: MasterConfig) -> Result<RunningMaster, ServerError> {
+        let listener = TcpListener::bind(cfg.rpc_addr).await?;
+        let rpc_addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::default());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let http_addr = match cfg.http_addr {
+            Some(a) => {
+                let l = TcpListener::bind(a).await?;
+                let bound = l.local_addr()?;
+                tokio::spawn(crate::http::serve(l, shared.clone(), shutdown_rx.clone()));
+                Some(bound)
+            }
+            None => None,
+        };
+        let task = match cfg.etcd.clone() {
+            None => {
+                let mut scfg = cfg.service.clone();
+                scfg.recovery_window = Duration::ZERO;
+                let service = Arc::new(MasterService::new(scfg, Arc::new(SystemClock::new())));
+                shared.set(Some(service.clone()));
+                tracing::info!(%rpc_addr, "master serving (no etcd: single master)");
+                let sh = shared.clone();
+                tokio::spawn(async move {
+                    let mut stop = shutdown_rx.clone();
+                    serve_term(&listener, service, &sh, &cfg, async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await;
+                    sh.set(None);
+                })
+            }
+            Some(etcd) => {
+                let advertise = cfg
+                    .advertise_addr
+                    .clone()
+                    .unwrap_or_else(|| rpc_addr.to_string());
+                tokio::spawn(ha_loop(
+                    listener,
+                    cfg,
+                    etcd,
+                    advertise,
+                    shared.clone(),
+                    shutdown_rx,
+                ))
+            }
+        };
+        Ok(RunningMaster {
+            rpc_addr,
+            http_addr,
+            shared,
+            shutdown,
+            task: Some(task),
+            runtime: None,
+        })
+    }
+
+    /// Like [`MasterServer::start`], on a runtime of its own (for callers without one).
+    pub fn start_blocking(cfg: MasterConfig, threads: usize) -> Result<RunningMaster, ServerError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("mooncake-master")
+            .enable_all()
+            .build()?;
+        let mut m = rt.block_on(Self::start(cfg))?;
+        m.runtime = Some(rt);
+        Ok(m)
+    }
+}
+
+impl RunningMaster {
+    /// Bound RPC address.
+    pub fn rpc_addr(&self) -> SocketAddr {
+        self.rpc_addr
+    }
+
+    /// Bound admin HTTP address, if any.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// The service of the current term (`None` while standby).
+    pub fn service(&self) -> Option<Arc<MasterService>> {
+        self.shared.current()
+    }
+
+    /// Whether it serves as leader.
+    pub fn is_leader(&self) -> bool {
+        self.shared.is_leader()
+    }
+
+    /// Prometheus text of its metrics.
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.encode(self.shared.current().as_deref())
+    }
+
+    /// Asks every task to stop (connections close, the leader resigns).
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Stops and waits until the tasks have finished.
+    pub async fn stop(mut self) {
+        self.shutdown();
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for RunningMaster {
+    fn drop(&mut self) {
+        self.shutdown();
+        if let Some(rt) = self.runtime.take() {
+            if let Some(t) = self.task.take() {
+                // Let the leader resign cleanly, briefly.
+                let _ =
+                    rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), t).await });
+            }
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Standby ↔ leader loop of an HA master.
+async fn ha_loop(
+    listener: TcpListener,
+    cfg: MasterConfig,
+    etcd: EtcdConfig,
+    advertise: String,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tracing::info!(cluster = %etcd.cluster_id, "standby: campaigning for leadership");
+        let won = tokio::select! {
+            r = ha::campaign(&etcd, &advertise) => r,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let mut leadership = match won {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!("campaign failed: {e}; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+            }
+        };
+        let mut scfg = cfg.service.clone();
+        scfg.view_version = leadership.term;
+        let service = Arc::new(MasterService::new(scfg, Arc::new(SystemClock::new())));
+        shared.set(Some(service.clone()));
+        tracing::info!(term = leadership.term, addr = %advertise, "elected leader");
+        let mut stop_rx = shutdown.clone();
+        let mut lost = false;
+        serve_term(&listener, service, &shared, &cfg, async {
+            tokio::select! {
+                _ = leadership.lost() => lost = true,
+                _ = stop_rx.wait_for(|s| *s) => {}
+            }
+        })
+        .await;
+        shared.set(None);
+        if lost {
+            tracing::error!("lost leadership; dropping all state and returning to standby");
+            continue;
+        }
+        leadership.resign().await;
+        return;
+    }
+}
+
+/// Serves one leadership term: accepts connections and ticks the service until `stop`.
+async fn serve_term(
+    listener: &TcpListener,
+    service: Arc<MasterService>,
+    shared: &Arc<Shared>,
+    cfg: &MasterConfig,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let (term_tx, term_rx) = watch::channel(false);
+    let ticker = {
+        let service = service.clone();
+        let period = cfg.tick_interval;
+        let mut done = term_rx.clone();
+        tokio::spawn(async move {
+            let mut iv = tokio::time::interval(period);
+            iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = iv.tick() => service.tick(),
+                    _ = done.wait_for(|d| *d) => return,
+                }
+            }
+        })
+    };
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    tokio::spawn(serve_connection(
+                        stream,
+                        peer,
+                        service.clone(),
+                        shared.clone(),
+                        cfg.max_frame,
+                        term_rx.clone(),
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = &mut stop => break,
+        }
+    }
+    let _ = term_tx.send(true);
+    let _ = ticker.await;
+}
+
+/// Writes queued frames, coalescing whatever is queued into one flush.
+pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
+    w: W,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+) -> std::io::Result<()> {
+    let mut w = BufWriter::with_capacity(256 * 1024, w);
+    let mut batch = Vec::with_capacity(64);
+    while rx.recv_many(&mut batch, 64).await > 0 {
+        for frame in batch.drain(..) {
+            w.write_all(&frame).await?;
+        }
+        w.flush().await?;
+    }
+    w.shutdown().await
+}
+
+async fn serve_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    service: Arc<MasterService>,
+    shared: Arc<Shared>,
+    max_frame: usize,
+    mut term_end: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, server_handshake(&mut stream)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, "closing connection: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "closing connection: handshake timed out");
+            return;
+        }
+    }
+    let (rd, wr) = stream.into_split();
+    let mut rd = BufReader::with_capacity(64 * 1024, rd);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_frames(wr, rx));
+    let mut buf = Vec::new();
+    loop {
+        let r = tokio::select! {
+            r = read_frame(&mut rd, &mut buf, max_frame) => r,
+            _ = term_end.wait_for(|d| *d) => break,
+        };
+        match r {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                tracing::warn!(%peer, "closing connection: {e}");
+                break;
+            }
+        }
+        let (id, req): (u64, Request) = match decode_payload(&buf) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(%peer, "closing connection: {e}");
+                break;
+            }
+        };
+        let (op, items) = (req.op_name(), req.item_count());
+        let started = Instant::now();
+        let resp = service.handle(req);
+        shared
+            .metrics
+            .record(op, items, resp.is_error(), started.elapsed());
+        let mut out = Vec::new();
+        if let Err(e) = encode_frame(id, &resp, &mut out) {
+            tracing::error!(%peer, op, "encoding response: {e}; closing connection");
+            break;
+        }
+        if tx.send(out).is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    if let Ok(Err(e)) = writer.await {
+        tracing::debug!(%peer, "writer: {e}");
+    }
+}

@@ -1,0 +1,729 @@
+//! The master's state machine: index + segments + placement + leases + eviction + liveness,
+//! with no I/O and an injected [`Clock`]. The RPC server calls [`MasterService::handle`]; the
+//! driver calls [`MasterService::tick`] periodically for expiry, delayed release and eviction.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::clock::Clock;
+use crate::eviction::{is_evictable, victims, Candidate, EvictionPolicy, OldestLease};
+use crate::index::{Index, ObjectEntry, ObjectState, Shard};
+use crate::liveness::Liveness;
+use crate::placement::{place, AllocationStrategy, PlacementStrategy};
+use crate::proto::{
+    BatchResult, ClientId, ErrorCode, HeldObject, PingResponse, ReplicaDescriptor, ReplicateConfig,
+    Request, Response, Segment, SegmentId,
+};
+use crate::segment::{MountedSegment, Replica, SegmentRegistry};
+
+/// Longest key accepted.
+pub const MAX_KEY_LEN: usize = 4096;
+/// Most replicas one object may ask for.
+pub const MAX_REPLICAS: usize = 16;
+
+/// Tunables of the state machine (all durations on the injected clock).
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    /// Read lease granted by GetReplicaList/ExistKey.
+    pub lease_ttl: Duration,
+    /// Soft-pin duration.
+    pub soft_pin_ttl: Duration,
+    /// A client silent this long loses its segments.
+    pub client_ttl: Duration,
+    /// A PROCESSING object this old may be taken over (and is discarded by `tick`).
+    pub put_discard_timeout: Duration,
+    /// Space of a discarded PROCESSING object is reused only after this delay (its writer may
+    /// still be writing).
+    pub put_release_timeout: Duration,
+    /// Eviction starts when used/capacity exceeds this.
+    pub eviction_high_watermark: f64,
+    /// Fraction of evictable objects each pass evicts.
+    pub eviction_ratio: f64,
+    /// Placement strategy.
+    pub strategy: AllocationStrategy,
+    /// Number of index shards.
+    pub shards: usize,
+    /// After becoming leader, no allocation for this long (see the failover design in the
+    /// crate README): reads under the previous leader's leases and writes it granted finish.
+    pub recovery_window: Duration,
+    /// Leadership term reported in Ping.
+    pub view_version: u64,
+    /// How often `tick` scans the whole index for expired clients and stale writes.
+    pub scan_interval: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            lease_ttl: Duration::from_secs(10),
+            soft_pin_ttl: Duration::from_secs(30 * 60),
+            client_ttl: Duration::from_secs(10),
+            put_discard_timeout: Duration::from_secs(30),
+            put_release_timeout: Duration::from_secs(600),
+            eviction_high_watermark: 0.90,
+            eviction_ratio: 0.05,
+            strategy: AllocationStrategy::Random,
+            shards: 128,
+            recovery_window: Duration::ZERO,
+            view_version: 0,
+            scan_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+/// Counters the metrics module exports.
+#[derive(Debug, Default)]
+pub struct ServiceStats {
+    /// Eviction passes run.
+    pub eviction_passes: AtomicU64,
+    /// Objects evicted.
+    pub evicted_objects: AtomicU64,
+    /// Bytes evicted.
+    pub evicted_bytes: AtomicU64,
+    /// PROCESSING objects discarded (stale or writer dead).
+    pub discarded_processing: AtomicU64,
+    /// Clients expired by the TTL.
+    pub expired_clients: AtomicU64,
+}
+
+/// Replicas whose space is returned at `release_at_ms`.
+#[derive(Debug)]
+struct PendingRelease {
+    release_at_ms: u64,
+    _replicas: Vec<Replica>,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct MasterService {
+    cfg: ServiceConfig,
+    clock: Arc<dyn Clock>,
+    index: Index,
+    segments: SegmentRegistry,
+    clients: Liveness,
+    placement: Box<dyn PlacementStrategy>,
+    eviction: Box<dyn EvictionPolicy>,
+    pending: Mutex<Vec<PendingRelease>>,
+    allocations_from_ms: u64,
+    last_scan_ms: AtomicU64,
+    /// Counters for metrics.
+    pub stats: ServiceStats,
+}
+
+impl std::fmt::Debug for dyn Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock({})", self.now_ms())
+    }
+}
+
+/// What every key of one PutStart/UpsertStart batch shares.
+struct PutContext<'a> {
+    client: ClientId,
+    cfg: &'a ReplicateConfig,
+    segs: Vec<Arc<MountedSegment>>,
+    now: u64,
+    upsert: bool,
+}
+
+fn results<T>(n: usize) -> Vec<Result<T, ErrorCode>> {
+    (0..n).map(|_| Err(ErrorCode::InternalError)).collect()
+}
+
+fn check_key(key: &str) -> Result<(), ErrorCode> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        Err(ErrorCode::InvalidKey)
+    } else {
+        Ok(())
+    }
+}
+
+impl MasterService {
+    /// A service with no segments, clients or objects.
+    pub fn new(cfg: ServiceConfig, clock: Arc<dyn Clock>) -> Self {
+        let now = clock.now_ms();
+        MasterService {
+            index: Index::new(cfg.shards),
+            segments: SegmentRegistry::default(),
+            clients: Liveness::new(ms(cfg.client_ttl)),
+            placement: cfg.strategy.build(),
+            eviction: Box::new(OldestLease),
+            pending: Mutex::new(Vec::new()),
+            allocations_from_ms: now.saturating_add(ms(cfg.recovery_window)),
+            last_scan_ms: AtomicU64::new(now),
+            stats: ServiceStats::default(),
+            clock,
+            cfg,
+        }
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &ServiceConfig {
+        &self.cfg
+    }
+
+    /// Total (capacity, used) bytes over mounted segments.
+    pub fn usage(&self) -> (u64, u64) {
+        self.segments.usage()
+    }
+
+    /// Number of keys.
+    pub fn key_count(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Number of mounted segments.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Number of live clients.
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Mounted segments.
+    pub fn segments(&self) -> Vec<Arc<MountedSegment>> {
+        self.segments.snapshot()
+    }
+
+    /// Executes one request.
+    pub fn handle(&self, req: Request) -> Response {
+        match req {
+            Request::MountSegment { client, segment } => {
+                Response::Unit(self.mount_segment(client, segment))
+            }
+            Request::RemountSegments {
+                client,
+                segments,
+                objects,
+            } => Response::Units(self.remount_segments(client, segments, objects)),
+            Request::UnmountSegment { client, segment } => {
+                Response::Unit(self.unmount_segment(client, segment))
+            }
+            Request::Ping { client } => Response::Ping(Ok(self.ping(client))),
+            Request::BatchPutStart {
+                client,
+                items,
+                config,
+            } => Response::Replicas(self.batch_put_start(client, items, &config, false)),
+            Request::BatchUpsertStart {
+                client,
+                items,
+                config,
+            } => Response::Replicas(self.batch_put_start(client, items, &config, true)),
+            Request::BatchPutEnd { client, keys } => {
+                Response::Units(self.batch_put_end(client, &keys))
+            }
+            Request::BatchPutRevoke { client, keys } => {
+                Response::Units(self.batch_put_revoke(client, &keys))
+            }
+            Request::BatchGetReplicaList { keys } => {
+                Response::Replicas(self.batch_get_replica_list(&keys))
+            }
+            Request::BatchExistKey { keys } => Response::Bools(self.batch_exist_key(&keys)),
+            Request::BatchRemove { keys, force } => {
+                Response::Units(self.batch_remove(&keys, force))
+            }
+            Request::RemoveAll { force } => Response::Count(Ok(self.remove_all(force))),
+        }
+    }
+
+    /// Mounts a segment for `client` (which becomes known to liveness).
+    pub fn mount_segment(&self, client: ClientId, segment: Segment) -> Result<(), ErrorCode> {
+        self.segments.mount(client, segment)?;
+        self.clients.register(client, self.clock.now_ms());
+        Ok(())
+    }
+
+    /// Re-registers `client` with its segments (idempotent for those still mounted) and
+    /// re-inserts the objects it reports; one result per reported object.
+    pub fn remount_segments(
+        &self,
+        client: ClientId,
+        segments: Vec<Segment>,
+        objects: Vec<HeldObject>,
+    ) -> BatchResult<()> {
+        let now = self.clock.now_ms();
+        for s in segments {
+            self.segments.mount(client, s)?;
+        }
+        self.clients.register(client, now);
+        Ok(objects
+            .into_iter()
+            .map(|o| self.restore_object(o, now))
+            .collect())
+    }
+
+    fn restore_object(&self, o: HeldObject, now: u64) -> Result<(), ErrorCode> {
+        check_key(&o.key)?;
+        if o.size == 0 || o.replicas.is_empty() || o.replicas.len() > MAX_REPLICAS {
+            return Err(ErrorCode::InvalidParams);
+        }
+        let shard = self.index.shard(self.index.shard_of(&o.key));
+        let mut map = shard.write();
+        if let Some(e) = map.get(&o.key) {
+            let same = e.is_complete()
+                && e.size == o.size
+                && e.replicas.len() == o.replicas.len()
+                && e.replicas
+                    .iter()
+                    .zip(&o.replicas)
+                    .all(|(r, d)| r.addr() == d.addr && r.segment().segment.id == d.segment_id);
+            return if same {
+                Ok(())
+            } else {
+                Err(ErrorCode::ObjectAlreadyExists)
+            };
+        }
+        let mut replicas = Vec::with_capacity(o.replicas.len());
+        for d in &o.replicas {
+            if d.len != o.size {
+                return Err(ErrorCode::InvalidReplica);
+            }
+            // Replicas in segments that did not come back are lost, not an error.
+            let Some(seg) = self.segments.get(d.segment_id) else {
+                continue;
+            };
+            let end = d.addr.checked_add(d.len).ok_or(ErrorCode::InvalidReplica)?;
+            if d.addr < seg.segment.base || end > seg.segment.base + seg.segment.size {
+                return Err(ErrorCode::InvalidReplica);
+            }
+            replicas.push(Replica::reserve(&seg, d.addr, d.len).ok_or(ErrorCode::InvalidReplica)?);
+        }
+        if replicas.is_empty() {
+            return Err(ErrorCode::SegmentNotFound);
+        }
+        let mut e = ObjectEntry::processing(o.size, ClientId::nil(), now, replicas, false);
+        e.state = ObjectState::Complete;
+        map.insert(o.key, e);
+        Ok(())
+    }
+
+    /// Unmounts a segment of `client`; replicas in it are dropped.
+    pub fn unmount_segment(&self, client: ClientId, id: SegmentId) -> Result<(), ErrorCode> {
+        self.segments.unmount(Some(client), id)?;
+        self.purge(self.clock.now_ms(), &[], false);
+        Ok(())
+    }
+
+    /// Heartbeat.
+    pub fn ping(&self, client: ClientId) -> PingResponse {
+        let known = self.clients.ping(client, self.clock.now_ms());
+        PingResponse {
+            need_remount: !known,
+            view_version: self.cfg.view_version,
+        }
+    }
+
+    /// PutStart (or UpsertStart) of a batch: allocates replicas, objects enter PROCESSING.
+    pub fn batch_put_start(
+        &self,
+        client: ClientId,
+        mut items: Vec<(String, u64)>,
+        cfg: &ReplicateConfig,
+        upsert: bool,
+    ) -> BatchResult<Vec<ReplicaDescriptor>> {
+        if cfg.replica_num == 0 || cfg.replica_num > MAX_REPLICAS {
+            return Err(ErrorCode::InvalidParams);
+        }
+        let now = self.clock.now_ms();
+        if now < self.allocations_from_ms {
+            return Err(ErrorCode::UnavailableInCurrentStatus);
+        }
+        let ctx = PutContext {
+            client,
+            cfg,
+            segs: self.segments.snapshot(),
+            now,
+            upsert,
+        };
+        let mut out = results(items.len());
+        let mut pending = Vec::new();
+        let mut retry = Vec::new();
+        let groups = self.index.group(items.len(), |i| &items[i].0);
+        for (s, pos) in groups.iter() {
+            let mut map = self.index.shard(s).write();
+            for &p in pos {
+                let p = p as usize;
+                let r = self.put_start_one(&ctx, &mut map, &mut items[p], &mut pending);
+                if r == Err(ErrorCode::NoAvailableHandle) && !ctx.segs.is_empty() {
+                    retry.push(p);
+                }
+                out[p] = r;
+            }
+        }
+        if !retry.is_empty() && self.evict(now, true) > 0 {
+            for p in retry {
+                let s = self.index.shard_of(&items[p].0);
+                let mut map = self.index.shard(s).write();
+                out[p] = self.put_start_one(&ctx, &mut map, &mut items[p], &mut pending);
+            }
+        }
+        self.delay_release(pending, now + ms(self.cfg.put_release_timeout));
+        Ok(out)
+    }
+
+    fn put_start_one(
+        &self,
+        ctx: &PutContext<'_>,
+        map: &mut Shard,
+        item: &mut (String, u64),
+        pending: &mut Vec<Replica>,
+    ) -> Result<Vec<ReplicaDescriptor>, ErrorCode> {
+        let PutContext {
+            client,
+            cfg,
+            ref segs,
+            now,
+            upsert,
+        } = *ctx;
+        let (key, size) = (&item.0, item.1);
+        check_key(key)?;
+        if size == 0 {
+            return Err(ErrorCode::InvalidParams);
+        }
+        if let Some(e) = map.get_mut(key.as_str()) {
+            match e.state {
+                ObjectState::Processing { .. }
+                    if e.is_stale_processing(now, ms(self.cfg.put_discard_timeout)) =>
+                {
+                    // Take over: the old writer may still be writing, so its space is only
+                    // released after the release timeout.
+                    if let Some(old) = map.remove(key.as_str()) {
+                        pending.extend(old.replicas);
+                        self.stats
+                            .discarded_processing
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                ObjectState::Processing { .. } => return Err(ErrorCode::ObjectAlreadyExists),
+                ObjectState::Complete if !upsert => return Err(ErrorCode::ObjectAlreadyExists),
+                ObjectState::Complete => {
+                    if e.lease.is_leased(now) {
+                        return Err(ErrorCode::ObjectHasLease);
+                    }
+                    if e.size == size && e.replicas.iter().all(|r| r.is_live()) {
+                        // Same size: overwrite in place, reusing the buffers.
+                        e.state = ObjectState::Processing {
+                            writer: client,
+                            started_ms: now,
+                        };
+                        e.hard_pin = cfg.hard_pin;
+                        return Ok(e.descriptors());
+                    }
+                    // Different size: nobody reads it (no lease), free it now.
+                    map.remove(key.as_str());
+                }
+            }
+        }
+        let replicas = place(&*self.placement, segs, size, client, cfg);
+        if replicas.is_empty() {
+            return Err(ErrorCode::NoAvailableHandle);
+        }
+        let e = ObjectEntry::processing(size, client, now, replicas, cfg.hard_pin);
+        if cfg.soft_pin {
+            e.lease.soft_pin(now, ms(self.cfg.soft_pin_ttl));
+        }
+        let descs = e.descriptors();
+        map.insert(std::mem::take(&mut item.0), e);
+        Ok(descs)
+    }
+
+    /// PutEnd (and UpsertEnd): the writer's keys become COMPLETE.
+    pub fn batch_put_end(&self, client: ClientId, keys: &[String]) -> BatchResult<()> {
+        self.batch_write_op(keys, |map, key| {
+            let e = map.get_mut(key).ok_or(ErrorCode::ObjectNotFound)?;
+            e.complete(client)
+        })
+    }
+
+    /// PutRevoke (and UpsertRevoke): the writer gives up; the space is free at once.
+    pub fn batch_put_revoke(&self, client: ClientId, keys: &[String]) -> BatchResult<()> {
+        self.batch_write_op(keys, |map, key| {
+            map.get(key)
+                .ok_or(ErrorCode::ObjectNotFound)?
+                .check_revoke(client)?;
+            map.remove(key);
+            Ok(())
+        })
+    }
+
+    fn batch_write_op(
+        &self,
+        keys: &[String],
+        mut op: impl FnMut(&mut Shard, &str) -> Result<(), ErrorCode>,
+    ) -> BatchResult<()> {
+        let mut out = results(keys.len());
+        let groups = self.index.group(keys.len(), |i| &keys[i]);
+        for (s, pos) in groups.iter() {
+            let mut map = self.index.shard(s).write();
+            for &p in pos {
+                out[p as usize] = op(&mut map, &keys[p as usize]);
+            }
+        }
+        Ok(out)
+    }
+
+    fn batch_read_op<T>(
+        &self,
+        keys: &[String],
+        op: impl Fn(&Shard, &str, u64) -> Result<T, ErrorCode>,
+    ) -> BatchResult<T> {
+        let now = self.clock.now_ms();
+        if keys.len() == 1 {
+            let map = self.index.shard(self.index.shard_of(&keys[0])).read();
+            return Ok(vec![op(&map, &keys[0], now)]);
+        }
+        let mut out = results(keys.len());
+        let groups = self.index.group(keys.len(), |i| &keys[i]);
+        for (s, pos) in groups.iter() {
+            let map = self.index.shard(s).read();
+            for &p in pos {
+                out[p as usize] = op(&map, &keys[p as usize], now);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replica lists of complete keys; grants each a read lease.
+    pub fn batch_get_replica_list(&self, keys: &[String]) -> BatchResult<Vec<ReplicaDescriptor>> {
+        let ttl = ms(self.cfg.lease_ttl);
+        let pin_ttl = ms(self.cfg.soft_pin_ttl);
+        self.batch_read_op(keys, |map, key, now| {
+            let e = map.get(key).ok_or(ErrorCode::ObjectNotFound)?;
+            if !e.is_complete() {
+                return Err(ErrorCode::ReplicaIsNotReady);
+            }
+            let d = e.descriptors();
+            if d.is_empty() {
+                return Err(ErrorCode::ObjectNotFound);
+            }
+            e.lease.grant(now, ttl);
+            e.lease.refresh_soft_pin(now, pin_ttl);
+            Ok(d)
+        })
+    }
+
+    /// Whether keys exist and are complete; grants each existing one a read lease.
+    pub fn batch_exist_key(&self, keys: &[String]) -> BatchResult<bool> {
+        let ttl = ms(self.cfg.lease_ttl);
+        self.batch_read_op(keys, |map, key, now| match map.get(key) {
+            Some(e) if e.is_complete() => {
+                e.lease.grant(now, ttl);
+                Ok(true)
+            }
+            _ => Ok(false),
+        })
+    }
+
+    /// Removes keys. Without `force`, leased keys answer OBJECT_HAS_LEASE and PROCESSING keys
+    /// REPLICA_IS_NOT_READY; with it, their space is released only once nobody can be using it.
+    pub fn batch_remove(&self, keys: &[String], force: bool) -> BatchResult<()> {
+        let now = self.clock.now_ms();
+        let mut later = Vec::new();
+        let out = self.batch_write_op(keys, |map, key| {
+            let e = map.get(key).ok_or(ErrorCode::ObjectNotFound)?;
+            self.check_removable(e, now, force)?;
+            if let Some(e) = map.remove(key) {
+                self.release_after_removal(e, now, &mut later);
+            }
+            Ok(())
+        });
+        for (at, r) in later {
+            self.delay_release(r, at);
+        }
+        out
+    }
+
+    fn check_removable(&self, e: &ObjectEntry, now: u64, force: bool) -> Result<(), ErrorCode> {
+        if force {
+            return Ok(());
+        }
+        if !e.is_complete() {
+            return Err(ErrorCode::ReplicaIsNotReady);
+        }
+        if e.lease.is_leased(now) {
+            return Err(ErrorCode::ObjectHasLease);
+        }
+        Ok(())
+    }
+
+    fn release_after_removal(
+        &self,
+        e: ObjectEntry,
+        now: u64,
+        later: &mut Vec<(u64, Vec<Replica>)>,
+    ) {
+        if !e.is_complete() {
+            later.push((now + ms(self.cfg.put_release_timeout), e.replicas));
+        } else if e.lease.is_leased(now) {
+            later.push((e.lease.until_ms(), e.replicas));
+        }
+        // Otherwise `e` drops here and its space is free at once.
+    }
+
+    /// Removes every removable key; the number removed.
+    pub fn remove_all(&self, force: bool) -> u64 {
+        let now = self.clock.now_ms();
+        let mut removed = 0;
+        let mut later = Vec::new();
+        for s in 0..self.index.num_shards() {
+            let mut map = self.index.shard(s).write();
+            let keys: Vec<String> = map
+                .iter()
+                .filter(|(_, e)| self.check_removable(e, now, force).is_ok())
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in keys {
+                if let Some(e) = map.remove(&k) {
+                    removed += 1;
+                    self.release_after_removal(e, now, &mut later);
+                }
+            }
+        }
+        for (at, r) in later {
+            self.delay_release(r, at);
+        }
+        removed
+    }
+
+    fn delay_release(&self, replicas: Vec<Replica>, at_ms: u64) {
+        if !replicas.is_empty() {
+            self.pending.lock().push(PendingRelease {
+                release_at_ms: at_ms,
+                _replicas: replicas,
+            });
+        }
+    }
+
+    /// Periodic work: delayed releases, client expiry and stale-write discard (every
+    /// `scan_interval`), and eviction above the high watermark.
+    pub fn tick(&self) {
+        let now = self.clock.now_ms();
+        // Dropping the entries returns their space.
+        let released: Vec<PendingRelease> = {
+            let mut p = self.pending.lock();
+            let (due, keep) = std::mem::take(&mut *p)
+                .into_iter()
+                .partition(|r| r.release_at_ms <= now);
+            *p = keep;
+            due
+        };
+        drop(released);
+        let last = self.last_scan_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= ms(self.cfg.scan_interval) {
+            self.last_scan_ms.store(now, Ordering::Relaxed);
+            let dead = self.clients.expire(now);
+            for c in &dead {
+                tracing::warn!(client = %c, "client expired: dropping its segments and replicas");
+                for id in self.segments.owned_by(*c) {
+                    let _ = self.segments.unmount(None, id);
+                }
+            }
+            self.stats
+                .expired_clients
+                .fetch_add(dead.len() as u64, Ordering::Relaxed);
+            self.purge(now, &dead, true);
+        }
+        let (cap, used) = self.segments.usage();
+        if cap > 0 && used as f64 > cap as f64 * self.cfg.eviction_high_watermark {
+            self.evict(now, false);
+        }
+    }
+
+    /// One pass over the index: drops replicas in unmounted segments (and objects left with
+    /// none), discards PROCESSING objects of `dead_writers` and, if `stale`, those past the
+    /// discard timeout.
+    fn purge(&self, now: u64, dead_writers: &[ClientId], stale: bool) {
+        let discard = ms(self.cfg.put_discard_timeout);
+        let release_at = now + ms(self.cfg.put_release_timeout);
+        let mut later = Vec::new();
+        for s in 0..self.index.num_shards() {
+            let mut map = self.index.shard(s).write();
+            map.retain(|_, e| {
+                e.replicas.retain(|r| r.is_live());
+                let discard_it = match e.state {
+                    ObjectState::Processing { writer, .. } => {
+                        dead_writers.contains(&writer)
+                            || (stale && e.is_stale_processing(now, discard))
+                    }
+                    ObjectState::Complete => false,
+                };
+                if discard_it {
+                    later.push(std::mem::take(&mut e.replicas));
+                    self.stats
+                        .discarded_processing
+                        .fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
+                !e.replicas.is_empty()
+            });
+        }
+        for r in later {
+            self.delay_release(r, release_at);
+        }
+    }
+
+    /// One eviction pass: each shard evicts `eviction_ratio` of its evictable objects, oldest
+    /// lease first; soft-pinned objects only if the first pass found nothing (or `aggressive`
+    /// when an allocation failed). Returns the number of objects evicted.
+    pub fn evict(&self, now: u64, aggressive: bool) -> usize {
+        self.stats.eviction_passes.fetch_add(1, Ordering::Relaxed);
+        let mut n = self.evict_pass(now, false);
+        if n == 0 || aggressive {
+            n += self.evict_pass(now, true);
+        }
+        n
+    }
+
+    fn evict_pass(&self, now: u64, allow_soft_pinned: bool) -> usize {
+        let mut evicted = 0;
+        let mut bytes = 0;
+        let mut cands: Vec<Candidate> = Vec::new();
+        for s in 0..self.index.num_shards() {
+            let mut map = self.index.shard(s).write();
+            cands.clear();
+            cands.extend(
+                map.iter()
+                    .filter(|(_, e)| is_evictable(e, now, allow_soft_pinned))
+                    .map(|(k, e)| Candidate {
+                        key: k.clone(),
+                        last_access_ms: e.lease.until_ms(),
+                        size: e.size,
+                    }),
+            );
+            let count = victims(cands.len(), self.cfg.eviction_ratio);
+            self.eviction.select(&mut cands, count);
+            for c in &cands[..count] {
+                if map.remove(&c.key).is_some() {
+                    evicted += 1;
+                    bytes += c.size;
+                }
+            }
+        }
+        self.stats
+            .evicted_objects
+            .fetch_add(evicted as u64, Ordering::Relaxed);
+        self.stats.evicted_bytes.fetch_add(bytes, Ordering::Relaxed);
+        evicted
+    }
+
+    /// Visits every object (tests and invariant checks).
+    pub fn for_each_object(&self, mut f: impl FnMut(&str, &ObjectEntry)) {
+        for s in 0..self.index.num_shards() {
+            for (k, e) in self.index.shard(s).read().iter() {
+                f(k, e);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,697 @@
+//! State-machine tests with a manual clock.
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::proto::ReplicaStatus;
+use proptest::prelude::*;
+use uuid::Uuid;
+
+const SEG: u64 = 1 << 20;
+
+struct Fixture {
+    clock: Arc<ManualClock>,
+    svc: MasterService,
+}
+
+fn fixture(cfg: ServiceConfig) -> Fixture {
+    let clock = Arc::new(ManualClock::new(1_000));
+    let svc = MasterService::new(cfg, clock.clone());
+    Fixture { clock, svc }
+}
+
+fn segment(name: &str, size: u64) -> Segment {
+    Segment {
+        id: Uuid::new_v4(),
+        name: name.to_string(),
+        base: 0x7f00_0000_0000,
+        size,
+    }
+}
+
+fn items(keys: &[&str], size: u64) -> Vec<(String, u64)> {
+    keys.iter().map(|k| (k.to_string(), size)).collect()
+}
+
+fn keys(keys: &[&str]) -> Vec<String> {
+    keys.iter().map(|k| k.to_string()).collect()
+}
+
+fn put(
+    svc: &MasterService,
+    c: ClientId,
+    key: &str,
+    size: u64,
+) -> Result<Vec<ReplicaDescriptor>, ErrorCode> {
+    let d = svc
+        .batch_put_start(c, items(&[key], size), &ReplicateConfig::default(), false)
+        .unwrap()
+        .remove(0)?;
+    svc.batch_put_end(c, &keys(&[key])).unwrap().remove(0)?;
+    Ok(d)
+}
+
+/// Every replica in the index, as (segment, addr, len); panics if two overlap.
+fn assert_no_overlap(svc: &MasterService) -> usize {
+    let mut all: Vec<(SegmentId, u64, u64)> = Vec::new();
+    svc.for_each_object(|_, e| {
+        for r in &e.replicas {
+            all.push((r.segment().segment.id, r.addr(), r.len()));
+        }
+    });
+    all.sort();
+    for w in all.windows(2) {
+        if w[0].0 == w[1].0 {
+            assert!(w[0].1 + w[0].2 <= w[1].1, "overlap: {:?} {:?}", w[0], w[1]);
+        }
+    }
+    all.len()
+}
+
+#[test]
+fn object_lifecycle_processing_then_complete_and_immutable() {
+    let f = fixture(ServiceConfig::default());
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    f.svc.mount_segment(a, segment("h1:1", SEG)).unwrap();
+    let r = f
+        .svc
+        .batch_put_start(
+            a,
+            items(&["k", "k", ""], 100),
+            &ReplicateConfig::default(),
+            false,
+        )
+        .unwrap();
+    let d = r[0].clone().unwrap();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].status, ReplicaStatus::Processing);
+    assert_eq!(d[0].len, 100);
+    assert_eq!(
+        r[1],
+        Err(ErrorCode::ObjectAlreadyExists),
+        "second in the same batch"
+    );
+    assert_eq!(r[2], Err(ErrorCode::InvalidKey));
+    assert_eq!(
+        f.svc.batch_get_replica_list(&keys(&["k"])).unwrap()[0],
+        Err(ErrorCode::ReplicaIsNotReady)
+    );
+    assert_eq!(f.svc.batch_exist_key(&keys(&["k"])).unwrap()[0], Ok(false));
+    assert_eq!(
+        f.svc.batch_put_end(b, &keys(&["k"])).unwrap()[0],
+        Err(ErrorCode::IllegalClient)
+    );
+    assert_eq!(
+        f.svc.batch_put_end(a, &keys(&["k", "nope"])).unwrap(),
+        vec![Ok(()), Err(ErrorCode::ObjectNotFound)]
+    );
+    let got = f.svc.batch_get_replica_list(&keys(&["k"])).unwrap()[0]
+        .clone()
+        .unwrap();
+    assert_eq!(got[0].addr, d[0].addr);
+    assert_eq!(got[0].status, ReplicaStatus::Complete);
+    assert_eq!(f.svc.batch_exist_key(&keys(&["k"])).unwrap()[0], Ok(true));
+    // Immutable.
+    assert_eq!(
+        put(&f.svc, b, "k", 100),
+        Err(ErrorCode::ObjectAlreadyExists)
+    );
+    assert_eq!(
+        f.svc.batch_put_end(a, &keys(&["k"])).unwrap()[0],
+        Err(ErrorCode::InvalidWrite)
+    );
+    assert_eq!(
+        f.svc.batch_put_revoke(a, &keys(&["k"])).unwrap()[0],
+        Err(ErrorCode::InvalidWrite)
+    );
+}
+
+#[test]
+fn zero_size_bad_replica_num_and_no_segments() {
+    let f = fixture(ServiceConfig::default());
+    let a = Uuid::new_v4();
+    let cfg = ReplicateConfig::default();
+    assert_eq!(
+        f.svc
+            .batch_put_start(a, items(&["k"], 10), &cfg, false)
+            .unwrap()[0],
+        Err(ErrorCode::NoAvailableHandle)
+    );
+    f.svc.mount_segment(a, segment("h1:1", SEG)).unwrap();
+    assert_eq!(
+        f.svc
+            .batch_put_start(a, items(&["k"], 0), &cfg, false)
+            .unwrap()[0],
+        Err(ErrorCode::InvalidParams)
+    );
+    let zero = ReplicateConfig {
+        replica_num: 0,
+        ..Default::default()
+    };
+    assert_eq!(
+        f.svc.batch_put_start(a, items(&["k"], 10), &zero, false),
+        Err(ErrorCode::InvalidParams)
+    );
+    assert_eq!(
+        f.svc
+            .batch_put_start(a, items(&["k"], SEG + 1), &cfg, false)
+            .unwrap()[0],
+        Err(ErrorCode::NoAvailableHandle)
+    );
+}
+
+#[test]
+fn revoke_frees_space_at_once() {
+    let f = fixture(ServiceConfig::default());
+    let a = Uuid::new_v4();
+    f.svc.mount_segment(a, segment("h1:1", SEG)).unwrap();
+    f.svc
+        .batch_put_start(a, items(&["k"], SEG), &ReplicateConfig::default(), false)
+        .unwrap()[0]
+        .clone()
+        .unwrap();
+    assert_eq!(f.svc.usage(), (SEG, SEG));
+    assert_eq!(f.svc.batch_put_revoke(a, &keys(&["k"])).unwrap()[0], Ok(()));
+    assert_eq!(f.svc.usage(), (SEG, 0));
+    assert!(put(&f.svc, a, "k", SEG).is_ok(), "key and space reusable");
+}
+
+#[test]
+fn stale_processing_is_taken_over_and_its_space_released_later() {
+    let cfg = ServiceConfig::default();
+    let f = fixture(cfg.clone());
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    f.svc.mount_segment(a, segment("h1:1", SEG)).unwrap();
+    f.svc
+        .batch_put_start(a, items(&["k"], 1000), &ReplicateConfig::default(), false)
+        .unwrap()[0]
+        .clone()
+        .unwrap();
+    f.clock.advance_ms(ms(cfg.put_discard_timeout) - 1);
+    assert_eq!(
+        put(&f.svc, b, "k", 1000),
+        Err(ErrorCode::ObjectAlreadyExists)
+    );
+    f.clock.advance_ms(1);
+    put(&f.svc, b, "k", 1000).unwrap();
+    assert_eq!(f.svc.usage().1, 2048, "old space is not reused yet");
+    assert_eq!(
+        f.svc.batch_put_end(a, &keys(&["k"])).unwrap()[0],
+        Err(ErrorCode::InvalidWrite),
+        "old writer lost it"
+    );
+    f.clock.advance_ms(ms(cfg.put_release_timeout));
+    f.svc.ping(a);
+    f.svc.tick();
+    assert_eq!(f.svc.usage().1, 1024);
+}
+
+#[test]
+fn tick_discards_stale_processing_keys() {
+    let cfg = ServiceConfig::default();
+    let f = fixture(cfg.clone());
+    let a = Uuid::new_v4();
+    f.svc.mount_segment(a, segment("h1:1", SEG)).unwrap();
+    f.svc
+        .batch_put_start(a, items(&["k"], 1000), &ReplicateConfig::default(), false)
+        .unwrap();
+    f.svc.ping(a);
+    f.clock.advance_ms(ms(cfg.put_discard_timeout));
+    f.svc.ping(a);
+    f.svc.tick();
+    assert_eq!(f.svc.key_count(), 0, "no key stays stuck in PROCESSING");
+    assert_eq!(f.svc.stats.discarded_processing.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn dead_client_loses_segments_replicas_and_processing_writes_then_remounts() {
+    let cfg = ServiceConfig::default();
+    let f = fixture(cfg.clone());
+    let (holder, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let seg = segment("h1:1", SEG);
+    f.svc.mount_segment(holder, seg.clone()).unwrap();
+    f.svc.mount_segment(other, segment("h2:1", SEG)).unwrap();
+    let pin_h = ReplicateConfig {
+        preferred_segments: vec!["h1:1".into()],
+        ..Default::default()
+    };
+    let r = f
+        .svc
+        .batch_put_start(other, items(&["in-holder"], 100), &pin_h, false)
+        .unwrap();
+    assert_eq!(r[0].as_ref().unwrap()[0].segment_id, seg.id);
+    f.svc.batch_put_end(other, &keys(&["in-holder"])).unwrap();
+    let pin_o = ReplicateConfig {
+        preferred_segments: vec!["h2:1".into()],
+        ..Default::default()
+    };
+    f.svc
+        .batch_put_start(holder, items(&["holder-writing"], 100), &pin_o, false)
+        .unwrap()[0]
+        .clone()
+        .unwrap();
+    for _ in 0..11 {
+        f.clock.advance_ms(1000);
+        assert!(!f.svc.ping(other).need_remount);
+        f.svc.tick();
+    }
+    assert_eq!(
+        f.svc.batch_get_replica_list(&keys(&["in-holder"])).unwrap()[0],
+        Err(ErrorCode::ObjectNotFound)
+    );
+    assert_eq!(
+        f.svc.key_count(),
+        0,
+        "the dead writer's PROCESSING key is discarded too"
+    );
+    assert_eq!(f.svc.segment_count(), 1);
+    assert!(f.svc.ping(holder).need_remount);
+    f.svc
+        .remount_segments(holder, vec![seg.clone()], vec![])
+        .unwrap();
+    assert!(!f.svc.ping(holder).need_remount);
+    let d = put(&f.svc, other, "again", 100);
+    assert!(d.is_ok());
+}
+
+#[test]
+fn leases_block_removal_without_force_and_delay_forced_release() {
+    let cfg = ServiceConfig::default();
+    let f = fixture(cfg.clone());
+    let a = Uuid::new_v4();
+    f.svc.mount_segment(a, segment("h1:1", SEG)).unwrap();
+    put(&f.svc, a, "k", 1000).unwrap();
+    assert_eq!(
+        f.svc.batch_remove(&keys(&["k"]), false).unwrap()[0],
+        Ok(()),
+        "no lease yet"
+    );
+    put(&f.svc, a, "k", 1000).unwrap();
+    f.svc.batch_get_replica_list(&keys(&["k"])).unwrap()[0]
+        .clone()
+        .unwrap();
+    assert_eq!(
+        f.svc.batch_remove(&keys(&["k"]), false).unwrap()[0],
+        Err(ErrorCode::ObjectHasLease)
+    );
+    assert_eq!(f.svc.remove_all(false), 0);
+    assert_eq!(f.svc.batch_remove(&keys(&["k"]), true).unwrap()[0], Ok(()));
+    assert_eq!(f.svc.usage().1, 1024, "a reader may still be reading");
+    f.clock.advance_ms(ms(cfg.lease_ttl));
+    f.svc.tick();
+    assert_eq!(f.svc.usage().1, 0);
+    put(&f.svc, a, "k2", 1000).unwrap();
+    f.clock.advance_ms(1);
+    assert_eq!(f.svc.remove_all(false), 1);
+}
+
+#[test]
+fn upsert_reuses_equal_size_buffers_and_respects_leases() {
+    let f = fixture(ServiceConfig::default());
+    let a = Uuid::new_v4();
+    let cfg = ReplicateConfig::default();
+    f.svc.mount_segment(a, segment("h1:1", SEG)).unwrap();
+    let d1 = put(&f.svc, a, "k", 1000).unwrap();
+    let d2 = f
+        .svc
+        .batch_put_start(a, items(&["k"], 1000), &cfg, true)
+        .unwrap()[0]
+        .clone()
+        .unwrap();
+    assert_eq!(d1[0].addr, d2[0].addr);
+    assert_eq!(d2[0].status, ReplicaStatus::Processing);
+    f.svc.batch_put_end(a, &keys(&["k"])).unwrap()[0].unwrap();
+    let d3 = f
+        .svc
+        .batch_put_start(a, items(&["k"], 5000), &cfg, true)
+        .unwrap()[0]
+        .clone()
+        .unwrap();
+    assert_eq!(d3[0].len, 5000);
+    assert_eq!(f.svc.usage().1, 5056);
+    f.svc.batch_put_end(a, &keys(&["k"])).unwrap()[0].unwrap();
+    f.svc.batch_get_replica_list(&keys(&["k"])).unwrap();
+    assert_eq!(
+        f.svc
+            .batch_put_start(a, items(&["k"], 5000), &cfg, true)
+            .unwrap()[0],
+        Err(ErrorCode::ObjectHasLease)
+    );
+    // Upsert of a new key is a put.
+    assert!(f
+        .svc
+        .batch_put_start(a, items(&["new"], 10), &cfg, true)
+        .unwrap()[0]
+        .is_ok());
+}
+
+#[test]
+fn full_pool_evicts_unleased_objects_to_make_room() {
+    let f = fixture(ServiceConfig {
+        eviction_ratio: 0.5,
+        shards: 1,
+        ..Default::default()
+    });
+    let a = Uuid::new_v4();
+    f.svc.mount_segment(a, segment("h1:1", 4096)).unwrap();
+    for k in ["a", "b", "c", "d"] {
+        put(&f.svc, a, k, 1024).unwrap();
+        f.clock.advance_ms(1);
+    }
+    f.svc.batch_get_replica_list(&keys(&["a"])).unwrap()[0]
+        .clone()
+        .unwrap();
+    // Full: the next put evicts the oldest unleased (b) and succeeds.
+    put(&f.svc, a, "e", 1024).unwrap();
+    let ex = f.svc.batch_exist_key(&keys(&["a", "b", "e"])).unwrap();
+    assert_eq!(ex, vec![Ok(true), Ok(false), Ok(true)]);
+    assert!(f.svc.stats.evicted_objects.load(Ordering::Relaxed) >= 1);
+}
+
+#[test]
+fn nothing_evictable_means_no_available_handle() {
+    let f = fixture(ServiceConfig::default());
+    let a = Uuid::new_v4();
+    f.svc.mount_segment(a, segment("h1:1", 2048)).unwrap();
+    let hard = ReplicateConfig {
+        hard_pin: true,
+        ..Default::default()
+    };
+    f.svc
+        .batch_put_start(a, items(&["p"], 1024), &hard, false)
+        .unwrap()[0]
+        .clone()
+        .unwrap();
+    f.svc.batch_put_end(a, &keys(&["p"])).unwrap();
+    put(&f.svc, a, "l", 1024).unwrap();
+    f.svc.batch_get_replica_list(&keys(&["l"])).unwrap();
+    assert_eq!(put(&f.svc, a, "x", 1024), Err(ErrorCode::NoAvailableHandle));
+    assert_eq!(f.svc.key_count(), 2);
+}
+
+#[test]
+fn watermark_tick_evicts_but_spares_leased_and_hard_pinned() {
+    let f = fixture(ServiceConfig {
+        eviction_ratio: 1.0,
+        ..Default::default()
+    });
+    let a = Uuid::new_v4();
+    f.svc.mount_segment(a, segment("h1:1", 100 * 1024)).unwrap();
+    let hard = ReplicateConfig {
+        hard_pin: true,
+        ..Default::default()
+    };
+    for i in 0..95 {
+        let k = format!("k{i}");
+        let c = if i % 10 == 0 {
+            hard.clone()
+        } else {
+            ReplicateConfig::default()
+        };
+        f.svc
+            .batch_put_start(a, vec![(k.clone(), 1024)], &c, false)
+            .unwrap()[0]
+            .clone()
+            .unwrap();
+        f.svc.batch_put_end(a, &[k]).unwrap();
+    }
+    let leased: Vec<String> = (1..95).step_by(7).map(|i| format!("k{i}")).collect();
+    f.svc.batch_get_replica_list(&leased).unwrap();
+    f.svc.tick();
+    let mut left = Vec::new();
+    f.svc.for_each_object(|k, _| left.push(k.to_string()));
+    for i in (0..95).step_by(10) {
+        assert!(left.contains(&format!("k{i}")), "hard-pinned k{i} evicted");
+    }
+    for k in &leased {
+        assert!(left.contains(k), "leased {k} evicted");
+    }
+    assert!(left.len() < 95);
+}
+
+#[test]
+fn soft_pinned_objects_go_last() {
+    let f = fixture(ServiceConfig {
+        eviction_ratio: 1.0,
+        shards: 1,
+        ..Default::default()
+    });
+    let a = Uuid::new_v4();
+    f.svc.mount_segment(a, segment("h1:1", 1 << 20)).unwrap();
+    let soft = ReplicateConfig {
+        soft_pin: true,
+        ..Default::default()
+    };
+    f.svc
+        .batch_put_start(a, items(&["s"], 100), &soft, false)
+        .unwrap();
+    f.svc.batch_put_end(a, &keys(&["s"])).unwrap();
+    put(&f.svc, a, "u", 100).unwrap();
+    assert_eq!(f.svc.evict(f.clock.now_ms(), false), 1);
+    assert_eq!(
+        f.svc.batch_exist_key(&keys(&["s", "u"])).unwrap(),
+        vec![Ok(true), Ok(false)]
+    );
+    f.clock.advance_ms(ms(f.svc.config().lease_ttl));
+    assert_eq!(
+        f.svc.evict(f.clock.now_ms(), false),
+        1,
+        "only soft-pinned left: evicted"
+    );
+}
+
+#[test]
+fn replicas_land_on_distinct_segments_best_effort() {
+    let f = fixture(ServiceConfig::default());
+    let a = Uuid::new_v4();
+    for n in ["h1:1", "h2:1", "h3:1"] {
+        f.svc
+            .mount_segment(Uuid::new_v4(), segment(n, SEG))
+            .unwrap();
+    }
+    let three = ReplicateConfig {
+        replica_num: 3,
+        ..Default::default()
+    };
+    let d = f
+        .svc
+        .batch_put_start(a, items(&["k"], 100), &three, false)
+        .unwrap()[0]
+        .clone()
+        .unwrap();
+    let mut names: Vec<_> = d.iter().map(|r| r.segment_name.clone()).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 3);
+    let five = ReplicateConfig {
+        replica_num: 5,
+        ..Default::default()
+    };
+    let d = f
+        .svc
+        .batch_put_start(a, items(&["k2"], 100), &five, false)
+        .unwrap()[0]
+        .clone()
+        .unwrap();
+    assert_eq!(d.len(), 3, "best effort");
+}
+
+#[test]
+fn mount_rejects_duplicates_and_overlaps_and_unmount_drops_replicas() {
+    let f = fixture(ServiceConfig::default());
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let s = segment("h1:1", SEG);
+    f.svc.mount_segment(a, s.clone()).unwrap();
+    f.svc.mount_segment(a, s.clone()).unwrap();
+    assert_eq!(
+        f.svc.mount_segment(b, s.clone()),
+        Err(ErrorCode::SegmentAlreadyExists)
+    );
+    let overlapping = Segment {
+        id: Uuid::new_v4(),
+        base: s.base + 10,
+        ..s.clone()
+    };
+    assert_eq!(
+        f.svc.mount_segment(a, overlapping),
+        Err(ErrorCode::SegmentAlreadyExists)
+    );
+    assert_eq!(
+        f.svc.mount_segment(a, segment("h1:1", 0)),
+        Err(ErrorCode::InvalidParams)
+    );
+    put(&f.svc, a, "k", 10).unwrap();
+    assert_eq!(
+        f.svc.unmount_segment(b, s.id),
+        Err(ErrorCode::IllegalClient)
+    );
+    f.svc.unmount_segment(a, s.id).unwrap();
+    assert_eq!(
+        f.svc.batch_get_replica_list(&keys(&["k"])).unwrap()[0],
+        Err(ErrorCode::ObjectNotFound)
+    );
+    assert_eq!(
+        f.svc.unmount_segment(a, s.id),
+        Err(ErrorCode::SegmentNotFound)
+    );
+}
+
+#[test]
+fn recovery_window_blocks_allocation_and_reported_objects_are_kept() {
+    let cfg = ServiceConfig {
+        recovery_window: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let old = fixture(ServiceConfig::default());
+    let a = Uuid::new_v4();
+    let s = segment("h1:1", 64 * 1024);
+    old.svc.mount_segment(a, s.clone()).unwrap();
+    let mut held = Vec::new();
+    for i in 0..16 {
+        let k = format!("k{i}");
+        let d = put(&old.svc, a, &k, 1000).unwrap();
+        held.push(HeldObject {
+            key: k,
+            size: 1000,
+            replicas: d,
+        });
+    }
+    // A new leader: empty state, recovery window.
+    let f = fixture(cfg);
+    assert!(f.svc.ping(a).need_remount);
+    assert_eq!(
+        f.svc
+            .batch_put_start(a, items(&["x"], 10), &ReplicateConfig::default(), false),
+        Err(ErrorCode::UnavailableInCurrentStatus)
+    );
+    let mut reports = held.clone();
+    reports.push(HeldObject {
+        key: "clash".into(),
+        size: 1000,
+        replicas: held[0].replicas.clone(),
+    });
+    reports.push(HeldObject {
+        key: "bad".into(),
+        size: 10,
+        replicas: held[1].replicas.clone(),
+    });
+    let r = f.svc.remount_segments(a, vec![s.clone()], reports).unwrap();
+    assert!(r[..16].iter().all(|r| r.is_ok()));
+    assert_eq!(
+        r[16],
+        Err(ErrorCode::InvalidReplica),
+        "overlaps a reported object"
+    );
+    assert_eq!(r[17], Err(ErrorCode::InvalidReplica), "length mismatch");
+    // Idempotent re-report.
+    assert_eq!(
+        f.svc
+            .remount_segments(a, vec![s.clone()], held[..1].to_vec())
+            .unwrap()[0],
+        Ok(())
+    );
+    f.clock.advance_ms(10_000);
+    for i in 0..48 {
+        let _ = put(&f.svc, a, &format!("new{i}"), 1000);
+    }
+    assert_eq!(assert_no_overlap(&f.svc), 64);
+    for h in &held {
+        let got = f
+            .svc
+            .batch_get_replica_list(std::slice::from_ref(&h.key))
+            .unwrap()[0]
+            .clone()
+            .unwrap();
+        assert_eq!(got[0].addr, h.replicas[0].addr);
+    }
+}
+
+#[test]
+fn handle_dispatches_and_remove_all_counts() {
+    let f = fixture(ServiceConfig::default());
+    let a = Uuid::new_v4();
+    let r = f.svc.handle(Request::MountSegment {
+        client: a,
+        segment: segment("h:1", SEG),
+    });
+    assert_eq!(r, Response::Unit(Ok(())));
+    put(&f.svc, a, "k", 1).unwrap();
+    assert_eq!(
+        f.svc.handle(Request::RemoveAll { force: false }),
+        Response::Count(Ok(1))
+    );
+    assert!(
+        matches!(f.svc.handle(Request::Ping { client: a }), Response::Ping(Ok(p)) if !p.need_remount)
+    );
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Put(u8, u16),
+    Get(u8),
+    Remove(u8, bool),
+    Advance(u16),
+    Evict,
+    Tick,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (any::<u8>(), 1u16..20_000).prop_map(|(k, s)| Op::Put(k % 64, s)),
+        2 => any::<u8>().prop_map(|k| Op::Get(k % 64)),
+        1 => (any::<u8>(), any::<bool>()).prop_map(|(k, f)| Op::Remove(k % 64, f)),
+        1 => (0u16..5000).prop_map(Op::Advance),
+        1 => Just(Op::Evict),
+        1 => Just(Op::Tick),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn index_invariants_hold_under_random_operations(ops in proptest::collection::vec(op(), 1..200)) {
+        let f = fixture(ServiceConfig { shards: 4, eviction_ratio: 0.3, ..Default::default() });
+        let a = Uuid::new_v4();
+        for n in ["h1:1", "h2:1"] {
+            f.svc.mount_segment(a, segment(n, 128 * 1024)).unwrap();
+        }
+        let two = ReplicateConfig { replica_num: 2, hard_pin: false, ..Default::default() };
+        let hard = ReplicateConfig { hard_pin: true, ..Default::default() };
+        for op in ops {
+            match op {
+                Op::Put(k, s) => {
+                    let c = if k % 5 == 0 { &hard } else { &two };
+                    let key = format!("k{k}");
+                    if let Ok(d) = f.svc.batch_put_start(a, vec![(key.clone(), s as u64)], c, false).unwrap().remove(0) {
+                        prop_assert!(d.iter().all(|r| r.len == s as u64));
+                        f.svc.batch_put_end(a, &[key]).unwrap();
+                    }
+                }
+                Op::Get(k) => { let _ = f.svc.batch_get_replica_list(&[format!("k{k}")]); }
+                Op::Remove(k, force) => { let _ = f.svc.batch_remove(&[format!("k{k}")], force); }
+                Op::Advance(ms) => {
+                    f.clock.advance_ms(ms as u64);
+                    f.svc.ping(a);
+                }
+                Op::Evict | Op::Tick => {
+                    let now = f.clock.now_ms();
+                    let mut protected = Vec::new();
+                    f.svc.for_each_object(|k, e| if e.hard_pin || e.lease.is_leased(now) { protected.push(k.to_string()) });
+                    if matches!(op, Op::Evict) { f.svc.evict(now, true); } else { f.svc.tick(); }
+                    for k in protected {
+                        prop_assert_eq!(f.svc.batch_exist_key(std::slice::from_ref(&k)).unwrap()[0], Ok(true), "{} evicted", k);
+                    }
+                }
+            }
+            assert_no_overlap(&f.svc);
+            let (cap, used) = f.svc.usage();
+            prop_assert!(used <= cap);
+        }
+        // Freed space is reusable: after removing everything and waiting out leases, all is free.
+        f.svc.remove_all(true);
+        f.clock.advance_ms(ms(f.svc.config().lease_ttl) + 1);
+        f.svc.ping(a);
+        f.svc.tick();
+        prop_assert_eq!(f.svc.usage().1, 0);
+        prop_assert!(put(&f.svc, a, "whole", 128 * 1024).is_ok());
+    }
+}

@@ -1,0 +1,193 @@
+//! RPC end to end against an embedded server on 127.0.0.1.
+
+use std::time::Duration;
+
+use mooncake_master::codec::{client_handshake, encode_frame, MAGIC};
+use mooncake_master::proto::Request;
+use mooncake_master::{
+    ErrorCode, MasterClient, MasterConfig, MasterServer, ReplicaStatus, ReplicateConfig, Segment,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use uuid::Uuid;
+
+fn seg(name: &str, size: u64) -> Segment {
+    Segment {
+        id: Uuid::new_v4(),
+        name: name.into(),
+        base: 0x10_0000,
+        size,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_calls_answer_per_key_in_order() {
+    let m = MasterServer::start(MasterConfig::default()).await.unwrap();
+    let c = MasterClient::connect(&m.rpc_addr().to_string())
+        .await
+        .unwrap();
+    let me = Uuid::new_v4();
+    c.mount_segment(me, seg("127.0.0.1:7000", 1 << 20))
+        .await
+        .unwrap();
+    assert!(!c.ping(me).await.unwrap().need_remount);
+    let items: Vec<(String, u64)> = (0..100).map(|i| (format!("k{i}"), 1000 + i)).collect();
+    let placed = c
+        .batch_put_start(me, items.clone(), ReplicateConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(placed.len(), 100);
+    for (i, p) in placed.iter().enumerate() {
+        let d = p.as_ref().unwrap();
+        assert_eq!(d[0].len, items[i].1, "results in input order");
+        assert_eq!(d[0].status, ReplicaStatus::Processing);
+    }
+    let keys: Vec<String> = items.iter().map(|i| i.0.clone()).collect();
+    let mut with_missing = keys.clone();
+    with_missing.insert(50, "missing".into());
+    let ends = c.batch_put_end(me, keys.clone()).await.unwrap();
+    assert!(ends.iter().all(|r| r.is_ok()));
+    let got = c
+        .batch_get_replica_list(with_missing.clone())
+        .await
+        .unwrap();
+    assert_eq!(got[50], Err(ErrorCode::ObjectNotFound));
+    assert_eq!(got[51].as_ref().unwrap()[0].len, 1050);
+    let ex = c.batch_exist_key(with_missing).await.unwrap();
+    assert_eq!(ex[50], Ok(false));
+    assert_eq!(ex[0], Ok(true));
+    assert_eq!(
+        c.put_start(me, "k1".into(), 5, ReplicateConfig::default())
+            .await,
+        Err(ErrorCode::ObjectAlreadyExists)
+    );
+    assert_eq!(
+        c.remove("k1".into(), false).await,
+        Err(ErrorCode::ObjectHasLease)
+    );
+    assert_eq!(c.remove("k1".into(), true).await, Ok(()));
+    assert_eq!(c.exist_key("k1".into()).await, Ok(false));
+    // Many requests in flight on one connection.
+    let futs: Vec<_> = (0..64)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move { c.get_replica_list(format!("k{}", 2 + i % 90)).await })
+        })
+        .collect();
+    for f in futs {
+        assert!(f.await.unwrap().is_ok());
+    }
+    assert_eq!(c.remove_all(true).await, Ok(99));
+    let metrics = m.metrics_text();
+    assert!(
+        metrics.contains("mooncake_master_rpc_requests_total{op=\"batch_put_start\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("mooncake_master_rpc_items_total{op=\"batch_put_start\"} 101"));
+    m.stop().await;
+}
+
+async fn raw_connection(addr: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    client_handshake(&mut s).await.unwrap();
+    s
+}
+
+async fn closed(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_close_only_their_connection() {
+    let m = MasterServer::start(MasterConfig {
+        max_frame: 1 << 20,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let addr = m.rpc_addr().to_string();
+    let good = MasterClient::connect(&addr).await.unwrap();
+    let me = Uuid::new_v4();
+    good.mount_segment(me, seg("h:1", 1 << 20)).await.unwrap();
+
+    // Garbage payload.
+    let mut s = raw_connection(&addr).await;
+    s.write_all(&[5, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff])
+        .await
+        .unwrap();
+    assert!(closed(&mut s).await);
+    // Oversized announced length.
+    let mut s = raw_connection(&addr).await;
+    s.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
+    assert!(closed(&mut s).await);
+    // Valid message followed by trailing bytes inside the frame.
+    let mut s = raw_connection(&addr).await;
+    let mut f = Vec::new();
+    encode_frame(1, &Request::RemoveAll { force: false }, &mut f).unwrap();
+    f.push(0);
+    let len = (f.len() - 4) as u32;
+    f[..4].copy_from_slice(&len.to_le_bytes());
+    s.write_all(&f).await.unwrap();
+    assert!(closed(&mut s).await);
+    // Wrong magic and wrong version.
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"HTTP/1.1").await.unwrap();
+    assert!(closed(&mut s).await);
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let mut hello = MAGIC.to_vec();
+    hello.extend_from_slice(&999u32.to_le_bytes());
+    s.write_all(&hello).await.unwrap();
+    let mut answer = [0u8; 8];
+    s.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer[..4], &MAGIC);
+    assert!(closed(&mut s).await);
+
+    // The well-behaved connection and the state are untouched.
+    let r = good
+        .put_start(me, "still-works".into(), 10, ReplicateConfig::default())
+        .await;
+    assert!(r.is_ok());
+    assert!(!good.ping(me).await.unwrap().need_remount);
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_reports_unreachable_master_and_bad_addresses() {
+    assert!(MasterClient::connect("not an address").await.is_err());
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    drop(l);
+    assert!(MasterClient::connect(&addr).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_fail_with_rpc_fail_after_the_master_stops_and_reconnect_after_restart() {
+    let m = MasterServer::start(MasterConfig::default()).await.unwrap();
+    let addr = m.rpc_addr();
+    let c = MasterClient::connect(&addr.to_string()).await.unwrap();
+    let me = Uuid::new_v4();
+    assert!(c.ping(me).await.unwrap().need_remount, "unknown client");
+    m.stop().await;
+    assert_eq!(c.ping(me).await, Err(ErrorCode::RpcFail));
+    let m2 = MasterServer::start(MasterConfig {
+        rpc_addr: addr,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut ok = false;
+    for _ in 0..50 {
+        if c.ping(me).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok, "client reconnects to the restarted master");
+    assert!(c.connected_addr().is_some());
+    m2.stop().await;
+}
