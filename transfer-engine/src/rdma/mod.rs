@@ -1,22 +1,44 @@
-//! RDMA transport. Placeholder until the RDMA implementation lands: RDMA is reported unusable,
-//! so `Protocol::Auto` falls back to TCP and `Protocol::Rdma` is refused.
+//! RDMA transport over ibverbs (through `sideway`, which loads libibverbs at run time).
 //!
-//! The engine calls exactly these two functions; an implementation keeps their signatures and
-//! returns a [`crate::transport::Transport`] (see that module's doc for the contract).
+//! - [`device`]: discovery of active devices and GID choice; [`nic`]: one PD, CQ and CQ
+//!   poller thread per device.
+//! - [`memory`]: every registered region becomes MRs on every device; their rkeys travel in
+//!   the segment descriptor ([`wire::RdmaSegmentInfo`]).
+//! - [`endpoint`]: RC queue pairs per (local device, peer segment, peer device), created on
+//!   first use; queue pair numbers, GIDs and PSNs are exchanged over the engine's control
+//!   channel ([`wire::ConnectRequest`]); [`qp`] holds the state transitions.
+//! - [`plan`] cuts requests into slices (slice size, MR boundaries); [`window`] bounds what is
+//!   posted by the send queue depth; [`transport`] ties it together behind
+//!   [`crate::transport::Transport`].
+//!
+//! The engine calls [`probe`] (for `Protocol::Auto`) and [`new_transport`].
 
 use std::sync::Arc;
 
 use crate::transport::{Transport, TransportContext};
 use crate::{RdmaConfig, TransferError};
 
+pub mod device;
+pub mod endpoint;
+pub mod memory;
+pub mod nic;
+pub mod plan;
+pub mod qp;
+pub mod transport;
+pub mod window;
+pub mod wire;
+
+pub use transport::RdmaTransport;
+
+/// Name of the transport (descriptor key and control-message address).
+pub const NAME: &str = "rdma";
+
 /// Whether RDMA is usable with `config`; `Err` says why not (logged once by the engine).
-pub fn probe(_config: &RdmaConfig) -> Result<(), String> {
-    Err("this build has no RDMA transport yet".into())
+pub fn probe(config: &RdmaConfig) -> Result<(), String> {
+    device::discover(&config.devices, config.gid_index).map(|_| ())
 }
 
 /// Creates the RDMA transport for an engine.
-pub fn new_transport(_ctx: &TransportContext) -> Result<Arc<dyn Transport>, TransferError> {
-    Err(TransferError::Rdma(
-        "this build has no RDMA transport yet".into(),
-    ))
+pub fn new_transport(ctx: &TransportContext) -> Result<Arc<dyn Transport>, TransferError> {
+    Ok(Arc::new(RdmaTransport::new(ctx)?))
 }

@@ -1,0 +1,108 @@
+//! Memory registration: every region the engine registers becomes MRs on every device
+//! (several per device when the region exceeds the device's maximum MR size), with
+//! LOCAL_WRITE | REMOTE_READ | REMOTE_WRITE access. Their lkeys cut local slices, their rkeys
+//! are published in the segment descriptor.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use mooncake_sys::verbs::ibverbs::memory_region::MemoryRegion;
+use parking_lot::RwLock;
+
+use super::nic::Nic;
+use super::plan::{mr_chunks, KeySpan};
+use super::qp::access;
+use super::wire::RemoteMr;
+use crate::registry::Region;
+use crate::TransferError;
+
+/// One piece of a region with its MR on every device.
+struct Chunk {
+    addr: u64,
+    len: u64,
+    mrs: Vec<Arc<MemoryRegion>>,
+}
+
+/// MRs of all registered regions, keyed by region start.
+#[derive(Default)]
+pub struct MrTable {
+    regions: RwLock<BTreeMap<u64, (u64, Vec<Chunk>)>>,
+}
+
+impl std::fmt::Debug for MrTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MrTable")
+            .field("regions", &self.regions.read().len())
+            .finish()
+    }
+}
+
+impl MrTable {
+    /// Registers `region` on every device in `nics`.
+    pub fn register(&self, region: &Region, nics: &[Arc<Nic>]) -> Result<(), TransferError> {
+        let max = nics.iter().map(|n| n.max_mr_size).min().unwrap_or(u64::MAX);
+        let mut chunks = Vec::new();
+        for (addr, len) in mr_chunks(region.addr, region.len, max) {
+            let mut mrs = Vec::with_capacity(nics.len());
+            for nic in nics {
+                let len_usize = usize::try_from(len).map_err(|_| {
+                    TransferError::InvalidArgument(format!("region of {len} bytes"))
+                })?;
+                // SAFETY: the engine's caller guarantees (register_memory's contract) that the
+                // region stays valid until unregistered, which deregisters these MRs first.
+                let mr =
+                    unsafe { nic.pd.reg_mr(addr as usize, len_usize, access()) }.map_err(|e| {
+                        TransferError::Rdma(format!(
+                            "register [{addr:#x}, +{len}) ({:?}) on {}: {e}",
+                            region.location, nic.dev.name
+                        ))
+                    })?;
+                mrs.push(mr);
+            }
+            chunks.push(Chunk { addr, len, mrs });
+        }
+        self.regions
+            .write()
+            .insert(region.addr, (region.len, chunks));
+        Ok(())
+    }
+
+    /// Deregisters the MRs of the region starting at `addr` (no-op if it has none).
+    pub fn unregister(&self, addr: u64) {
+        self.regions.write().remove(&addr);
+    }
+
+    /// The MRs on device `nic` overlapping `[addr, addr + len)`, as lkey spans.
+    pub fn local_spans(&self, nic: usize, addr: u64, len: u64) -> Vec<KeySpan> {
+        let end = addr.saturating_add(len);
+        let regions = self.regions.read();
+        let Some((_, (_, chunks))) = regions.range(..=addr).next_back() else {
+            return Vec::new();
+        };
+        chunks
+            .iter()
+            .filter(|c| c.addr < end && c.addr + c.len > addr)
+            .filter_map(|c| {
+                Some(KeySpan {
+                    start: c.addr,
+                    end: c.addr + c.len,
+                    key: c.mrs.get(nic)?.lkey(),
+                })
+            })
+            .collect()
+    }
+
+    /// Every MR with its rkey per device, for the segment descriptor.
+    pub fn published(&self) -> Vec<RemoteMr> {
+        self.regions
+            .read()
+            .values()
+            .flat_map(|(_, chunks)| chunks.iter())
+            .map(|c| RemoteMr {
+                addr: c.addr,
+                len: c.len,
+                rkeys: c.mrs.iter().map(|m| m.rkey()).collect(),
+            })
+            .collect()
+    }
+}

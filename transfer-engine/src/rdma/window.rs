@@ -1,0 +1,180 @@
+//! The send window of one queue pair: slices waiting to be posted and slices posted but not
+//! completed, bounded by the send queue depth.
+//!
+//! Pure bookkeeping. Posted slices get a sequence number (the low bits of the work request
+//! id) so that a completion finds its slice; slices beyond the window wait in FIFO order and
+//! never fail for lack of room. A reset takes every posted slice back so that the caller can
+//! retry or fail it.
+
+use std::collections::{BTreeMap, VecDeque};
+
+/// Sequence numbers wrap at this many bits (the rest of a work request id names the endpoint).
+pub const SEQ_BITS: u32 = 40;
+const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
+
+/// Pending and posted slices of one queue pair.
+#[derive(Debug)]
+pub struct SendWindow<T> {
+    pending: VecDeque<T>,
+    posted: BTreeMap<u64, T>,
+    next_seq: u64,
+    depth: usize,
+}
+
+impl<T> SendWindow<T> {
+    /// An empty window that lets at most `depth` slices be posted at once.
+    pub fn new(depth: usize) -> Self {
+        SendWindow {
+            pending: VecDeque::new(),
+            posted: BTreeMap::new(),
+            next_seq: 0,
+            depth: depth.max(1),
+        }
+    }
+
+    /// Queues a slice behind the others.
+    pub fn push(&mut self, item: T) {
+        self.pending.push_back(item);
+    }
+
+    /// Queues slices ahead of the others, keeping their order (retries go first).
+    pub fn push_front_all(&mut self, items: Vec<T>) {
+        for item in items.into_iter().rev() {
+            self.pending.push_front(item);
+        }
+    }
+
+    /// Moves up to `max` pending slices (fewer if the window is full) to posted and returns
+    /// their sequence numbers in order.
+    pub fn launch(&mut self, max: usize) -> Vec<u64> {
+        let n = max
+            .min(self.depth.saturating_sub(self.posted.len()))
+            .min(self.pending.len());
+        let mut seqs = Vec::with_capacity(n);
+        for item in self.pending.drain(..n) {
+            let seq = self.next_seq;
+            self.next_seq = (self.next_seq + 1) & SEQ_MASK;
+            self.posted.insert(seq, item);
+            seqs.push(seq);
+        }
+        seqs
+    }
+
+    /// A posted slice.
+    pub fn get(&self, seq: u64) -> Option<&T> {
+        self.posted.get(&seq)
+    }
+
+    /// Takes the posted slice a completion names; `None` for a stale or unknown one.
+    pub fn complete(&mut self, seq: u64) -> Option<T> {
+        self.posted.remove(&seq)
+    }
+
+    /// Takes every posted slice back (the queue pair was reset), oldest first.
+    pub fn take_posted(&mut self) -> Vec<T> {
+        std::mem::take(&mut self.posted).into_values().collect()
+    }
+
+    /// Takes every pending slice.
+    pub fn take_pending(&mut self) -> Vec<T> {
+        self.pending.drain(..).collect()
+    }
+
+    /// Takes the pending slices for which `f` holds, keeping the others in order.
+    pub fn take_pending_where(&mut self, mut f: impl FnMut(&T) -> bool) -> Vec<T> {
+        let mut taken = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.pending.len());
+        for item in self.pending.drain(..) {
+            if f(&item) {
+                taken.push(item);
+            } else {
+                kept.push_back(item);
+            }
+        }
+        self.pending = kept;
+        taken
+    }
+
+    /// Whether some posted slice satisfies `f`.
+    pub fn any_posted(&self, f: impl FnMut(&T) -> bool) -> bool {
+        self.posted.values().any(f)
+    }
+
+    /// Slices waiting to be posted.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Slices posted and not completed.
+    pub fn posted_len(&self) -> usize {
+        self.posted.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_by_depth_and_fifo() {
+        let mut w = SendWindow::new(3);
+        for i in 0..5 {
+            w.push(i);
+        }
+        let s = w.launch(10);
+        assert_eq!(s.len(), 3, "never more than the depth posted");
+        assert_eq!(
+            s.iter().map(|q| *w.get(*q).unwrap()).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        assert!(w.launch(10).is_empty(), "window full");
+        assert_eq!(w.complete(s[1]), Some(1));
+        assert_eq!(w.complete(s[1]), None, "a completion is consumed once");
+        let s2 = w.launch(10);
+        assert_eq!(s2.len(), 1);
+        assert_eq!(*w.get(s2[0]).unwrap(), 3);
+        assert_eq!((w.pending_len(), w.posted_len()), (1, 3));
+        assert_eq!(w.launch(0).len(), 0, "max bounds too");
+    }
+
+    #[test]
+    fn reset_returns_posted_for_retry_ahead_of_pending() {
+        let mut w = SendWindow::new(2);
+        for i in 0..4 {
+            w.push(i);
+        }
+        let first = w.launch(2);
+        let back = w.take_posted();
+        assert_eq!(back, vec![0, 1]);
+        assert_eq!(
+            w.complete(first[0]),
+            None,
+            "stale completion after reset ignored"
+        );
+        w.push_front_all(back);
+        let again = w.launch(2);
+        assert_eq!(
+            again
+                .iter()
+                .map(|q| *w.get(*q).unwrap())
+                .collect::<Vec<_>>(),
+            [0, 1]
+        );
+        assert!(
+            again.iter().all(|s| !first.contains(s)),
+            "fresh sequence numbers"
+        );
+        assert!(w.any_posted(|v| *v == 1));
+        assert_eq!(w.take_pending_where(|v| *v == 3), vec![3]);
+        assert_eq!(w.take_pending(), vec![2]);
+    }
+
+    #[test]
+    fn sequence_numbers_wrap_within_their_bits() {
+        let mut w = SendWindow::new(4);
+        w.next_seq = SEQ_MASK;
+        w.push('a');
+        w.push('b');
+        assert_eq!(w.launch(2), vec![SEQ_MASK, 0]);
+    }
+}
