@@ -48,6 +48,13 @@ impl ReplicaCursor {
         c
     }
 
+    /// The candidate returned by the last `next_candidate`.
+    pub fn last(&self) -> Option<usize> {
+        self.next
+            .checked_sub(1)
+            .and_then(|i| self.order.get(i).copied())
+    }
+
     /// Number of readable replicas this cursor started with.
     pub fn readable(&self) -> usize {
         self.order.len()
@@ -86,8 +93,10 @@ mod tests {
         let rs = [R("a", true), R("me", true)];
         let mut c = ReplicaCursor::new(&rs, Some("me"));
         assert_eq!(c.readable(), 2);
+        assert_eq!(c.last(), None);
         assert_eq!(c.next_candidate(), Some(1));
         assert_eq!(c.next_candidate(), Some(0));
+        assert_eq!(c.last(), Some(0));
         assert_eq!(c.next_candidate(), None);
         assert_eq!(c.next_candidate(), None);
     }

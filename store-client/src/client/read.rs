@@ -1,0 +1,320 @@
+//! The read path every get-like call shares: one BatchGetReplicaList, then one transfer
+//! batch of READs (a local replica first, then any complete one, adjacent reads merged);
+//! keys whose read failed are retried on their next replica in a further batch.
+
+use mooncake_master::proto::ReplicaDescriptor;
+use transfer_engine::OpCode;
+
+use crate::buffers::{total_len, BufferSlice};
+use crate::error::{ErrorCode, KeyError};
+use crate::layout::spans;
+use crate::merge::Piece;
+use crate::replica_choice::{ReplicaCursor, ReplicaView};
+use crate::staging_alloc::aligned_len;
+use crate::transfer::run_pieces;
+
+use super::Inner;
+
+impl ReplicaView for ReplicaDescriptor {
+    fn segment_name(&self) -> &str {
+        &self.segment_name
+    }
+    fn is_complete(&self) -> bool {
+        self.status == mooncake_master::proto::ReplicaStatus::Complete
+    }
+}
+
+/// Where a key's bytes go.
+#[derive(Clone, Debug)]
+pub(crate) enum ReadDst {
+    /// Into a new `Vec<u8>` (through staging).
+    Copy,
+    /// Scattered over registered caller buffers.
+    Parts(Vec<BufferSlice>),
+}
+
+/// What a successful read produced.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ReadOut {
+    /// The value (copying calls).
+    Bytes(Vec<u8>),
+    /// Bytes written into the caller's buffers (zero-copy calls).
+    Len(u64),
+}
+
+/// One key being read: its replicas, which to try next, and where the bytes go.
+struct Target {
+    slot: usize,
+    replicas: Vec<ReplicaDescriptor>,
+    cursor: ReplicaCursor,
+    parts: Vec<BufferSlice>,
+    len: u64,
+    last_error: Option<String>,
+}
+
+impl Inner {
+    /// Reads `keys` (already checked) into `dsts`; one result per key, plus the retry count.
+    pub(crate) async fn read_keys(
+        &self,
+        keys: Vec<String>,
+        dsts: Vec<ReadDst>,
+    ) -> (Vec<Result<ReadOut, KeyError>>, u64) {
+        let n = keys.len();
+        let mut results: Vec<Option<Result<ReadOut, KeyError>>> = (0..n).map(|_| None).collect();
+        if n == 0 {
+            return (Vec::new(), 0);
+        }
+        let lookups = match self.master.batch_get_replica_list(keys.clone()).await {
+            Ok(v) if v.len() == n => v,
+            Ok(v) => {
+                let msg = format!("master answered {} results for {n} keys", v.len());
+                return (
+                    (0..n)
+                        .map(|_| Err(KeyError::new(ErrorCode::RpcFail, msg.clone())))
+                        .collect(),
+                    0,
+                );
+            }
+            Err(code) => {
+                let msg = format!("replica lookup failed for the whole batch: {code}");
+                return (
+                    (0..n)
+                        .map(|_| Err(KeyError::new(code, msg.clone())))
+                        .collect(),
+                    0,
+                );
+            }
+        };
+        let local = self.mounted.as_ref().map(|m| m.segment.name.clone());
+        let mut direct = Vec::new();
+        let mut copy = Vec::new();
+        for (i, (lookup, dst)) in lookups.into_iter().zip(dsts).enumerate() {
+            let replicas = match lookup {
+                Ok(r) => r,
+                Err(code) => {
+                    results[i] = Some(Err(KeyError::new(
+                        code,
+                        format!("cannot read {:?}: {code}", keys[i]),
+                    )));
+                    continue;
+                }
+            };
+            let len = replicas.first().map_or(0, |r| r.len);
+            let cursor = ReplicaCursor::new(&replicas, local.as_deref());
+            if cursor.readable() == 0 {
+                results[i] = Some(Err(KeyError::new(
+                    ErrorCode::ReplicaIsNotReady,
+                    "no complete replica to read",
+                )));
+                continue;
+            }
+            let target = Target {
+                slot: i,
+                replicas,
+                cursor,
+                parts: Vec::new(),
+                len,
+                last_error: None,
+            };
+            match dst {
+                ReadDst::Parts(parts) => {
+                    if total_len(&parts) < len {
+                        results[i] = Some(Err(KeyError::new(
+                            ErrorCode::BufferOverflow,
+                            format!(
+                                "object is {len} bytes but the buffers hold {}",
+                                total_len(&parts)
+                            ),
+                        )));
+                        continue;
+                    }
+                    direct.push(Target { parts, ..target });
+                }
+                ReadDst::Copy => copy.push(target),
+            }
+        }
+        let mut retries = 0;
+        let capacity = self.staging.capacity();
+        for t in copy.iter().filter(|t| aligned_len(t.len) > capacity) {
+            results[t.slot] = Some(Err(KeyError::new(
+                ErrorCode::BufferOverflow,
+                format!(
+                    "object of {} bytes exceeds the {capacity}-byte staging buffer; use get_into",
+                    t.len
+                ),
+            )));
+        }
+        copy.retain(|t| aligned_len(t.len) <= capacity);
+        // Copying reads go through staging in groups that fit it; zero-copy reads join the first.
+        let mut groups: Vec<Vec<Target>> = vec![Vec::new()];
+        let mut used = 0u64;
+        for t in copy {
+            let need = aligned_len(t.len);
+            if used + need > capacity {
+                groups.push(Vec::new());
+                used = 0;
+            }
+            used += need;
+            if let Some(g) = groups.last_mut() {
+                g.push(t);
+            }
+        }
+        let mut direct = Some(direct);
+        for mut group in groups {
+            let total: u64 = group.iter().map(|t| aligned_len(t.len)).sum();
+            let lease = match self.staging.lease(total).await {
+                Some(l) => l,
+                None => {
+                    for t in &group {
+                        results[t.slot] = Some(Err(KeyError::new(
+                            ErrorCode::BufferOverflow,
+                            "staging buffer too small",
+                        )));
+                    }
+                    continue;
+                }
+            };
+            let mut off = 0u64;
+            for t in &mut group {
+                t.parts = vec![BufferSlice::new(lease.addr() + off, t.len)];
+                off += aligned_len(t.len);
+            }
+            let n_copy = group.len();
+            group.extend(direct.take().unwrap_or_default());
+            let (outcomes, r) = self.read_targets(&mut group).await;
+            retries += r;
+            let mut off = 0u64;
+            for (k, (t, outcome)) in group.iter().zip(outcomes).enumerate() {
+                let out = outcome.map(|()| {
+                    if k < n_copy {
+                        ReadOut::Bytes(
+                            lease
+                                .read_at(off, t.len)
+                                .map(<[u8]>::to_vec)
+                                .unwrap_or_default(),
+                        )
+                    } else {
+                        ReadOut::Len(t.len)
+                    }
+                });
+                if k < n_copy {
+                    off += aligned_len(t.len);
+                }
+                results[t.slot] = Some(out);
+            }
+        }
+        let results = results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(KeyError::new(
+                        ErrorCode::InternalError,
+                        "key was never processed",
+                    ))
+                })
+            })
+            .collect();
+        (results, retries)
+    }
+
+    /// Reads every target, retrying failed ones on their next replica; one outcome per target.
+    async fn read_targets(&self, targets: &mut [Target]) -> (Vec<Result<(), KeyError>>, u64) {
+        let mut outcomes: Vec<Option<Result<(), KeyError>>> =
+            targets.iter().map(|_| None).collect();
+        let mut retries = 0u64;
+        let mut first_round = true;
+        loop {
+            let mut pieces = Vec::new();
+            let mut owner = Vec::new();
+            for (k, t) in targets.iter_mut().enumerate() {
+                if outcomes[k].is_some() {
+                    continue;
+                }
+                let Some(ri) = t.cursor.next_candidate() else {
+                    let why = t
+                        .last_error
+                        .take()
+                        .unwrap_or_else(|| "no readable replica left".into());
+                    outcomes[k] = Some(Err(KeyError::new(
+                        ErrorCode::TransferFail,
+                        format!("every replica failed: {why}"),
+                    )));
+                    continue;
+                };
+                if !first_round {
+                    retries += 1;
+                }
+                let r = &t.replicas[ri];
+                let target = match self.segment_handle(&r.segment_name).await {
+                    Ok(h) => h,
+                    Err(m) => {
+                        t.last_error = Some(m);
+                        continue;
+                    }
+                };
+                let Some(spans) = spans(r.addr, t.len.min(r.len), &t.parts) else {
+                    outcomes[k] = Some(Err(KeyError::new(
+                        ErrorCode::BufferOverflow,
+                        "buffers hold fewer bytes than the object",
+                    )));
+                    continue;
+                };
+                // A key with no bytes to move (cannot happen for stored objects) is done.
+                if spans.is_empty() {
+                    outcomes[k] = Some(Ok(()));
+                }
+                for s in spans {
+                    pieces.push(Piece {
+                        target,
+                        local_addr: s.local_addr,
+                        remote_addr: s.remote_addr,
+                        len: s.len,
+                    });
+                    owner.push(k);
+                }
+            }
+            if outcomes.iter().all(Option::is_some) && pieces.is_empty() {
+                break;
+            }
+            let results = run_pieces(
+                &self.engine,
+                OpCode::Read,
+                &pieces,
+                self.config.max_merged_len,
+            )
+            .await;
+            let mut failed: Vec<Option<String>> = targets.iter().map(|_| None).collect();
+            for (&k, r) in owner.iter().zip(results) {
+                if let Err(reason) = r {
+                    failed[k].get_or_insert(reason);
+                }
+            }
+            let mut touched: Vec<bool> = targets.iter().map(|_| false).collect();
+            for &k in &owner {
+                touched[k] = true;
+            }
+            for (k, t) in targets.iter_mut().enumerate() {
+                if !touched[k] || outcomes[k].is_some() {
+                    continue;
+                }
+                match failed[k].take() {
+                    None => outcomes[k] = Some(Ok(())),
+                    Some(reason) => {
+                        tracing::debug!(reason, "replica read failed; trying the next replica");
+                        if let Some(r) = t.cursor.last().and_then(|ri| t.replicas.get(ri)) {
+                            // The peer may be gone or restarted: open it afresh next time.
+                            self.forget_segment(&r.segment_name);
+                        }
+                        t.last_error = Some(reason);
+                    }
+                }
+            }
+            first_round = false;
+            if outcomes.iter().all(Option::is_some) {
+                break;
+            }
+        }
+        let outcomes = outcomes.into_iter().map(|o| o.unwrap_or(Ok(()))).collect();
+        (outcomes, retries)
+    }
+}

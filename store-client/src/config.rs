@@ -1,0 +1,77 @@
+//! Configuration of a [`crate::Client`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use mooncake_master::proto::ReplicateConfig;
+pub use transfer_engine::{EngineConfig, Protocol};
+
+use crate::batch_policy::BatchPolicyConfig;
+
+/// Everything [`crate::Client::connect`] needs.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Master address: `host:port`, or `etcd://h1:p1,h2:p2[/cluster-id]` to find and follow
+    /// the leader.
+    pub master_addr: String,
+    /// Bytes of host memory this client contributes to the pool (0 = contribute nothing).
+    pub segment_size: u64,
+    /// The client's own transfer engine (protocol, listen address, metadata, timeouts).
+    pub engine: EngineConfig,
+    /// Size of the registered staging buffer the copying calls (`put`, `get`, ...) go
+    /// through. A copying call larger than this is split; one value larger than this fails
+    /// with `BUFFER_OVERFLOW` (use the zero-copy calls for such values).
+    pub staging_size: u64,
+    /// Replication used by calls that take no explicit [`ReplicateConfig`].
+    pub replicate: ReplicateConfig,
+    /// Heartbeat period.
+    pub ping_interval: Duration,
+    /// Auto-batching of single-key `put`/`get`/`put_from`/`get_into` (None = off).
+    pub auto_batch: Option<BatchPolicyConfig>,
+    /// Serve Prometheus `/metrics` on this address (port 0 picks one).
+    pub metrics_addr: Option<SocketAddr>,
+    /// Longest transfer request that merging of adjacent requests may build.
+    pub max_merged_len: u64,
+}
+
+impl ClientConfig {
+    /// Defaults for a client of the master at `master_addr`: 64 MiB segment, 64 MiB staging,
+    /// protocol auto, one replica, ping every second, no auto-batching.
+    pub fn new(master_addr: impl Into<String>) -> Self {
+        Self {
+            master_addr: master_addr.into(),
+            segment_size: 64 << 20,
+            engine: EngineConfig::default(),
+            staging_size: 64 << 20,
+            replicate: ReplicateConfig::default(),
+            ping_interval: Duration::from_secs(1),
+            auto_batch: None,
+            metrics_addr: None,
+            max_merged_len: 64 << 20,
+        }
+    }
+
+    /// Sets the transfer protocol.
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.engine.protocol = protocol;
+        self
+    }
+
+    /// Sets the contributed segment size (0 = none).
+    pub fn segment_size(mut self, bytes: u64) -> Self {
+        self.segment_size = bytes;
+        self
+    }
+
+    /// Sets the staging buffer size.
+    pub fn staging_size(mut self, bytes: u64) -> Self {
+        self.staging_size = bytes;
+        self
+    }
+
+    /// Turns auto-batching on with `policy`.
+    pub fn auto_batch(mut self, policy: BatchPolicyConfig) -> Self {
+        self.auto_batch = Some(policy);
+        self
+    }
+}

@@ -1,0 +1,212 @@
+//! The client against a real embedded master and a second client holding the pool, all in
+//! this process but talking over real TCP sockets (engine and RPC).
+
+use std::sync::Arc;
+
+use mooncake_master::{MasterConfig, MasterServer, RunningMaster};
+use store_client::{
+    BatchPolicyConfig, BufferSlice, Client, ClientConfig, ErrorCode, OpKind, Protocol,
+};
+
+async fn cluster(auto_batch: bool) -> (RunningMaster, Client, Client) {
+    let master = MasterServer::start(MasterConfig::default()).await.unwrap();
+    let addr = master.rpc_addr().to_string();
+    let holder = Client::connect(
+        ClientConfig::new(&addr)
+            .protocol(Protocol::Tcp)
+            .segment_size(32 << 20),
+    )
+    .await
+    .unwrap();
+    let mut cfg = ClientConfig::new(&addr)
+        .protocol(Protocol::Tcp)
+        .segment_size(0)
+        .staging_size(8 << 20);
+    if auto_batch {
+        cfg = cfg.auto_batch(BatchPolicyConfig::default());
+    }
+    let reader = Client::connect(cfg).await.unwrap();
+    (master, holder, reader)
+}
+
+fn value(i: usize, len: usize) -> Vec<u8> {
+    (0..len).map(|j| (i * 31 + j * 7) as u8).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_results_per_key_with_partial_failures() {
+    let (_m, holder, reader) = cluster(false).await;
+    let vals: Vec<Vec<u8>> = (0..8).map(|i| value(i, 4096 + i)).collect();
+    let mut items: Vec<(String, Vec<u8>)> =
+        (0..8).map(|i| (format!("k{i}"), vals[i].clone())).collect();
+    items.push((String::new(), b"x".to_vec())); // empty key
+    items.push(("k1".into(), b"dup".to_vec())); // duplicate
+    items.push(("zero".into(), Vec::new())); // zero-length
+    let put = reader.batch_put(&items).await;
+    assert_eq!(put.len(), 11);
+    for r in &put[..8] {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    assert_eq!(put[8].code(), ErrorCode::InvalidKey);
+    assert_eq!(put[9].code(), ErrorCode::InvalidParams);
+    assert_eq!(put[10].code(), ErrorCode::InvalidParams);
+    // Putting an existing key fails alone.
+    let again = reader
+        .batch_put(&[("k0", b"new".as_slice()), ("fresh", b"ok".as_slice())])
+        .await;
+    assert_eq!(again[0].code(), ErrorCode::ObjectAlreadyExists);
+    assert!(again[1].is_ok());
+
+    let keys = ["k3", "missing", "k0", "", "k7", "k3"];
+    let got = reader.batch_get(&keys).await;
+    assert_eq!(got[0].value(), Some(&vals[3]));
+    assert_eq!(got[1].code(), ErrorCode::ObjectNotFound);
+    assert_eq!(got[2].value(), Some(&vals[0]));
+    assert_eq!(got[3].code(), ErrorCode::InvalidKey);
+    assert_eq!(got[4].value(), Some(&vals[7]));
+    assert_eq!(
+        got[5].value(),
+        Some(&vals[3]),
+        "a repeated key is read for each occurrence"
+    );
+    // The holder reads its own segment (local replica).
+    assert_eq!(holder.get("k5").await.value(), Some(&vals[5]));
+
+    let ex = reader.batch_exists(&["k1", "nope"]).await;
+    assert_eq!(ex[0].value(), Some(&true));
+    assert_eq!(ex[1].value(), Some(&false));
+    let rm = reader.batch_remove(&["fresh", "nope"]).await;
+    assert!(rm[0].is_ok());
+    assert_eq!(rm[1].code(), ErrorCode::ObjectNotFound);
+    assert_eq!(reader.get("fresh").await.code(), ErrorCode::ObjectNotFound);
+
+    let up = reader.upsert("k2", b"replaced").await;
+    assert!(up.is_ok(), "{up:?}");
+    assert_eq!(
+        reader.get("k2").await.value().map(Vec::as_slice),
+        Some(&b"replaced"[..])
+    );
+
+    let m = reader.metrics();
+    let bg = m.op(OpKind::BatchGet).unwrap();
+    assert_eq!((bg.ops, bg.keys), (1, 6));
+    assert_eq!(bg.errors.get(&ErrorCode::ObjectNotFound.code()), Some(&1));
+    assert_eq!(
+        bg.bytes,
+        (vals[3].len() * 2 + vals[0].len() + vals[7].len()) as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_copy_with_multi_buffer_layers_and_invalid_buffers() {
+    let (_m, _holder, reader) = cluster(false).await;
+    let mut src = vec![0u8; 64 << 10];
+    for (i, b) in src.iter_mut().enumerate() {
+        *b = (i % 251) as u8;
+    }
+    let mut dst = vec![0u8; 64 << 10];
+    // SAFETY: both vectors outlive the client's use of them and are unregistered below.
+    unsafe {
+        reader.register_buffer(src.as_mut_ptr(), src.len()).unwrap();
+        reader.register_buffer(dst.as_mut_ptr(), dst.len()).unwrap();
+    }
+    let base = src.as_ptr() as u64;
+    // Object "layers" gathered from four 1 KiB layer buffers spread over the source.
+    let layers: Vec<BufferSlice> = (0..4)
+        .map(|l| BufferSlice::new(base + l * 8192, 1024))
+        .collect();
+    let outside = vec![0u8; 128];
+    let items = vec![
+        ("plain".to_string(), vec![BufferSlice::new(base, 4096)]),
+        ("layers".to_string(), layers.clone()),
+        ("bad".to_string(), vec![BufferSlice::of(&outside)]),
+    ];
+    let put = reader
+        .batch_put_from_parts(&items, &Default::default())
+        .await;
+    assert!(put[0].is_ok() && put[1].is_ok(), "{put:?}");
+    assert_eq!(put[2].code(), ErrorCode::InvalidParams);
+
+    let dbase = dst.as_ptr() as u64;
+    let scatter: Vec<BufferSlice> = (0..4)
+        .map(|l| BufferSlice::new(dbase + 32768 + l * 4096, 1024))
+        .collect();
+    let got = reader
+        .batch_get_into_parts(&[
+            ("plain", vec![BufferSlice::new(dbase, 4096)]),
+            ("layers", scatter.clone()),
+            ("plain", vec![BufferSlice::new(dbase + 8192, 100)]), // too small
+            ("plain", vec![BufferSlice::of(&outside)]),           // not registered
+        ])
+        .await;
+    assert_eq!(got[0].value(), Some(&4096));
+    assert_eq!(got[1].value(), Some(&4096));
+    assert_eq!(got[2].code(), ErrorCode::BufferOverflow);
+    assert_eq!(got[3].code(), ErrorCode::InvalidParams);
+    assert_eq!(&dst[..4096], &src[..4096]);
+    for l in 0..4usize {
+        let d = 32768 + l * 4096;
+        let s = l * 8192;
+        assert_eq!(&dst[d..d + 1024], &src[s..s + 1024], "layer {l}");
+    }
+    reader.unregister_buffer(src.as_mut_ptr()).unwrap();
+    reader.unregister_buffer(dst.as_mut_ptr()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_batched_single_calls_each_get_their_own_result() {
+    let (_m, _holder, reader) = cluster(true).await;
+    let reader = Arc::new(reader);
+    let tasks: Vec<_> = (0..32usize)
+        .map(|t| {
+            let c = reader.clone();
+            tokio::spawn(async move {
+                for i in 0..8usize {
+                    let key = format!("t{t}-{i}");
+                    let v = value(t * 100 + i, 512 + t);
+                    assert!(c.put(&key, &v).await.is_ok());
+                    assert_eq!(c.get(&key).await.value(), Some(&v));
+                    assert_eq!(
+                        c.get(&format!("none-{t}-{i}")).await.code(),
+                        ErrorCode::ObjectNotFound
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let m = reader.metrics();
+    assert_eq!(m.op(OpKind::Get).unwrap().ops, 32 * 16);
+    assert_eq!(m.op(OpKind::Put).unwrap().ops, 32 * 8);
+}
+
+#[test]
+fn blocking_facade_and_submit_handles() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let master = rt
+        .block_on(MasterServer::start(MasterConfig::default()))
+        .unwrap();
+    let cfg = ClientConfig::new(master.rpc_addr().to_string())
+        .protocol(Protocol::Tcp)
+        .segment_size(8 << 20);
+    let c = store_client::BlockingClient::connect(cfg).unwrap();
+    assert!(c.put("b", b"blocking").is_ok());
+    assert_eq!(
+        c.get("b").value().map(Vec::as_slice),
+        Some(&b"blocking"[..])
+    );
+    let mut h = c.client().submit_batch_get(vec!["b".into(), "c".into()]);
+    let _maybe_early = h.poll();
+    let r = c
+        .client()
+        .submit_batch_get(vec!["b".into(), "c".into()])
+        .wait_blocking()
+        .unwrap();
+    assert_eq!(r[0].value().map(Vec::as_slice), Some(&b"blocking"[..]));
+    assert_eq!(r[1].code(), ErrorCode::ObjectNotFound);
+    c.close();
+    drop(c);
+    drop(master);
+}
