@@ -5,10 +5,13 @@
 //! commands until stdin closes:
 //! - `CRC <addr> <len>` prints `CRC <crc32>` of that range of its own memory;
 //! - `REGISTER <bytes>` registers one more zeroed buffer and prints `REGION <addr> <bytes>`.
+//!
+//! It serves over TCP unless `TE_TARGET_PROTOCOL` says `rdma` or `auto`; `TE_TARGET_RDMA_DEVICES`
+//! (comma-separated) restricts the RDMA devices it uses.
 
 use std::io::{BufRead, Write};
 
-use transfer_engine::{AlignedBuffer, Engine, EngineConfig, Location, Protocol};
+use transfer_engine::{AlignedBuffer, Engine, EngineConfig, Location, Protocol, RdmaConfig};
 
 /// Initial content of byte `i` of the target buffer.
 fn pattern(seed: u64, i: u64) -> u8 {
@@ -28,8 +31,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("usage: te-target <bytes> <seed>")?
         .parse()?;
     let seed: u64 = args.get(2).map_or(Ok(1), |s| s.parse())?;
+    let protocol = match std::env::var("TE_TARGET_PROTOCOL").as_deref() {
+        Ok("rdma") => Protocol::Rdma,
+        Ok("auto") => Protocol::Auto,
+        _ => Protocol::Tcp,
+    };
+    let devices = std::env::var("TE_TARGET_RDMA_DEVICES").unwrap_or_default();
     let engine = Engine::new(EngineConfig {
-        protocol: Protocol::Tcp,
+        protocol,
+        rdma: RdmaConfig {
+            devices: devices.split(',').filter(|d| !d.is_empty()).map(String::from).collect(),
+            ..Default::default()
+        },
         ..Default::default()
     })?;
     let mut first = AlignedBuffer::new(len)?;

@@ -33,8 +33,14 @@ pub struct Target {
 impl Target {
     /// Starts a target with one buffer of `len` bytes filled with `pattern(seed, _)`.
     pub fn spawn(len: u64, seed: u64) -> Target {
+        Self::spawn_env(len, seed, &[])
+    }
+
+    /// Like [`Target::spawn`], with extra environment (e.g. `TE_TARGET_PROTOCOL=rdma`).
+    pub fn spawn_env(len: u64, seed: u64, env: &[(&str, &str)]) -> Target {
         let mut child = Command::new(env!("CARGO_BIN_EXE_te-target"))
             .args([len.to_string(), seed.to_string()])
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
