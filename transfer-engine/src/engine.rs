@@ -257,6 +257,18 @@ impl Engine {
         })
     }
 
+    /// The cached descriptor of an opened segment (its exported buffers, its address).
+    pub fn segment_descriptor(
+        &self,
+        handle: SegmentHandle,
+    ) -> Result<Arc<SegmentDescriptor>, TransferError> {
+        self.inner
+            .segments
+            .get(handle)
+            .map(|s| s.descriptor())
+            .ok_or(TransferError::SegmentHandleInvalid(handle.0))
+    }
+
     /// Creates a batch with room for `capacity` requests.
     pub fn allocate_batch(&self, capacity: usize) -> Result<BatchId, TransferError> {
         self.inner.batches.allocate(capacity)

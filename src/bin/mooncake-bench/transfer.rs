@@ -1,19 +1,261 @@
-//! `mooncake-bench transfer` (being written).
+//! `mooncake-bench transfer`: transfer-engine READ/WRITE throughput and latency between two
+//! processes, like Mooncake's `transfer_engine_bench`, against a plain TCP stream measured
+//! between the same two processes in the same run.
+//!
+//! With no `--target`, it spawns its own target (`mooncake-bench transfer-target`, this same
+//! executable) on 127.0.0.1 and stops it at the end by closing the target's stdin.
+
+mod baseline;
+mod cell;
+mod sizes;
+mod target;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use transfer_engine::{Engine, EngineConfig, OpCode, Protocol};
+
+pub use target::{run_target, TargetArgs};
 
 /// Flags of `mooncake-bench transfer`.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
-
-/// Runs the benchmark.
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("mooncake-bench transfer is not built yet")
+pub struct Args {
+    /// Segment name (`host:port`) of a running `mooncake-bench transfer-target`; none: spawn one.
+    #[arg(long)]
+    target: Option<String>,
+    /// Plain-TCP baseline address of that target (it prints it); none: no baseline.
+    #[arg(long)]
+    baseline: Option<String>,
+    /// Operations to measure.
+    #[arg(long, value_delimiter = ',', default_value = "read,write")]
+    ops: Vec<String>,
+    /// Block (request) sizes; suffixes K, M, G (binary).
+    #[arg(long, value_delimiter = ',', default_value = "4K,64K,1M,16M")]
+    block_sizes: Vec<String>,
+    /// Requests per batch.
+    #[arg(long, value_delimiter = ',', default_value = "1,64,1024")]
+    batch_sizes: Vec<usize>,
+    /// Threads submitting batches concurrently.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Seconds per (op, block, batch) cell.
+    #[arg(long, default_value_t = 1.0)]
+    duration: f64,
+    /// Bytes per batch at most (larger batches are cut down to fit); also the buffer size.
+    #[arg(long, default_value = "256M")]
+    max_batch_bytes: String,
+    /// Transport: auto, tcp or rdma.
+    #[arg(long, default_value = "auto")]
+    protocol: String,
+    /// TCP connections per peer.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// TCP stripe size.
+    #[arg(long, default_value = "1M")]
+    stripe: String,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
-/// Flags of the hidden target process.
-#[derive(clap::Args, Debug)]
-pub struct TargetArgs {}
+/// One measured cell.
+#[derive(Serialize, Debug, Clone)]
+pub struct CellResult {
+    op: String,
+    block_size: u64,
+    batch: usize,
+    gbps: f64,
+    ops_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+    errors: u64,
+}
 
-/// Runs the target process.
-pub fn run_target(_args: TargetArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+#[derive(Serialize, Debug)]
+struct BaselineResult {
+    /// The better of the two directions (the conservative reference for ratios).
+    tcp_stream_gbps: f64,
+    /// Initiator to target.
+    sink_gbps: f64,
+    /// Target to initiator.
+    source_gbps: f64,
+}
+
+#[derive(Serialize, Debug)]
+struct Report {
+    results: Vec<CellResult>,
+    baseline: Option<BaselineResult>,
+}
+
+fn parse_protocol(s: &str) -> anyhow::Result<Protocol> {
+    Ok(match s {
+        "auto" => Protocol::Auto,
+        "tcp" => Protocol::Tcp,
+        "rdma" => Protocol::Rdma,
+        other => bail!("unknown protocol {other:?}: use auto, tcp or rdma"),
+    })
+}
+
+fn parse_op(s: &str) -> anyhow::Result<OpCode> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "read" => OpCode::Read,
+        "write" => OpCode::Write,
+        other => bail!("unknown op {other:?}: use read and/or write"),
+    })
+}
+
+/// A spawned target process, stopped when dropped.
+struct SpawnedTarget {
+    child: Child,
+}
+
+impl Drop for SpawnedTarget {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_target(args: &Args, size: u64) -> anyhow::Result<(SpawnedTarget, String, String)> {
+    let exe = std::env::current_exe().context("locating this executable")?;
+    let mut child = Command::new(exe)
+        .args([
+            "transfer-target",
+            "--size",
+            &size.to_string(),
+            "--protocol",
+            &args.protocol,
+            "--connections",
+            &args.connections.to_string(),
+            "--stripe",
+            &args.stripe,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("spawning the target process")?;
+    let stdout = child.stdout.take().context("target stdout")?;
+    let target = SpawnedTarget { child };
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .context("reading the target's READY line")?;
+    let w: Vec<&str> = line.split_whitespace().collect();
+    match w.as_slice() {
+        ["READY", name, baseline] => Ok((target, name.to_string(), baseline.to_string())),
+        _ => bail!("target did not start: {line:?}"),
+    }
+}
+
+/// Runs the benchmark.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let protocol = parse_protocol(&args.protocol)?;
+    let ops = args
+        .ops
+        .iter()
+        .map(|s| parse_op(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let blocks = args
+        .block_sizes
+        .iter()
+        .map(|s| sizes::parse(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let max_batch_bytes = sizes::parse(&args.max_batch_bytes)?;
+    let stripe = sizes::parse(&args.stripe)?;
+    if args.threads == 0 || args.batch_sizes.contains(&0) || blocks.contains(&0) {
+        bail!("threads, batch sizes and block sizes must be > 0");
+    }
+    let duration = Duration::from_secs_f64(args.duration);
+    let max_block = blocks.iter().copied().max().unwrap_or(1);
+    // Every thread gets room for one batch (at least one block).
+    let per_thread = max_batch_bytes.max(max_block);
+    let buffer = per_thread * args.threads as u64;
+
+    let (_spawned, target_name, baseline_addr) = match &args.target {
+        Some(name) => (None, name.clone(), args.baseline.clone()),
+        None => {
+            let (t, n, b) = spawn_target(&args, buffer)?;
+            (Some(t), n, Some(b))
+        }
+    };
+    let engine = Engine::new(EngineConfig {
+        protocol,
+        tcp_connections_per_peer: args.connections,
+        tcp_stripe_size: stripe as usize,
+        ..Default::default()
+    })?;
+    let setup = cell::Setup::new(&engine, &target_name, buffer, args.threads)?;
+
+    let baseline = match &baseline_addr {
+        Some(addr) => {
+            let sink = baseline::measure(addr, baseline::Direction::Sink, duration)?;
+            let source = baseline::measure(addr, baseline::Direction::Source, duration)?;
+            Some(BaselineResult {
+                tcp_stream_gbps: sink.max(source),
+                sink_gbps: sink,
+                source_gbps: source,
+            })
+        }
+        None => None,
+    };
+    if !args.json {
+        println!(
+            "transfer bench: protocol {:?}, target {target_name}, {} thread(s), {:.1} s per cell",
+            engine.protocol(),
+            args.threads,
+            args.duration
+        );
+        match &baseline {
+            Some(b) => println!(
+                "plain TCP stream baseline: {:.2} GB/s (initiator->target {:.2}, target->initiator {:.2})",
+                b.tcp_stream_gbps, b.sink_gbps, b.source_gbps
+            ),
+            None => println!("plain TCP stream baseline: not measured (no --baseline)"),
+        }
+        println!(
+            "{:<6} {:>8} {:>6} {:>9} {:>12} {:>10} {:>10} {:>7} {:>8}",
+            "op", "block", "batch", "GB/s", "ops/s", "p50 us", "p99 us", "errors", "ratio"
+        );
+    }
+    let mut results = Vec::new();
+    for &op in &ops {
+        for &block in &blocks {
+            let mut done_batches = Vec::new();
+            for &asked in &args.batch_sizes {
+                let batch = asked.min((per_thread / block).max(1) as usize);
+                if done_batches.contains(&batch) {
+                    continue;
+                }
+                done_batches.push(batch);
+                let r = setup.measure(op, block, batch, duration)?;
+                if !args.json {
+                    let ratio = baseline.as_ref().map_or("-".to_string(), |b| {
+                        format!("{:.2}", r.gbps / b.tcp_stream_gbps)
+                    });
+                    println!(
+                        "{:<6} {:>8} {:>6} {:>9.3} {:>12.0} {:>10.1} {:>10.1} {:>7} {:>8}",
+                        r.op,
+                        sizes::show(r.block_size),
+                        r.batch,
+                        r.gbps,
+                        r.ops_per_sec,
+                        r.p50_us,
+                        r.p99_us,
+                        r.errors,
+                        ratio
+                    );
+                }
+                results.push(r);
+            }
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&Report { results, baseline })?);
+    } else {
+        println!("latency = time from submit to the whole batch completing");
+    }
+    Ok(())
 }

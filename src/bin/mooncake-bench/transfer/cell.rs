@@ -1,0 +1,180 @@
+//! Measuring one (op, block size, batch size) cell with several threads.
+
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
+use transfer_engine::{
+    AlignedBuffer, Engine, Location, OpCode, SegmentHandle, TransferRequest, TransferState,
+};
+
+use super::CellResult;
+
+/// Buffers and the opened target, shared by every cell.
+pub struct Setup {
+    engine: Engine,
+    segment: SegmentHandle,
+    target_base: u64,
+    target_len: u64,
+    local: AlignedBuffer,
+    threads: usize,
+}
+
+impl Setup {
+    /// Registers `buffer` bytes of local memory and opens the target.
+    pub fn new(engine: &Engine, target: &str, buffer: u64, threads: usize) -> anyhow::Result<Self> {
+        let mut local = AlignedBuffer::new(buffer as usize)?;
+        // Touch every page now so page faults do not land in the first cell.
+        local.as_mut_slice().fill(1);
+        // SAFETY: `local` lives in the returned Setup, whose Drop unregisters it before the
+        // buffer is freed.
+        unsafe { engine.register_memory(local.as_mut_ptr(), local.len(), Location::Host)? };
+        let segment = engine
+            .open_segment(target)
+            .with_context(|| format!("opening target segment {target}"))?;
+        let desc = engine.segment_descriptor(segment)?;
+        let Some(region) = desc.buffers.iter().max_by_key(|b| b.len) else {
+            bail!("target {target} exports no memory");
+        };
+        Ok(Setup {
+            engine: engine.clone(),
+            segment,
+            target_base: region.addr,
+            target_len: region.len,
+            local,
+            threads,
+        })
+    }
+
+    fn requests(&self, t: usize, op: OpCode, block: u64, batch: usize) -> Vec<TransferRequest> {
+        let per_local = self.local.len() as u64 / self.threads as u64;
+        let per_target = self.target_len / self.threads as u64;
+        let slots_local = (per_local / block).max(1);
+        let slots_target = (per_target / block).max(1);
+        (0..batch as u64)
+            .map(|k| TransferRequest {
+                op,
+                local_addr: self.local.addr() + t as u64 * per_local + (k % slots_local) * block,
+                target: self.segment,
+                target_offset: self.target_base
+                    + t as u64 * per_target
+                    + (k % slots_target) * block,
+                len: block,
+            })
+            .collect()
+    }
+
+    /// Runs one cell for `duration`.
+    pub fn measure(
+        &self,
+        op: OpCode,
+        block: u64,
+        batch: usize,
+        duration: Duration,
+    ) -> anyhow::Result<CellResult> {
+        if block * self.threads as u64 > self.target_len.min(self.local.len() as u64) {
+            bail!(
+                "block {block} does not fit the buffers of {} threads",
+                self.threads
+            );
+        }
+        let barrier = Barrier::new(self.threads);
+        let per_thread = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..self.threads)
+                .map(|t| {
+                    let reqs = self.requests(t, op, block, batch);
+                    let barrier = &barrier;
+                    s.spawn(move || run_thread(&self.engine, &reqs, barrier, duration))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .map_err(|_| anyhow::anyhow!("bench thread panicked"))?
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
+        })?;
+        let mut hist = Histogram::<u64>::new(3)?;
+        let (mut bytes, mut ops, mut errors, mut secs) = (0u64, 0u64, 0u64, 0f64);
+        for r in per_thread {
+            hist.add(&r.hist)?;
+            bytes += r.bytes;
+            ops += r.ops;
+            errors += r.errors;
+            secs = secs.max(r.secs);
+        }
+        Ok(CellResult {
+            op: match op {
+                OpCode::Read => "read".into(),
+                OpCode::Write => "write".into(),
+            },
+            block_size: block,
+            batch,
+            gbps: bytes as f64 / secs / 1e9,
+            ops_per_sec: ops as f64 / secs,
+            p50_us: hist.value_at_quantile(0.5) as f64,
+            p99_us: hist.value_at_quantile(0.99) as f64,
+            errors,
+        })
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = self.engine.unregister_memory(self.local.as_mut_ptr());
+    }
+}
+
+struct ThreadResult {
+    hist: Histogram<u64>,
+    bytes: u64,
+    ops: u64,
+    errors: u64,
+    secs: f64,
+}
+
+fn one_batch(engine: &Engine, reqs: &[TransferRequest]) -> anyhow::Result<(u64, u64)> {
+    let b = engine.allocate_batch(reqs.len())?;
+    engine.submit(b, reqs)?;
+    let st = engine.wait(b)?;
+    engine.free_batch(b)?;
+    let bytes = st.iter().map(|s| s.bytes).sum();
+    let errors = st
+        .iter()
+        .filter(|s| s.state != TransferState::Completed)
+        .count() as u64;
+    Ok((bytes, errors))
+}
+
+fn run_thread(
+    engine: &Engine,
+    reqs: &[TransferRequest],
+    barrier: &Barrier,
+    duration: Duration,
+) -> anyhow::Result<ThreadResult> {
+    one_batch(engine, reqs)?; // warm-up: connections, caches
+    barrier.wait();
+    let mut r = ThreadResult {
+        hist: Histogram::new(3)?,
+        bytes: 0,
+        ops: 0,
+        errors: 0,
+        secs: 0.0,
+    };
+    let start = Instant::now();
+    loop {
+        let t0 = Instant::now();
+        let (bytes, errors) = one_batch(engine, reqs)?;
+        r.hist.record(t0.elapsed().as_micros().max(1) as u64)?;
+        r.bytes += bytes;
+        r.errors += errors;
+        r.ops += reqs.len() as u64;
+        if start.elapsed() >= duration {
+            break;
+        }
+    }
+    r.secs = start.elapsed().as_secs_f64();
+    Ok(r)
+}
