@@ -40,7 +40,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let engine = Engine::new(EngineConfig {
         protocol,
         rdma: RdmaConfig {
-            devices: devices.split(',').filter(|d| !d.is_empty()).map(String::from).collect(),
+            devices: devices
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .map(String::from)
+                .collect(),
             ..Default::default()
         },
         ..Default::default()

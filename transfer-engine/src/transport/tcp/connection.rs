@@ -25,7 +25,7 @@ use crate::{OpCode, TransferStatus};
 /// Parts gathered into one `writev` at most.
 const MAX_PARTS_PER_WRITE: usize = 1024;
 /// Header buffer of the receiver.
-const READ_BUFFER: usize = 256 << 10;
+const READ_BUFFER: usize = 64 << 10;
 
 /// Who to tell when a part finishes.
 #[derive(Debug)]

@@ -15,7 +15,7 @@ const MAX_PIECES: usize = 1024;
 /// Flush answers once this many payload bytes are queued.
 const MAX_QUEUED_BYTES: u64 = 16 << 20;
 /// Header buffer of the reader.
-const READ_BUFFER: usize = 256 << 10;
+const READ_BUFFER: usize = 64 << 10;
 
 fn refuse(out: &mut OutBatch, h: &Header, segment: &str) {
     let mut reason = format!(

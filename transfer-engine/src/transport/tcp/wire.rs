@@ -21,6 +21,8 @@ pub const HEADER_LEN: usize = 32;
 pub const HELLO_LEN: usize = 8;
 /// Wire version.
 pub const VERSION: u16 = 1;
+/// Payload remainders at least this long are read straight into their destination.
+pub const DIRECT_READ_MIN: usize = 16 << 10;
 /// Longest error reason carried in an `Error` frame.
 pub const MAX_ERROR_LEN: u32 = 4096;
 
@@ -208,7 +210,8 @@ impl<R: Read> FrameReader<R> {
                 continue;
             }
             let rest = dst.len() - done;
-            if rest >= self.buf.len() / 2 {
+            // Large remainders skip the buffer; small ones share a read with what follows.
+            if rest >= DIRECT_READ_MIN {
                 match self.inner.read(&mut dst[done..]) {
                     Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                     Ok(n) => done += n,
