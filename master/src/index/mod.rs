@@ -2,23 +2,25 @@
 //! `RwLock`, so that batch calls from many clients proceed in parallel. A batch groups its
 //! keys by shard first ([`ShardGroups`]) and takes each shard's lock once.
 
+mod hasher;
 mod object;
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 
 use parking_lot::RwLock;
 
+pub use hasher::{KeyHashBuilder, KeyHasher};
 pub use object::{ObjectEntry, ObjectState};
 
 /// One shard's map.
-pub type Shard = HashMap<String, ObjectEntry>;
+pub type Shard = HashMap<String, ObjectEntry, KeyHashBuilder>;
 
 /// See the module documentation.
 #[derive(Debug)]
 pub struct Index {
     shards: Box<[RwLock<Shard>]>,
-    hasher: RandomState,
+    hasher: KeyHashBuilder,
     mask: usize,
 }
 
@@ -43,9 +45,12 @@ impl Index {
     /// An index with `shards` shards (rounded up to a power of two).
     pub fn new(shards: usize) -> Self {
         let n = shards.max(1).next_power_of_two();
+        let hasher = KeyHashBuilder::default();
         Index {
-            shards: (0..n).map(|_| RwLock::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
+            shards: (0..n)
+                .map(|_| RwLock::new(HashMap::with_hasher(hasher.clone())))
+                .collect(),
+            hasher,
             mask: n - 1,
         }
     }
@@ -57,8 +62,8 @@ impl Index {
 
     /// The shard holding `key`.
     pub fn shard_of(&self, key: &str) -> usize {
-        // High bits: the shard map's own hasher uses the low ones.
-        (self.hasher.hash_one(key).rotate_left(20) as usize) & self.mask
+        // High bits: the shard map uses the low ones (and the top 7 for its control bytes).
+        ((self.hasher.hash_one(key) >> 40) as usize) & self.mask
     }
 
     /// Shard `i`.
