@@ -113,15 +113,18 @@ fn serve_connection(mut stream: TcpStream, state: &ServeState) {
         .and_then(|_| stream.set_read_timeout(None))
         .map_err(|e| e.to_string())
         .and_then(|_| wire::parse_hello(&h));
+    // The listener holds a clone of every served socket, so dropping ours would not close
+    // the connection: shut it down explicitly whenever serving ends.
+    let closer = stream.try_clone();
     let result = match kind {
         Ok(wire::ConnKind::Data) => server::serve(stream, &state.registry, &state.name),
         Ok(wire::ConnKind::Control) => control::serve(stream, state.control.as_ref()),
-        Err(e) => {
-            tracing::warn!(%peer, reason = %e, "refused connection");
-            return;
-        }
+        Err(e) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
     };
     if let Err(e) = result {
         tracing::warn!(%peer, error = %e, "closed connection");
+    }
+    if let Ok(c) = closer {
+        let _ = c.shutdown(Shutdown::Both);
     }
 }
