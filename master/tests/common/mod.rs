@@ -1,0 +1,160 @@
+//! Test harness: free ports, a real etcd server and real `mooncake-master` processes, each
+//! killed when its guard drops.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral port")
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    /// Kills it now (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits up to `within` for a clean exit; its exit success.
+    pub fn terminate(&mut self, within: Duration) -> bool {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A real etcd on 127.0.0.1 with a temporary data dir.
+pub struct Etcd {
+    pub proc: Proc,
+    pub endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts `/usr/bin/etcd`; panics (the test fails) if it is missing or does not come up.
+pub async fn start_etcd() -> Etcd {
+    let bin = "/usr/bin/etcd";
+    assert!(
+        std::path::Path::new(bin).exists(),
+        "{bin} is missing: install etcd-server (Debian) to run the HA tests"
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (client, peer) = (free_port(), free_port());
+    let curl = format!("http://127.0.0.1:{client}");
+    let purl = format!("http://127.0.0.1:{peer}");
+    let child = Command::new(bin)
+        .args([
+            "--data-dir",
+            dir.path().to_str().expect("utf-8 temp path"),
+            "--listen-client-urls",
+            &curl,
+            "--advertise-client-urls",
+            &curl,
+            "--listen-peer-urls",
+            &purl,
+            "--initial-advertise-peer-urls",
+            &purl,
+            "--initial-cluster",
+            &format!("default={purl}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning etcd");
+    let etcd = Etcd {
+        proc: Proc {
+            child,
+            name: "etcd".into(),
+        },
+        endpoint: format!("127.0.0.1:{client}"),
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ok = async {
+            let mut c = mooncake_master::ha::connect(std::slice::from_ref(&etcd.endpoint))
+                .await
+                .ok()?;
+            c.get("probe", None).await.ok()
+        };
+        if tokio::time::timeout(Duration::from_secs(2), ok)
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            return etcd;
+        }
+        assert!(Instant::now() < deadline, "etcd did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Spawns the `mooncake-master` binary with `args`.
+pub fn spawn_master(name: &str, args: &[String]) -> Proc {
+    let child = Command::new(env!("CARGO_BIN_EXE_mooncake-master"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawning mooncake-master");
+    Proc {
+        child,
+        name: name.into(),
+    }
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or panics after `limit` with `what`.
+pub async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A plain HTTP/1.0 GET; the body.
+pub async fn http_get(addr: &str, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.").then(|| body.to_string())
+}
