@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -41,12 +42,14 @@ pub struct Metrics {
     keys: Gauge,
     segments: Gauge,
     clients: Gauge,
-    evicted_objects: Gauge,
-    evicted_bytes: Gauge,
-    eviction_passes: Gauge,
-    discarded: Gauge,
-    expired_clients: Gauge,
+    evicted_objects: Counter,
+    evicted_bytes: Counter,
+    eviction_passes: Counter,
+    discarded: Counter,
+    expired_clients: Counter,
     is_leader: Gauge,
+    /// The service last scraped and its counters then, to export per-term totals as deltas.
+    last: Mutex<(usize, [u64; 5])>,
 }
 
 impl Default for Metrics {
@@ -69,12 +72,13 @@ impl Metrics {
             keys: Gauge::default(),
             segments: Gauge::default(),
             clients: Gauge::default(),
-            evicted_objects: Gauge::default(),
-            evicted_bytes: Gauge::default(),
-            eviction_passes: Gauge::default(),
-            discarded: Gauge::default(),
-            expired_clients: Gauge::default(),
+            evicted_objects: Counter::default(),
+            evicted_bytes: Counter::default(),
+            eviction_passes: Counter::default(),
+            discarded: Counter::default(),
+            expired_clients: Counter::default(),
             is_leader: Gauge::default(),
+            last: Mutex::new((0, [0; 5])),
             registry: Registry::default(),
         };
         registry.register("rpc_requests", "RPC calls by operation", m.requests.clone());
@@ -94,29 +98,25 @@ impl Metrics {
         registry.register("keys", "Objects in the index", m.keys.clone());
         registry.register("segments", "Mounted segments", m.segments.clone());
         registry.register("clients", "Live clients", m.clients.clone());
-        // Monotonic values kept by the service; exported as totals.
+        // Kept by the service (one per leadership term), added up here across terms.
         registry.register(
-            "evicted_objects_total",
+            "evicted_objects",
             "Objects evicted",
             m.evicted_objects.clone(),
         );
+        registry.register("evicted_bytes", "Bytes evicted", m.evicted_bytes.clone());
         registry.register(
-            "evicted_bytes_total",
-            "Bytes evicted",
-            m.evicted_bytes.clone(),
-        );
-        registry.register(
-            "eviction_passes_total",
+            "eviction_passes",
             "Eviction passes run",
             m.eviction_passes.clone(),
         );
         registry.register(
-            "discarded_processing_total",
+            "discarded_processing",
             "PROCESSING objects discarded (stale or writer gone)",
             m.discarded.clone(),
         );
         registry.register(
-            "expired_clients_total",
+            "expired_clients",
             "Clients expired by the TTL",
             m.expired_clients.clone(),
         );
@@ -152,12 +152,30 @@ impl Metrics {
             self.segments.set(s.segment_count() as i64);
             self.clients.set(s.client_count() as i64);
             let st = &s.stats;
-            let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as i64;
-            self.evicted_objects.set(get(&st.evicted_objects));
-            self.evicted_bytes.set(get(&st.evicted_bytes));
-            self.eviction_passes.set(get(&st.eviction_passes));
-            self.discarded.set(get(&st.discarded_processing));
-            self.expired_clients.set(get(&st.expired_clients));
+            let now = [
+                &st.evicted_objects,
+                &st.evicted_bytes,
+                &st.eviction_passes,
+                &st.discarded_processing,
+                &st.expired_clients,
+            ]
+            .map(|a| a.load(Ordering::Relaxed));
+            let mut last = self.last.lock();
+            let id = s as *const MasterService as usize;
+            if last.0 != id {
+                *last = (id, [0; 5]);
+            }
+            let counters = [
+                &self.evicted_objects,
+                &self.evicted_bytes,
+                &self.eviction_passes,
+                &self.discarded,
+                &self.expired_clients,
+            ];
+            for (i, c) in counters.into_iter().enumerate() {
+                c.inc_by(now[i].saturating_sub(last.1[i]));
+            }
+            last.1 = now;
         }
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
