@@ -48,6 +48,11 @@ impl ReplicaCursor {
         c
     }
 
+    /// The candidate `next_candidate` would return, without moving on.
+    pub fn peek(&self) -> Option<usize> {
+        self.order.get(self.next).copied()
+    }
+
     /// The candidate returned by the last `next_candidate`.
     pub fn last(&self) -> Option<usize> {
         self.next
@@ -94,6 +99,7 @@ mod tests {
         let mut c = ReplicaCursor::new(&rs, Some("me"));
         assert_eq!(c.readable(), 2);
         assert_eq!(c.last(), None);
+        assert_eq!(c.peek(), Some(1));
         assert_eq!(c.next_candidate(), Some(1));
         assert_eq!(c.next_candidate(), Some(0));
         assert_eq!(c.last(), Some(0));

@@ -16,6 +16,12 @@ pub async fn run_pieces(
         return Vec::new();
     }
     let merged = merge_pieces(pieces, max_merged_len);
+    tracing::trace!(
+        pieces = pieces.len(),
+        requests = merged.requests.len(),
+        ?op,
+        "transfer batch"
+    );
     let requests: Vec<TransferRequest> = merged
         .requests
         .iter()

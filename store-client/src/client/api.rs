@@ -183,27 +183,22 @@ impl Client {
             }
             let group = &valid[start..end];
             start = end;
-            let Some(mut lease) = self.inner.staging.lease(total).await else {
-                for &i in group {
-                    slots.fail(i, ErrorCode::BufferOverflow, "staging buffer too small");
-                }
-                continue;
-            };
-            let mut off = 0u64;
-            let mut work = Vec::with_capacity(group.len());
-            for &i in group {
-                let v = items[i].1.as_ref();
-                lease.write_at(off, v);
-                work.push(WriteItem {
+            // Values are copied into staging after placement (see `write_items_staged`).
+            let values: Vec<&[u8]> = group.iter().map(|&i| items[i].1.as_ref()).collect();
+            let work: Vec<WriteItem> = group
+                .iter()
+                .zip(&values)
+                .map(|(&i, v)| WriteItem {
                     key: keys[i].to_string(),
-                    parts: vec![BufferSlice::new(lease.addr() + off, v.len() as u64)],
+                    parts: Vec::new(),
                     len: v.len() as u64,
                     _lease: None,
-                });
-                off += aligned_len(v.len() as u64);
-            }
-            let written = self.inner.write_items(&work, cfg, upsert).await;
-            drop(lease);
+                })
+                .collect();
+            let written = self
+                .inner
+                .write_items_staged(&work, Some(&values), cfg, upsert)
+                .await;
             for (&i, r) in group.iter().zip(written) {
                 slots.set(i, r);
             }

@@ -52,6 +52,14 @@ struct Target {
     last_error: Option<String>,
 }
 
+impl Target {
+    /// Segment and address of the replica tried first.
+    fn first_location(&self) -> Option<(&str, u64)> {
+        let r = self.replicas.get(self.cursor.peek()?)?;
+        Some((r.segment_name.as_str(), r.addr))
+    }
+}
+
 impl Inner {
     /// Reads `keys` (already checked) into `dsts`; one result per key, plus the retry count.
     pub(crate) async fn read_keys(
@@ -145,6 +153,9 @@ impl Inner {
             )));
         }
         copy.retain(|t| aligned_len(t.len) <= capacity);
+        // Staging mirrors the order of the replicas in their segments, so that objects stored
+        // back to back are read with one merged request.
+        copy.sort_by(|a, b| a.first_location().cmp(&b.first_location()));
         // Copying reads go through staging in groups that fit it; zero-copy reads join the first.
         let mut groups: Vec<Vec<Target>> = vec![Vec::new()];
         let mut used = 0u64;

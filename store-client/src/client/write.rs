@@ -10,6 +10,7 @@ use crate::error::{ErrorCode, KeyError};
 use crate::layout::spans;
 use crate::merge::Piece;
 use crate::staging::StagingLease;
+use crate::staging_alloc::aligned_len;
 use crate::transfer::run_pieces;
 
 use super::Inner;
@@ -54,6 +55,20 @@ impl Inner {
         cfg: &ReplicateConfig,
         upsert: bool,
     ) -> Vec<Result<u64, KeyError>> {
+        self.write_items_staged(items, None, cfg, upsert).await
+    }
+
+    /// Like [`Inner::write_items`]; with `values`, item `i`'s bytes are `values[i]`, copied into
+    /// staging only after the master placed them, in the order of their replicas' addresses,
+    /// so that objects placed back to back are written with one merged request. The caller
+    /// guarantees that the values fit the staging buffer together.
+    pub(crate) async fn write_items_staged(
+        &self,
+        items: &[WriteItem],
+        values: Option<&[&[u8]]>,
+        cfg: &ReplicateConfig,
+        upsert: bool,
+    ) -> Vec<Result<u64, KeyError>> {
         if items.is_empty() {
             return Vec::new();
         }
@@ -68,7 +83,7 @@ impl Inner {
                 .batch_put_start(self.id, start_items, cfg.clone())
                 .await
         };
-        let per_key = match started {
+        let mut per_key = match started {
             Ok(v) if v.len() == items.len() => v,
             Ok(v) => {
                 let msg = format!(
@@ -89,10 +104,59 @@ impl Inner {
                     .collect();
             }
         };
+        let started: Vec<bool> = per_key.iter().map(Result::is_ok).collect();
+        // Staged values: lay them out in the order of their first replica's placement.
+        let mut staged_parts: Vec<Option<Vec<BufferSlice>>> = items.iter().map(|_| None).collect();
+        let mut _lease = None;
+        if let Some(values) = values {
+            let mut order: Vec<usize> = (0..items.len()).filter(|&i| per_key[i].is_ok()).collect();
+            let first = |i: usize| match &per_key[i] {
+                Ok(r) => r.first().map(|d| (d.segment_name.as_str(), d.addr)),
+                Err(_) => None,
+            };
+            order.sort_by(|&a, &b| first(a).cmp(&first(b)));
+            let total: u64 = order
+                .iter()
+                .map(|&i| aligned_len(values[i].len() as u64))
+                .sum();
+            match self.staging.lease(total).await {
+                Some(mut lease) => {
+                    let mut off = 0u64;
+                    for &i in &order {
+                        lease.write_at(off, values[i]);
+                        staged_parts[i] = Some(vec![BufferSlice::new(
+                            lease.addr() + off,
+                            values[i].len() as u64,
+                        )]);
+                        off += aligned_len(values[i].len() as u64);
+                    }
+                    _lease = Some(lease);
+                }
+                None => {
+                    for p in per_key.iter_mut().filter(|p| p.is_ok()) {
+                        // Nothing was written yet; revoked below like a failed transfer.
+                        *p = Err(ErrorCode::BufferOverflow);
+                    }
+                }
+            }
+        }
         let mut results: Vec<Result<u64, KeyError>> = Vec::with_capacity(items.len());
         let mut pieces: Vec<Piece<u64>> = Vec::new();
         let mut piece_owner: Vec<usize> = Vec::new();
         for (i, (item, replicas)) in items.iter().zip(per_key).enumerate() {
+            let staged;
+            let item = match staged_parts[i].take() {
+                Some(parts) => {
+                    staged = WriteItem {
+                        key: item.key.clone(),
+                        parts,
+                        len: item.len,
+                        _lease: None,
+                    };
+                    &staged
+                }
+                None => item,
+            };
             match replicas {
                 Err(code) => results.push(Err(KeyError::new(
                     code,
@@ -123,7 +187,8 @@ impl Inner {
                 ));
             }
         }
-        self.finish_writes(items, &mut results, upsert).await;
+        self.finish_writes(items, &started, &mut results, upsert)
+            .await;
         results
     }
 
@@ -174,6 +239,7 @@ impl Inner {
     async fn finish_writes(
         &self,
         items: &[WriteItem],
+        started: &[bool],
         results: &mut [Result<u64, KeyError>],
         upsert: bool,
     ) {
@@ -182,13 +248,7 @@ impl Inner {
             match r {
                 Ok(_) => ok_idx.push(i),
                 // Keys the master refused at start hold nothing to revoke.
-                Err(e)
-                    if e.code == ErrorCode::TransferFail
-                        || e.code == ErrorCode::InvalidReplica
-                        || e.code == ErrorCode::InvalidParams =>
-                {
-                    bad_keys.push(items[i].key.clone())
-                }
+                Err(_) if started[i] => bad_keys.push(items[i].key.clone()),
                 Err(_) => {}
             }
         }
