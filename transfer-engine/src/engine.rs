@@ -38,6 +38,10 @@ use crate::{
     TransferRequest, TransferStatus,
 };
 
+/// Requests of one submit for one target: handle, (batch index, request) pairs, and whether
+/// any uses device (non-host) local memory.
+type TargetGroup = (SegmentHandle, Vec<(usize, TransferRequest)>, bool);
+
 /// This engine's own segment as peers see it.
 struct LocalSegment {
     name: String,
@@ -288,13 +292,15 @@ impl Engine {
         let base = b.reserve(requests.len())?;
         let sink = CompletionSink::new(b);
         let mut failed = Vec::new();
-        let mut groups: Vec<(SegmentHandle, Vec<(usize, TransferRequest)>)> = Vec::new();
+        let mut groups: Vec<TargetGroup> = Vec::new();
         self.inner.local.registry.with(|set| {
             for (k, r) in requests.iter().enumerate() {
                 let i = base + k;
                 if r.len == 0 {
                     failed.push((i, TransferStatus::failed("zero-length request")));
-                } else if set.find(r.local_addr, r.len).is_none() {
+                    continue;
+                }
+                let Some(region) = set.find(r.local_addr, r.len) else {
                     failed.push((
                         i,
                         TransferStatus::failed(format!(
@@ -302,17 +308,21 @@ impl Engine {
                             r.local_addr, r.len
                         )),
                     ));
-                } else {
-                    match groups.iter_mut().find(|(h, _)| *h == r.target) {
-                        Some((_, g)) => g.push((i, *r)),
-                        None => groups.push((r.target, vec![(i, *r)])),
+                    continue;
+                };
+                let device = region.location != Location::Host;
+                match groups.iter_mut().find(|(h, _, _)| *h == r.target) {
+                    Some((_, g, d)) => {
+                        g.push((i, *r));
+                        *d |= device;
                     }
+                    None => groups.push((r.target, vec![(i, *r)], device)),
                 }
             }
         });
         sink.finish_many(failed);
-        for (handle, items) in groups {
-            self.submit_to(handle, items, &sink);
+        for (handle, items, device) in groups {
+            self.submit_to(handle, items, device, &sink);
         }
         Ok(())
     }
@@ -320,7 +330,8 @@ impl Engine {
     fn submit_to(
         &self,
         handle: SegmentHandle,
-        items: Vec<(usize, TransferRequest)>,
+        mut items: Vec<(usize, TransferRequest)>,
+        device: bool,
         sink: &CompletionSink,
     ) {
         let Some(seg) = self.inner.segments.get(handle) else {
@@ -332,6 +343,14 @@ impl Engine {
             );
             return;
         };
+        let transport: &dyn Transport = if seg.local {
+            &self.inner.memcpy
+        } else {
+            self.inner.local.transport.as_ref()
+        };
+        if device {
+            items = self.drop_unreachable(items, transport, sink);
+        }
         if seg.local {
             self.inner.memcpy.submit(&seg.descriptor(), items, sink);
             return;
@@ -352,6 +371,31 @@ impl Engine {
         if !ok.is_empty() {
             self.inner.local.transport.submit(&desc, ok, sink);
         }
+    }
+
+    /// Fails the requests whose local memory `transport` cannot reach; returns the others.
+    fn drop_unreachable(
+        &self,
+        items: Vec<(usize, TransferRequest)>,
+        transport: &dyn Transport,
+        sink: &CompletionSink,
+    ) -> Vec<(usize, TransferRequest)> {
+        let registry = &self.inner.local.registry;
+        let (ok, bad): (Vec<_>, Vec<_>) = items.into_iter().partition(|(_, r)| {
+            registry
+                .find(r.local_addr, r.len)
+                .is_some_and(|reg| transport.reaches(reg.location))
+        });
+        sink.finish_many(bad.into_iter().map(|(i, _)| {
+            (
+                i,
+                TransferStatus::failed(format!(
+                    "the {} transport cannot reach device memory",
+                    transport.name()
+                )),
+            )
+        }));
+        ok
     }
 
     /// The cached descriptor, refreshed once if it lacks a range some request names (the

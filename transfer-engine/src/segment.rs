@@ -49,11 +49,15 @@ impl SegmentTable {
         local: bool,
         resolve: impl FnOnce() -> Result<SegmentDescriptor, TransferError>,
     ) -> Result<SegmentHandle, TransferError> {
+        if let Some(id) = self.by_name.lock().get(name) {
+            return Ok(SegmentHandle(*id));
+        }
+        // Resolve without the lock: a slow peer must not stall opening other segments.
+        let descriptor = resolve()?;
         let mut names = self.by_name.lock();
         if let Some(id) = names.get(name) {
             return Ok(SegmentHandle(*id));
         }
-        let descriptor = resolve()?;
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let seg = Arc::new(OpenSegment {
             name: name.to_string(),

@@ -35,6 +35,10 @@ impl MetadataStore for P2pMetadataStore {
         match control::call(peer, &ControlRequest::GetDescriptor, self.timeout) {
             Ok(ControlResponse::Descriptor(mut d)) => {
                 d.buffers.sort_by_key(|b| b.addr);
+                if d.tcp_addr.ip().is_unspecified() {
+                    // A peer listening on 0.0.0.0 is reached where we just reached it.
+                    d.tcp_addr.set_ip(peer.ip());
+                }
                 Ok(d)
             }
             Ok(other) => Err(not_found(format!("unexpected answer {other:?}"))),

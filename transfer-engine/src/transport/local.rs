@@ -7,7 +7,7 @@ use crate::batch::CompletionSink;
 use crate::descriptor::SegmentDescriptor;
 use crate::registry::MemoryRegistry;
 use crate::transport::Transport;
-use crate::{OpCode, TransferRequest, TransferStatus};
+use crate::{Location, OpCode, TransferRequest, TransferStatus};
 
 /// Copies between registered regions of one engine.
 pub struct LocalTransport {
@@ -36,7 +36,11 @@ impl Transport for LocalTransport {
             items
                 .into_iter()
                 .map(|(i, r)| {
-                    if set.find(r.target_offset, r.len).is_none() {
+                    let target = set.find(r.target_offset, r.len);
+                    if target.is_some_and(|t| t.location != Location::Host) {
+                        return (i, TransferStatus::failed("memcpy cannot reach device memory"));
+                    }
+                    if target.is_none() {
                         return (
                             i,
                             TransferStatus::failed(format!(

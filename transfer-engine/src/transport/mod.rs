@@ -33,7 +33,7 @@ use std::sync::Arc;
 use crate::batch::CompletionSink;
 use crate::descriptor::SegmentDescriptor;
 use crate::registry::{MemoryRegistry, Region};
-use crate::{EngineConfig, TransferError, TransferRequest};
+use crate::{EngineConfig, Location, TransferError, TransferRequest};
 
 /// What a transport gets from the engine when it is created.
 #[derive(Clone, Debug)]
@@ -62,6 +62,12 @@ pub trait Transport: Send + Sync + 'static {
     /// Called after `region` was removed from the engine's registry (no new request can name it).
     fn unregister_memory(&self, _region: &Region) -> Result<(), TransferError> {
         Ok(())
+    }
+
+    /// Whether this transport can move bytes of memory at `location` (TCP and memcpy reach
+    /// host memory only).
+    fn reaches(&self, location: Location) -> bool {
+        location == Location::Host
     }
 
     /// Opaque data to publish in this engine's descriptor under [`Transport::name`].

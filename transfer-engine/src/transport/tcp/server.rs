@@ -9,6 +9,7 @@ use std::net::TcpStream;
 
 use crate::registry::MemoryRegistry;
 use crate::transport::tcp::wire::{FrameKind, FrameReader, Header, OutBatch, MAX_ERROR_LEN};
+use crate::Location;
 
 /// Flush answers once this many pieces are queued.
 const MAX_PIECES: usize = 1024;
@@ -17,11 +18,22 @@ const MAX_QUEUED_BYTES: u64 = 16 << 20;
 /// Header buffer of the reader.
 const READ_BUFFER: usize = 64 << 10;
 
-fn refuse(out: &mut OutBatch, h: &Header, segment: &str) {
-    let mut reason = format!(
-        "range [{:#x}, +{}) is not inside one buffer exported by segment {segment}",
-        h.addr, h.len
-    );
+/// Why a peer may not touch `[h.addr, +h.len)`, if it may not.
+fn check(registry: &MemoryRegistry, h: &Header, segment: &str) -> Result<(), String> {
+    match registry.find(h.addr, h.len) {
+        Some(r) if r.location == Location::Host => Ok(()),
+        Some(_) => Err(format!(
+            "range [{:#x}, +{}) of segment {segment} is device memory, not reachable over TCP",
+            h.addr, h.len
+        )),
+        None => Err(format!(
+            "range [{:#x}, +{}) is not inside one buffer exported by segment {segment}",
+            h.addr, h.len
+        )),
+    }
+}
+
+fn refuse(out: &mut OutBatch, h: &Header, mut reason: String) {
     reason.truncate(MAX_ERROR_LEN as usize);
     out.header(&Header {
         kind: FrameKind::Error,
@@ -49,8 +61,8 @@ pub fn serve(stream: TcpStream, registry: &MemoryRegistry, segment: &str) -> io:
         };
         let h = Header::decode(&raw).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         match h.kind {
-            FrameKind::ReadReq => match registry.find(h.addr, h.len) {
-                Some(_) => {
+            FrameKind::ReadReq => match check(registry, &h, segment) {
+                Ok(()) => {
                     out.header(&Header {
                         kind: FrameKind::ReadResp,
                         ..h
@@ -59,15 +71,15 @@ pub fn serve(stream: TcpStream, registry: &MemoryRegistry, segment: &str) -> io:
                     // valid while registered; it is only read.
                     unsafe { out.raw(h.addr as *const u8, h.len as usize) };
                 }
-                None => refuse(&mut out, &h, segment),
+                Err(why) => refuse(&mut out, &h, why),
             },
             FrameKind::WriteReq => {
                 if out.raw_bytes() > 0 {
                     // Queued read answers must leave before this write may change their bytes.
                     out.write_to(&mut writer)?;
                 }
-                match registry.find(h.addr, h.len) {
-                    Some(_) => {
+                match check(registry, &h, segment) {
+                    Ok(()) => {
                         // SAFETY: the range lies inside a registered region, which its owner
                         // keeps valid and lets peers write while registered.
                         let dst = unsafe {
@@ -80,9 +92,9 @@ pub fn serve(stream: TcpStream, registry: &MemoryRegistry, segment: &str) -> io:
                             ..h
                         });
                     }
-                    None => {
+                    Err(why) => {
                         reader.discard(h.len)?;
-                        refuse(&mut out, &h, segment);
+                        refuse(&mut out, &h, why);
                     }
                 }
             }
