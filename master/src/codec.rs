@@ -6,7 +6,7 @@
 //! Frames above the configured cap and payloads that do not decode exactly are errors that
 //! close that one connection.
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::proto::PROTOCOL_VERSION;
@@ -64,8 +64,9 @@ pub fn encode_frame<T: Serialize>(id: u64, msg: &T, out: &mut Vec<u8>) -> Result
     Ok(())
 }
 
-/// Decodes a frame payload into `(id, body)`; trailing bytes are malformed.
-pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<(u64, T), FrameError> {
+/// Decodes a frame payload into `(id, body)` (the body may borrow from `payload`); trailing
+/// bytes are malformed.
+pub fn decode_payload<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<(u64, T), FrameError> {
     let (value, rest) = postcard::take_from_bytes::<(u64, T)>(payload)
         .map_err(|e| FrameError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
@@ -174,6 +175,30 @@ mod tests {
         extra.push(0);
         assert!(decode_payload::<Request>(&extra).is_err());
         assert!(decode_payload::<Request>(&[0xff, 0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn owned_requests_decode_with_borrowed_keys() {
+        let req = Request::BatchPutEnd {
+            client: uuid::Uuid::new_v4(),
+            keys: vec!["x".to_string(), "yz".to_string()],
+        };
+        let mut out = Vec::new();
+        encode_frame(3, &req, &mut out).unwrap();
+        let (_, back): (u64, Request<&str>) = decode_payload(&out[4..]).unwrap();
+        match (back, req) {
+            (
+                Request::BatchPutEnd { keys, client },
+                Request::BatchPutEnd {
+                    keys: k2,
+                    client: c2,
+                },
+            ) => {
+                assert_eq!(keys, k2);
+                assert_eq!(client, c2);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -22,6 +22,7 @@ pub mod liveness;
 pub mod metrics;
 pub mod placement;
 pub mod proto;
+pub mod replica_lists;
 pub mod segment;
 pub mod server;
 pub mod service;

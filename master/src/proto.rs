@@ -259,9 +259,10 @@ pub struct HeldObject {
     pub replicas: Vec<ReplicaDescriptor>,
 }
 
-/// A request from client to master.
+/// A request from client to master. Clients build it with owned `String` keys; the server
+/// decodes it with keys borrowed from the frame (`Request<&str>`), the same bytes either way.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Request {
+pub enum Request<K = String> {
     /// Mount one segment.
     MountSegment { client: ClientId, segment: Segment },
     /// Re-register after NEED_REMOUNT or failover; `objects` are reported held objects.
@@ -280,30 +281,30 @@ pub enum Request {
     /// Allocate replicas for new keys.
     BatchPutStart {
         client: ClientId,
-        items: Vec<(String, u64)>,
+        items: Vec<(K, u64)>,
         config: ReplicateConfig,
     },
     /// Mark written keys complete.
-    BatchPutEnd { client: ClientId, keys: Vec<String> },
+    BatchPutEnd { client: ClientId, keys: Vec<K> },
     /// Drop keys whose write failed.
-    BatchPutRevoke { client: ClientId, keys: Vec<String> },
+    BatchPutRevoke { client: ClientId, keys: Vec<K> },
     /// Like PutStart, but overwrites complete objects (reusing buffers of equal size).
     BatchUpsertStart {
         client: ClientId,
-        items: Vec<(String, u64)>,
+        items: Vec<(K, u64)>,
         config: ReplicateConfig,
     },
     /// Replica lists of complete keys (grants read leases).
-    BatchGetReplicaList { keys: Vec<String> },
+    BatchGetReplicaList { keys: Vec<K> },
     /// Whether keys exist and are complete (grants read leases).
-    BatchExistKey { keys: Vec<String> },
+    BatchExistKey { keys: Vec<K> },
     /// Remove keys (leased or processing ones only with `force`).
-    BatchRemove { keys: Vec<String>, force: bool },
+    BatchRemove { keys: Vec<K>, force: bool },
     /// Remove every removable key.
     RemoveAll { force: bool },
 }
 
-impl Request {
+impl<K> Request<K> {
     /// Short operation name, used for metrics labels and logs.
     pub fn op_name(&self) -> &'static str {
         match self {

@@ -21,6 +21,7 @@ use crate::config::MasterConfig;
 use crate::ha::{self, EtcdConfig};
 use crate::metrics::Metrics;
 use crate::proto::Request;
+use crate::replica_lists::ReplicasResponse;
 use crate::service::MasterService;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -269,8 +270,13 @@ async fn serve_term(
             iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = iv.tick() => service.tick(),
+                    _ = iv.tick() => {}
                     _ = done.wait_for(|d| *d) => return,
+                }
+                // Index scans can take milliseconds: keep them off the RPC workers.
+                let s = service.clone();
+                if tokio::task::spawn_blocking(move || s.tick()).await.is_err() {
+                    tracing::error!("maintenance tick panicked");
                 }
             }
         })
@@ -355,7 +361,7 @@ async fn serve_connection(
                 break;
             }
         }
-        let (id, req): (u64, Request) = match decode_payload(&buf) {
+        let (id, req): (u64, Request<&str>) = match decode_payload(&buf) {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(%peer, "closing connection: {e}");
@@ -364,12 +370,20 @@ async fn serve_connection(
         };
         let (op, items) = (req.op_name(), req.item_count());
         let started = Instant::now();
-        let resp = service.handle(req);
-        shared
-            .metrics
-            .record(op, items, resp.is_error(), started.elapsed());
         let mut out = Vec::new();
-        if let Err(e) = encode_frame(id, &resp, &mut out) {
+        let (encoded, failed) = match req {
+            // Hot path: encoded straight from the index's flat form.
+            Request::BatchGetReplicaList { keys } => {
+                let lists = service.replica_lists(&keys);
+                (encode_frame(id, &ReplicasResponse(&lists), &mut out), false)
+            }
+            req => {
+                let resp = service.handle(req);
+                (encode_frame(id, &resp, &mut out), resp.is_error())
+            }
+        };
+        shared.metrics.record(op, items, failed, started.elapsed());
+        if let Err(e) = encoded {
             tracing::error!(%peer, op, "encoding response: {e}; closing connection");
             break;
         }

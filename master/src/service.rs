@@ -17,12 +17,15 @@ use crate::proto::{
     BatchResult, ClientId, ErrorCode, HeldObject, PingResponse, ReplicaDescriptor, ReplicateConfig,
     Request, Response, Segment, SegmentId,
 };
+use crate::replica_lists::ReplicaLists;
 use crate::segment::{MountedSegment, Replica, SegmentRegistry};
 
 /// Longest key accepted.
 pub const MAX_KEY_LEN: usize = 4096;
 /// Most replicas one object may ask for.
 pub const MAX_REPLICAS: usize = 16;
+/// Most preferred segments one call may name.
+pub const MAX_PREFERRED_SEGMENTS: usize = 64;
 
 /// Tunables of the state machine (all durations on the injected clock).
 #[derive(Clone, Debug)]
@@ -193,8 +196,8 @@ impl MasterService {
         self.segments.snapshot()
     }
 
-    /// Executes one request.
-    pub fn handle(&self, req: Request) -> Response {
+    /// Executes one request (keys owned or borrowed from the frame).
+    pub fn handle<K: AsRef<str> + Into<String>>(&self, req: Request<K>) -> Response {
         match req {
             Request::MountSegment { client, segment } => {
                 Response::Unit(self.mount_segment(client, segment))
@@ -323,20 +326,24 @@ impl MasterService {
     }
 
     /// PutStart (or UpsertStart) of a batch: allocates replicas, objects enter PROCESSING.
-    pub fn batch_put_start(
+    pub fn batch_put_start<K: Into<String>>(
         &self,
         client: ClientId,
-        mut items: Vec<(String, u64)>,
+        items: Vec<(K, u64)>,
         cfg: &ReplicateConfig,
         upsert: bool,
     ) -> BatchResult<Vec<ReplicaDescriptor>> {
-        if cfg.replica_num == 0 || cfg.replica_num > MAX_REPLICAS {
+        if cfg.replica_num == 0
+            || cfg.replica_num > MAX_REPLICAS
+            || cfg.preferred_segments.len() > MAX_PREFERRED_SEGMENTS
+        {
             return Err(ErrorCode::InvalidParams);
         }
         let now = self.clock.now_ms();
         if now < self.allocations_from_ms {
             return Err(ErrorCode::UnavailableInCurrentStatus);
         }
+        let mut items: Vec<(String, u64)> = items.into_iter().map(|(k, s)| (k.into(), s)).collect();
         let ctx = PutContext {
             client,
             cfg,
@@ -437,7 +444,7 @@ impl MasterService {
     }
 
     /// PutEnd (and UpsertEnd): the writer's keys become COMPLETE.
-    pub fn batch_put_end(&self, client: ClientId, keys: &[String]) -> BatchResult<()> {
+    pub fn batch_put_end<K: AsRef<str>>(&self, client: ClientId, keys: &[K]) -> BatchResult<()> {
         self.batch_write_op(keys, |map, key| {
             let e = map.get_mut(key).ok_or(ErrorCode::ObjectNotFound)?;
             e.complete(client)
@@ -445,7 +452,7 @@ impl MasterService {
     }
 
     /// PutRevoke (and UpsertRevoke): the writer gives up; the space is free at once.
-    pub fn batch_put_revoke(&self, client: ClientId, keys: &[String]) -> BatchResult<()> {
+    pub fn batch_put_revoke<K: AsRef<str>>(&self, client: ClientId, keys: &[K]) -> BatchResult<()> {
         self.batch_write_op(keys, |map, key| {
             map.get(key)
                 .ok_or(ErrorCode::ObjectNotFound)?
@@ -455,77 +462,88 @@ impl MasterService {
         })
     }
 
-    fn batch_write_op(
+    fn batch_write_op<K: AsRef<str>>(
         &self,
-        keys: &[String],
+        keys: &[K],
         mut op: impl FnMut(&mut Shard, &str) -> Result<(), ErrorCode>,
     ) -> BatchResult<()> {
         let mut out = results(keys.len());
-        let groups = self.index.group(keys.len(), |i| &keys[i]);
+        let groups = self.index.group(keys.len(), |i| keys[i].as_ref());
         for (s, pos) in groups.iter() {
             let mut map = self.index.shard(s).write();
             for &p in pos {
-                out[p as usize] = op(&mut map, &keys[p as usize]);
+                out[p as usize] = op(&mut map, keys[p as usize].as_ref());
             }
         }
         Ok(out)
     }
 
-    fn batch_read_op<T>(
+    fn batch_read_op<K: AsRef<str>, T>(
         &self,
-        keys: &[String],
-        op: impl Fn(&Shard, &str, u64) -> Result<T, ErrorCode>,
-    ) -> BatchResult<T> {
+        keys: &[K],
+        mut op: impl FnMut(&Shard, &str, u64) -> Result<T, ErrorCode>,
+    ) -> Vec<Result<T, ErrorCode>> {
         let now = self.clock.now_ms();
         if keys.len() == 1 {
-            let map = self.index.shard(self.index.shard_of(&keys[0])).read();
-            return Ok(vec![op(&map, &keys[0], now)]);
+            let key = keys[0].as_ref();
+            let map = self.index.shard(self.index.shard_of(key)).read();
+            return vec![op(&map, key, now)];
         }
         let mut out = results(keys.len());
-        let groups = self.index.group(keys.len(), |i| &keys[i]);
+        let groups = self.index.group(keys.len(), |i| keys[i].as_ref());
         for (s, pos) in groups.iter() {
             let map = self.index.shard(s).read();
             for &p in pos {
-                out[p as usize] = op(&map, &keys[p as usize], now);
+                out[p as usize] = op(&map, keys[p as usize].as_ref(), now);
             }
         }
-        Ok(out)
+        out
     }
 
     /// Replica lists of complete keys; grants each a read lease.
-    pub fn batch_get_replica_list(&self, keys: &[String]) -> BatchResult<Vec<ReplicaDescriptor>> {
+    pub fn batch_get_replica_list<K: AsRef<str>>(
+        &self,
+        keys: &[K],
+    ) -> BatchResult<Vec<ReplicaDescriptor>> {
+        self.replica_lists(keys).into_owned()
+    }
+
+    /// [`Self::batch_get_replica_list`] in the flat form the RPC path encodes directly.
+    pub fn replica_lists<K: AsRef<str>>(&self, keys: &[K]) -> ReplicaLists {
         let ttl = ms(self.cfg.lease_ttl);
         let pin_ttl = ms(self.cfg.soft_pin_ttl);
-        self.batch_read_op(keys, |map, key, now| {
+        let mut lists = ReplicaLists::with_capacity(keys.len());
+        let slots = self.batch_read_op(keys, |map, key, now| {
             let e = map.get(key).ok_or(ErrorCode::ObjectNotFound)?;
             if !e.is_complete() {
                 return Err(ErrorCode::ReplicaIsNotReady);
             }
-            let d = e.descriptors();
-            if d.is_empty() {
-                return Err(ErrorCode::ObjectNotFound);
-            }
+            let range = lists.push(e)?;
             e.lease.grant(now, ttl);
             e.lease.refresh_soft_pin(now, pin_ttl);
-            Ok(d)
-        })
+            Ok(range)
+        });
+        lists.set_slots(slots);
+        lists
     }
 
     /// Whether keys exist and are complete; grants each existing one a read lease.
-    pub fn batch_exist_key(&self, keys: &[String]) -> BatchResult<bool> {
+    pub fn batch_exist_key<K: AsRef<str>>(&self, keys: &[K]) -> BatchResult<bool> {
         let ttl = ms(self.cfg.lease_ttl);
-        self.batch_read_op(keys, |map, key, now| match map.get(key) {
-            Some(e) if e.is_complete() => {
-                e.lease.grant(now, ttl);
-                Ok(true)
-            }
-            _ => Ok(false),
-        })
+        Ok(
+            self.batch_read_op(keys, |map, key, now| match map.get(key) {
+                Some(e) if e.is_complete() => {
+                    e.lease.grant(now, ttl);
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }),
+        )
     }
 
     /// Removes keys. Without `force`, leased keys answer OBJECT_HAS_LEASE and PROCESSING keys
     /// REPLICA_IS_NOT_READY; with it, their space is released only once nobody can be using it.
-    pub fn batch_remove(&self, keys: &[String], force: bool) -> BatchResult<()> {
+    pub fn batch_remove<K: AsRef<str>>(&self, keys: &[K], force: bool) -> BatchResult<()> {
         let now = self.clock.now_ms();
         let mut later = Vec::new();
         let out = self.batch_write_op(keys, |map, key| {

@@ -127,7 +127,7 @@ async fn malformed_frames_close_only_their_connection() {
     // Valid message followed by trailing bytes inside the frame.
     let mut s = raw_connection(&addr).await;
     let mut f = Vec::new();
-    encode_frame(1, &Request::RemoveAll { force: false }, &mut f).unwrap();
+    encode_frame(1, &Request::<String>::RemoveAll { force: false }, &mut f).unwrap();
     f.push(0);
     let len = (f.len() - 4) as u32;
     f[..4].copy_from_slice(&len.to_le_bytes());

@@ -609,18 +609,18 @@ fn recovery_window_blocks_allocation_and_reported_objects_are_kept() {
 fn handle_dispatches_and_remove_all_counts() {
     let f = fixture(ServiceConfig::default());
     let a = Uuid::new_v4();
-    let r = f.svc.handle(Request::MountSegment {
+    let r = f.svc.handle(Request::<String>::MountSegment {
         client: a,
         segment: segment("h:1", SEG),
     });
     assert_eq!(r, Response::Unit(Ok(())));
     put(&f.svc, a, "k", 1).unwrap();
     assert_eq!(
-        f.svc.handle(Request::RemoveAll { force: false }),
+        f.svc.handle(Request::<String>::RemoveAll { force: false }),
         Response::Count(Ok(1))
     );
     assert!(
-        matches!(f.svc.handle(Request::Ping { client: a }), Response::Ping(Ok(p)) if !p.need_remount)
+        matches!(f.svc.handle(Request::<String>::Ping { client: a }), Response::Ping(Ok(p)) if !p.need_remount)
     );
 }
 
