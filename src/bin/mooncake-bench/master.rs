@@ -28,7 +28,7 @@ pub struct Args {
     #[arg(long, default_value_t = 4)]
     connections: usize,
     /// Calls in flight per connection.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 1)]
     depth: usize,
     /// Keys per call.
     #[arg(long, value_delimiter = ',', default_value = "1,64,1024")]
