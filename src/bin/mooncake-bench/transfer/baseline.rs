@@ -1,5 +1,9 @@
-//! The plain TCP stream baseline: one connection between the same two processes, the target
+//! The plain TCP stream baseline between the same two processes: one connection, the target
 //! discarding what it receives (sink) or sending as fast as it can (source).
+//!
+//! A stream either uses a private 1 MiB buffer on both ends (cache-hot: the best case of a raw
+//! socket), or cycles through a window of the same memory the engine transfers use, so that
+//! the comparison with a cell moves the same bytes of the same buffers.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -7,10 +11,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+/// Bytes per read/write call of a stream.
 const CHUNK: usize = 1 << 20;
+/// Bytes of a stream's opening command: kind, window offset, window length.
+const COMMAND_LEN: usize = 17;
 
 /// Which way the bytes flow.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
     /// Initiator to target.
     Sink,
@@ -18,71 +25,177 @@ pub enum Direction {
     Source,
 }
 
-/// Streams for `duration` and returns GB/s (10^9 bytes per second).
-pub fn measure(addr: &str, dir: Direction, duration: Duration) -> anyhow::Result<f64> {
-    let mut s = TcpStream::connect(addr).with_context(|| format!("baseline connect {addr}"))?;
-    let mut buf = vec![0x5au8; CHUNK];
-    match dir {
-        Direction::Sink => {
-            s.write_all(b"S")?;
-            let start = Instant::now();
-            while start.elapsed() < duration {
-                s.write_all(&buf)?;
-            }
-            s.shutdown(Shutdown::Write)?;
-            let mut total = [0u8; 8];
-            s.read_exact(&mut total)
-                .context("baseline sink did not report its byte count")?;
-            let secs = start.elapsed().as_secs_f64();
-            Ok(u64::from_le_bytes(total) as f64 / secs / 1e9)
+/// Memory a stream cycles through: `len` bytes at `ptr` (a registered buffer of this process).
+#[derive(Clone, Copy, Debug)]
+pub struct Window {
+    /// Start.
+    pub ptr: usize,
+    /// Length (> 0).
+    pub len: usize,
+}
+
+impl Window {
+    /// The `n`-byte chunk starting at `pos` (wrapping to 0 at the end).
+    fn chunk(&self, pos: &mut usize, n: usize) -> (*mut u8, usize) {
+        if *pos >= self.len {
+            *pos = 0;
         }
-        Direction::Source => {
-            s.write_all(b"R")?;
-            let start = Instant::now();
-            let mut total = 0u64;
-            while start.elapsed() < duration {
-                match s.read(&mut buf)? {
-                    0 => bail!("baseline source closed early"),
-                    n => total += n as u64,
-                }
-            }
-            let secs = start.elapsed().as_secs_f64();
-            Ok(total as f64 / secs / 1e9)
-        }
+        let n = n.min(self.len - *pos);
+        let p = (self.ptr + *pos) as *mut u8;
+        *pos += n;
+        (p, n)
     }
 }
 
-fn serve_one(mut s: TcpStream) -> std::io::Result<()> {
-    let mut cmd = [0u8; 1];
+/// One open baseline stream, driven in slices by the initiator.
+pub struct Stream {
+    sock: TcpStream,
+    dir: Direction,
+    local: Option<Window>,
+    scratch: Vec<u8>,
+    pos: usize,
+}
+
+impl Stream {
+    /// Opens a stream; `remote` is (offset, len) of the target buffer to cycle through and
+    /// `local` the initiator memory, both `None` for private cache-hot buffers.
+    pub fn open(
+        addr: &str,
+        dir: Direction,
+        remote: Option<(u64, u64)>,
+        local: Option<Window>,
+    ) -> anyhow::Result<Stream> {
+        let mut sock =
+            TcpStream::connect(addr).with_context(|| format!("baseline connect {addr}"))?;
+        let mut cmd = [0u8; COMMAND_LEN];
+        cmd[0] = match dir {
+            Direction::Sink => b'S',
+            Direction::Source => b'R',
+        };
+        let (off, len) = remote.unwrap_or((0, 0));
+        cmd[1..9].copy_from_slice(&off.to_le_bytes());
+        cmd[9..17].copy_from_slice(&len.to_le_bytes());
+        sock.write_all(&cmd)?;
+        Ok(Stream {
+            sock,
+            dir,
+            local,
+            scratch: vec![0x5a; CHUNK],
+            pos: 0,
+        })
+    }
+
+    /// Streams for `duration`; returns (bytes, seconds).
+    pub fn run(&mut self, duration: Duration) -> anyhow::Result<(u64, f64)> {
+        let start = Instant::now();
+        let mut total = 0u64;
+        while start.elapsed() < duration {
+            let (ptr, n) = match self.local {
+                Some(w) => w.chunk(&mut self.pos, CHUNK),
+                None => (self.scratch.as_mut_ptr(), CHUNK),
+            };
+            // SAFETY: the chunk lies inside the window (a registered buffer this process owns
+            // and keeps alive for the whole bench) or inside `scratch`; engine transfers and
+            // streams take turns, so nothing else uses it meanwhile.
+            let buf = unsafe { std::slice::from_raw_parts_mut(ptr, n) };
+            total += match self.dir {
+                Direction::Sink => {
+                    self.sock.write_all(buf)?;
+                    n as u64
+                }
+                Direction::Source => match self.sock.read(buf)? {
+                    0 => bail!("baseline source closed early"),
+                    got => {
+                        // Bytes not filled are re-used by the next read.
+                        self.pos -= n - got;
+                        got as u64
+                    }
+                },
+            };
+        }
+        Ok((total, start.elapsed().as_secs_f64()))
+    }
+
+    /// Ends the stream (a sink confirms it received everything).
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        if self.dir == Direction::Sink {
+            self.sock.shutdown(Shutdown::Write)?;
+            let mut total = [0u8; 8];
+            self.sock
+                .read_exact(&mut total)
+                .context("baseline sink did not report its byte count")?;
+        }
+        Ok(())
+    }
+}
+
+/// One stream with private buffers for `duration`: GB/s (10^9 bytes per second).
+pub fn measure_hot(addr: &str, dir: Direction, duration: Duration) -> anyhow::Result<f64> {
+    let mut s = Stream::open(addr, dir, None, None)?;
+    let (bytes, secs) = s.run(duration)?;
+    s.finish()?;
+    Ok(bytes as f64 / secs / 1e9)
+}
+
+fn serve_one(mut s: TcpStream, memory: Window) -> std::io::Result<()> {
+    let mut cmd = [0u8; COMMAND_LEN];
     s.read_exact(&mut cmd)?;
-    let mut buf = vec![0xa5u8; CHUNK];
-    match &cmd {
-        b"S" => {
+    let off = u64::from_le_bytes(cmd[1..9].try_into().unwrap_or_default());
+    let len = u64::from_le_bytes(cmd[9..17].try_into().unwrap_or_default());
+    let mut scratch = vec![0xa5u8; CHUNK];
+    let window = if len == 0 {
+        Window {
+            ptr: scratch.as_mut_ptr() as usize,
+            len: CHUNK,
+        }
+    } else if off
+        .checked_add(len)
+        .is_some_and(|end| end <= memory.len as u64)
+    {
+        Window {
+            ptr: memory.ptr + off as usize,
+            len: len as usize,
+        }
+    } else {
+        return Ok(()); // A window outside our buffer: refuse by closing.
+    };
+    let mut pos = 0;
+    match cmd[0] {
+        b'S' => {
             let mut total = 0u64;
             loop {
-                match s.read(&mut buf)? {
+                let (ptr, n) = window.chunk(&mut pos, CHUNK);
+                // SAFETY: inside our registered buffer (checked above) or `scratch`.
+                let buf = unsafe { std::slice::from_raw_parts_mut(ptr, n) };
+                match s.read(buf)? {
                     0 => break,
-                    n => total += n as u64,
+                    got => {
+                        pos -= n - got;
+                        total += got as u64;
+                    }
                 }
             }
             s.write_all(&total.to_le_bytes())
         }
-        b"R" => loop {
-            s.write_all(&buf)?;
+        b'R' => loop {
+            let (ptr, n) = window.chunk(&mut pos, CHUNK);
+            // SAFETY: inside our registered buffer (checked above) or `scratch`.
+            let buf = unsafe { std::slice::from_raw_parts(ptr, n) };
+            s.write_all(buf)?;
         },
         _ => Ok(()),
     }
 }
 
-/// Serves baseline connections on `listener` forever (on a background thread).
-pub fn serve(listener: TcpListener) -> std::io::Result<()> {
+/// Serves baseline streams on `listener` from a background thread; windows lie in `memory`.
+pub fn serve(listener: TcpListener, memory: Window) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("baseline".into())
         .spawn(move || {
             for s in listener.incoming().flatten() {
                 std::thread::spawn(move || {
                     // A source ends when the initiator hangs up: not an error worth a log.
-                    let _ = serve_one(s);
+                    let _ = serve_one(s, memory);
                 });
             }
         })?;

@@ -9,6 +9,7 @@ use transfer_engine::{
     AlignedBuffer, Engine, Location, OpCode, SegmentHandle, TransferRequest, TransferState,
 };
 
+use super::baseline::Window;
 use super::CellResult;
 
 /// Buffers and the opened target, shared by every cell.
@@ -65,14 +66,31 @@ impl Setup {
             .collect()
     }
 
-    /// Runs one cell for `duration`.
-    pub fn measure(
+    /// Bytes of memory one side of a cell cycles through (all threads together).
+    pub fn footprint(&self, block: u64, batch: usize) -> u64 {
+        let per_local = self.local.len() as u64 / self.threads as u64;
+        let per_target = self.target_len / self.threads as u64;
+        let slots = (per_local / block).min(per_target / block).max(1);
+        (batch as u64).min(slots) * block * self.threads as u64
+    }
+
+    /// The first `len` bytes of the local buffer, for the baseline stream.
+    pub fn local_window(&self, len: u64) -> Window {
+        Window {
+            ptr: self.local.addr() as usize,
+            len: (len as usize).min(self.local.len()),
+        }
+    }
+
+    /// Runs engine batches of one cell for `duration` (after one warm-up batch if asked).
+    pub fn run_engine(
         &self,
         op: OpCode,
         block: u64,
         batch: usize,
         duration: Duration,
-    ) -> anyhow::Result<CellResult> {
+        warm_up: bool,
+    ) -> anyhow::Result<Raw> {
         if block * self.threads as u64 > self.target_len.min(self.local.len() as u64) {
             bail!(
                 "block {block} does not fit the buffers of {} threads",
@@ -85,7 +103,7 @@ impl Setup {
                 .map(|t| {
                     let reqs = self.requests(t, op, block, batch);
                     let barrier = &barrier;
-                    s.spawn(move || run_thread(&self.engine, &reqs, barrier, duration))
+                    s.spawn(move || run_thread(&self.engine, &reqs, barrier, duration, warm_up))
                 })
                 .collect();
             handles
@@ -96,28 +114,76 @@ impl Setup {
                 })
                 .collect::<anyhow::Result<Vec<_>>>()
         })?;
-        let mut hist = Histogram::<u64>::new(3)?;
-        let (mut bytes, mut ops, mut errors, mut secs) = (0u64, 0u64, 0u64, 0f64);
+        let mut total = Raw::new()?;
         for r in per_thread {
-            hist.add(&r.hist)?;
-            bytes += r.bytes;
-            ops += r.ops;
-            errors += r.errors;
-            secs = secs.max(r.secs);
+            total.hist.add(&r.hist)?;
+            total.bytes += r.bytes;
+            total.ops += r.ops;
+            total.errors += r.errors;
+            total.secs = total.secs.max(r.secs);
         }
-        Ok(CellResult {
+        Ok(total)
+    }
+}
+
+/// Counters of engine batches.
+pub struct Raw {
+    /// Batch latencies in microseconds.
+    pub hist: Histogram<u64>,
+    /// Bytes completed.
+    pub bytes: u64,
+    /// Requests submitted.
+    pub ops: u64,
+    /// Requests not completed.
+    pub errors: u64,
+    /// Wall time.
+    pub secs: f64,
+}
+
+impl Raw {
+    /// Empty counters.
+    pub fn new() -> anyhow::Result<Raw> {
+        Ok(Raw {
+            hist: Histogram::new(3)?,
+            bytes: 0,
+            ops: 0,
+            errors: 0,
+            secs: 0.0,
+        })
+    }
+
+    /// Adds a later run of the same cell.
+    pub fn merge(&mut self, other: Raw) -> anyhow::Result<()> {
+        self.hist.add(&other.hist)?;
+        self.bytes += other.bytes;
+        self.ops += other.ops;
+        self.errors += other.errors;
+        self.secs += other.secs;
+        Ok(())
+    }
+
+    /// GB/s.
+    pub fn gbps(&self) -> f64 {
+        self.bytes as f64 / self.secs / 1e9
+    }
+
+    /// The cell's result row.
+    pub fn result(&self, op: OpCode, block: u64, batch: usize) -> CellResult {
+        CellResult {
             op: match op {
                 OpCode::Read => "read".into(),
                 OpCode::Write => "write".into(),
             },
             block_size: block,
             batch,
-            gbps: bytes as f64 / secs / 1e9,
-            ops_per_sec: ops as f64 / secs,
-            p50_us: hist.value_at_quantile(0.5) as f64,
-            p99_us: hist.value_at_quantile(0.99) as f64,
-            errors,
-        })
+            gbps: self.gbps(),
+            ops_per_sec: self.ops as f64 / self.secs,
+            p50_us: self.hist.value_at_quantile(0.5) as f64,
+            p99_us: self.hist.value_at_quantile(0.99) as f64,
+            errors: self.errors,
+            baseline_gbps: None,
+            ratio: None,
+        }
     }
 }
 
@@ -125,14 +191,6 @@ impl Drop for Setup {
     fn drop(&mut self) {
         let _ = self.engine.unregister_memory(self.local.as_mut_ptr());
     }
-}
-
-struct ThreadResult {
-    hist: Histogram<u64>,
-    bytes: u64,
-    ops: u64,
-    errors: u64,
-    secs: f64,
 }
 
 fn one_batch(engine: &Engine, reqs: &[TransferRequest]) -> anyhow::Result<(u64, u64)> {
@@ -153,16 +211,13 @@ fn run_thread(
     reqs: &[TransferRequest],
     barrier: &Barrier,
     duration: Duration,
-) -> anyhow::Result<ThreadResult> {
-    one_batch(engine, reqs)?; // warm-up: connections, caches
+    warm_up: bool,
+) -> anyhow::Result<Raw> {
+    if warm_up {
+        one_batch(engine, reqs)?; // connections, caches
+    }
     barrier.wait();
-    let mut r = ThreadResult {
-        hist: Histogram::new(3)?,
-        bytes: 0,
-        ops: 0,
-        errors: 0,
-        secs: 0.0,
-    };
+    let mut r = Raw::new()?;
     let start = Instant::now();
     loop {
         let t0 = Instant::now();

@@ -48,7 +48,11 @@ pub fn run_target(args: TargetArgs) -> anyhow::Result<()> {
     unsafe { engine.register_memory(buf.as_mut_ptr(), buf.len(), Location::Host)? };
     let listener = TcpListener::bind(args.baseline_listen)?;
     let baseline_addr = listener.local_addr()?;
-    baseline::serve(listener)?;
+    let memory = baseline::Window {
+        ptr: buf.as_mut_ptr() as usize,
+        len: buf.len(),
+    };
+    baseline::serve(listener, memory)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "READY {} {baseline_addr}", engine.name())?;
     out.flush()?;

@@ -28,6 +28,17 @@ use crate::transport::{Transport, TransportContext};
 use crate::{TransferError, TransferRequest, TransferStatus};
 use connection::{Connection, Part, PartDone};
 
+/// Stripes are never cut smaller than this to spread a small submit over the pool.
+const MIN_STRIPE: u64 = 64 << 10;
+
+/// The stripe size for a submit of `total` bytes over `conns` connections: the configured
+/// stripe, or less when the submit is too small to keep every connection busy (one 1 MiB
+/// request then travels as four 256 KiB stripes in parallel instead of one).
+fn effective_stripe(total: u64, conns: usize, configured: u64) -> u64 {
+    let spread = total / conns.max(1) as u64;
+    spread.max(MIN_STRIPE.min(configured)).min(configured)
+}
+
 struct Pool {
     per_peer: usize,
     timeout: Duration,
@@ -136,6 +147,7 @@ impl Transport for TcpTransport {
         let deadline = Instant::now() + self.timeout;
         let n = conns.len();
         let count = items.len();
+        let stripe = effective_stripe(items.iter().map(|(_, r)| r.len).sum(), n, self.stripe);
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut per_conn: Vec<Vec<Part>> = (0..n).map(|_| Vec::new()).collect();
         for (j, (index, req)) in items.into_iter().enumerate() {
@@ -147,7 +159,7 @@ impl Transport for TcpTransport {
                 deadline,
                 done,
             };
-            if req.len <= self.stripe {
+            if req.len <= stripe {
                 // Neighbouring small requests share a connection so they share syscalls.
                 let c = (start + j * n / count) % n;
                 let done = PartDone::Whole {
@@ -156,9 +168,9 @@ impl Transport for TcpTransport {
                 };
                 per_conn[c].push(part(0, req.len, done));
             } else {
-                let parts = req.len.div_ceil(self.stripe) as usize;
+                let parts = req.len.div_ceil(stripe) as usize;
                 let join = Arc::new(RequestJoin::new(sink.clone(), index, req.len, parts));
-                for (k, (off, len)) in split(req.len, self.stripe).enumerate() {
+                for (k, (off, len)) in split(req.len, stripe).enumerate() {
                     per_conn[(start + j + k) % n].push(part(
                         off,
                         len,
@@ -175,5 +187,26 @@ impl Transport for TcpTransport {
                 conn.fail(parts);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_submits_are_spread_over_the_pool() {
+        const M: u64 = 1 << 20;
+        assert_eq!(effective_stripe(M, 4, M), 256 << 10);
+        assert_eq!(effective_stripe(64 * M, 4, M), M);
+        assert_eq!(effective_stripe(16 * M, 4, M), M);
+        assert_eq!(effective_stripe(64 << 10, 4, M), 64 << 10);
+        assert_eq!(effective_stripe(4096, 4, M), 64 << 10);
+        assert_eq!(
+            effective_stripe(M, 4, 16 << 10),
+            16 << 10,
+            "never above the configured"
+        );
+        assert_eq!(effective_stripe(M, 0, M), M);
     }
 }
