@@ -4,7 +4,8 @@
 //! one segment and frees its range when dropped, so removing an object from the index (or
 //! dropping a delayed-release batch) returns its space with no separate bookkeeping.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -22,6 +23,7 @@ pub struct MountedSegment {
     /// Client that mounted it.
     pub owner: ClientId,
     mounted: AtomicBool,
+    allocatable_from_ms: AtomicU64,
     alloc: Mutex<Box<dyn SpaceAllocator>>,
 }
 
@@ -38,6 +40,7 @@ impl MountedSegment {
             host,
             owner,
             mounted: AtomicBool::new(true),
+            allocatable_from_ms: AtomicU64::new(0),
             alloc: Mutex::new(alloc),
         }
     }
@@ -45,6 +48,11 @@ impl MountedSegment {
     /// Whether it is still mounted (replicas in unmounted segments are never returned).
     pub fn is_mounted(&self) -> bool {
         self.mounted.load(Ordering::Acquire)
+    }
+
+    /// Whether new replicas may be placed in it at `now` (see [`SegmentRegistry::mount`]).
+    pub fn is_allocatable(&self, now_ms: u64) -> bool {
+        self.allocatable_from_ms.load(Ordering::Relaxed) <= now_ms
     }
 
     /// (capacity, used) bytes.
@@ -148,11 +156,16 @@ impl Drop for Replica {
 #[derive(Debug, Default)]
 pub struct SegmentRegistry {
     segments: RwLock<Vec<Arc<MountedSegment>>>,
+    /// Recently unmounted segment ids → until when a remount of them may not be allocated in
+    /// (readers may still hold leases on bytes the master just forgot).
+    quarantine: Mutex<HashMap<SegmentId, u64>>,
 }
 
 impl SegmentRegistry {
     /// Mounts `segment` for `owner`. Remounting the same id by the same owner is a no-op.
-    pub fn mount(&self, owner: ClientId, segment: Segment) -> Result<(), ErrorCode> {
+    /// A segment unmounted less than its quarantine ago is mounted but not allocated in until
+    /// the quarantine ends.
+    pub fn mount(&self, owner: ClientId, segment: Segment, now_ms: u64) -> Result<(), ErrorCode> {
         if segment.size == 0 || segment.name.is_empty() {
             return Err(ErrorCode::InvalidParams);
         }
@@ -175,15 +188,23 @@ impl SegmentRegistry {
                 return Err(ErrorCode::SegmentAlreadyExists);
             }
         }
-        segs.push(Arc::new(MountedSegment::new(segment, owner)));
+        let m = MountedSegment::new(segment, owner);
+        let mut q = self.quarantine.lock();
+        q.retain(|_, until| *until > now_ms);
+        if let Some(&until) = q.get(&m.segment.id) {
+            m.allocatable_from_ms.store(until, Ordering::Relaxed);
+        }
+        segs.push(Arc::new(m));
         Ok(())
     }
 
-    /// Unmounts a segment; `owner` must match unless `None`.
+    /// Unmounts a segment; `owner` must match unless `None`. A remount of the same id is not
+    /// allocated in before `quarantine_until_ms`.
     pub fn unmount(
         &self,
         owner: Option<ClientId>,
         id: SegmentId,
+        quarantine_until_ms: u64,
     ) -> Result<Arc<MountedSegment>, ErrorCode> {
         let mut segs = self.segments.write();
         let i = segs
@@ -195,6 +216,7 @@ impl SegmentRegistry {
         }
         let s = segs.swap_remove(i);
         s.mounted.store(false, Ordering::Release);
+        self.quarantine.lock().insert(id, quarantine_until_ms);
         Ok(s)
     }
 

@@ -240,8 +240,9 @@ impl MasterService {
 
     /// Mounts a segment for `client` (which becomes known to liveness).
     pub fn mount_segment(&self, client: ClientId, segment: Segment) -> Result<(), ErrorCode> {
-        self.segments.mount(client, segment)?;
-        self.clients.register(client, self.clock.now_ms());
+        let now = self.clock.now_ms();
+        self.segments.mount(client, segment, now)?;
+        self.clients.register(client, now);
         Ok(())
     }
 
@@ -255,7 +256,7 @@ impl MasterService {
     ) -> BatchResult<()> {
         let now = self.clock.now_ms();
         for s in segments {
-            self.segments.mount(client, s)?;
+            self.segments.mount(client, s, now)?;
         }
         self.clients.register(client, now);
         Ok(objects
@@ -311,8 +312,10 @@ impl MasterService {
 
     /// Unmounts a segment of `client`; replicas in it are dropped.
     pub fn unmount_segment(&self, client: ClientId, id: SegmentId) -> Result<(), ErrorCode> {
-        self.segments.unmount(Some(client), id)?;
-        self.purge(self.clock.now_ms(), &[], false);
+        let now = self.clock.now_ms();
+        self.segments
+            .unmount(Some(client), id, now + ms(self.cfg.lease_ttl))?;
+        self.purge(now, &[], false);
         Ok(())
     }
 
@@ -347,7 +350,12 @@ impl MasterService {
         let ctx = PutContext {
             client,
             cfg,
-            segs: self.segments.snapshot(),
+            segs: self
+                .segments
+                .snapshot()
+                .into_iter()
+                .filter(|s| s.is_allocatable(now))
+                .collect(),
             now,
             upsert,
         };
@@ -642,7 +650,9 @@ impl MasterService {
             for c in &dead {
                 tracing::warn!(client = %c, "client expired: dropping its segments and replicas");
                 for id in self.segments.owned_by(*c) {
-                    let _ = self.segments.unmount(None, id);
+                    let _ = self
+                        .segments
+                        .unmount(None, id, now + ms(self.cfg.lease_ttl));
                 }
             }
             self.stats

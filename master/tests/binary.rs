@@ -54,6 +54,8 @@ async fn dead_client_loses_replicas_and_remounts_cleanly_after_restart() {
             http_addr.clone(),
             "--client-ttl-ms".into(),
             "600".into(),
+            "--lease-ttl-ms".into(),
+            "300".into(),
             "--tick-ms".into(),
             "20".into(),
         ],
@@ -148,11 +150,23 @@ async fn dead_client_loses_replicas_and_remounts_cleanly_after_restart() {
         .await
         .unwrap();
     assert!(!restarted.ping(h).await.unwrap().need_remount);
-    let again = writer
-        .put_start(w, "obj0".into(), 1000, to_holder)
-        .await
-        .unwrap();
-    assert_eq!(again[0].segment_id, hseg.id);
+    // After a lease TTL of quarantine the remounted segment takes new replicas again.
+    wait_for(
+        Duration::from_secs(10),
+        "the remounted segment to be used",
+        || async {
+            let d = writer
+                .put_start(w, "obj0".into(), 1000, to_holder.clone())
+                .await
+                .unwrap();
+            if d[0].segment_id == hseg.id {
+                return Some(());
+            }
+            writer.put_revoke(w, "obj0".into()).await.unwrap();
+            None
+        },
+    )
+    .await;
     writer.put_end(w, "obj0".into()).await.unwrap();
     assert!(writer.get_replica_list("obj0".into()).await.is_ok());
     pinger.abort();

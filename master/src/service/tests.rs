@@ -269,8 +269,21 @@ fn dead_client_loses_segments_replicas_and_processing_writes_then_remounts() {
         .remount_segments(holder, vec![seg.clone()], vec![])
         .unwrap();
     assert!(!f.svc.ping(holder).need_remount);
-    let d = put(&f.svc, other, "again", 100);
-    assert!(d.is_ok());
+    // Readers may hold leases on the forgotten bytes: the remounted segment takes new
+    // replicas only after a lease TTL.
+    let d = f
+        .svc
+        .batch_put_start(other, items(&["again"], 100), &pin_h, false)
+        .unwrap();
+    assert_ne!(d[0].as_ref().unwrap()[0].segment_id, seg.id);
+    f.clock.advance_ms(ms(cfg.lease_ttl));
+    f.svc.ping(other);
+    f.svc.ping(holder);
+    let d = f
+        .svc
+        .batch_put_start(other, items(&["again2"], 100), &pin_h, false)
+        .unwrap();
+    assert_eq!(d[0].as_ref().unwrap()[0].segment_id, seg.id);
 }
 
 #[test]
