@@ -139,7 +139,7 @@ type Pending = Mutex<HashMap<u64, oneshot::Sender<Response>>>;
 #[derive(Debug)]
 struct Conn {
     addr: String,
-    tx: mpsc::UnboundedSender<Vec<u8>>,
+    tx: mpsc::Sender<Vec<u8>>,
     pending: Pending,
     next_id: AtomicU64,
     alive: AtomicBool,
@@ -277,7 +277,7 @@ impl MasterClient {
             .await
             .map_err(|_| RpcError::Timeout(addr.clone()))??;
         let (rd, wr) = stream.into_split();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(crate::server::QUEUED_FRAMES);
         let conn = Arc::new(Conn {
             addr: addr.clone(),
             tx,
@@ -337,18 +337,20 @@ impl MasterClient {
         }
         let (tx, rx) = oneshot::channel();
         conn.pending.lock().insert(id, tx);
-        if !conn.alive.load(Ordering::SeqCst) || conn.tx.send(frame).is_err() {
-            conn.pending.lock().remove(&id);
-            return Err(ErrorCode::RpcFail);
-        }
-        match tokio::time::timeout(self.inner.opts.rpc_timeout, rx).await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(_)) => Err(ErrorCode::RpcFail),
-            Err(_) => {
-                conn.pending.lock().remove(&id);
-                Err(ErrorCode::RpcFail)
+        let exchange = async {
+            if !conn.alive.load(Ordering::SeqCst) || conn.tx.send(frame).await.is_err() {
+                return Err(ErrorCode::RpcFail);
             }
+            // The sender is dropped when the connection fails.
+            rx.await.map_err(|_| ErrorCode::RpcFail)
+        };
+        let r = tokio::time::timeout(self.inner.opts.rpc_timeout, exchange)
+            .await
+            .unwrap_or(Err(ErrorCode::RpcFail));
+        if r.is_err() {
+            conn.pending.lock().remove(&id);
         }
+        r
     }
 
     async fn unit(&self, req: Request) -> Result<(), ErrorCode> {

@@ -25,6 +25,8 @@ use crate::replica_lists::ReplicasResponse;
 use crate::service::MasterService;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Frames queued per connection for its writer task.
+pub(crate) const QUEUED_FRAMES: usize = 1024;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -310,7 +312,7 @@ async fn serve_term(
 /// Writes queued frames, coalescing whatever is queued into one flush.
 pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
     w: W,
-    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
 ) -> std::io::Result<()> {
     let mut w = BufWriter::with_capacity(256 * 1024, w);
     let mut batch = Vec::with_capacity(64);
@@ -345,7 +347,9 @@ async fn serve_connection(
     }
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
-    let (tx, rx) = mpsc::unbounded_channel();
+    // Bounded: a peer that stops reading responses stops being read (TCP backpressure)
+    // instead of growing the queue.
+    let (tx, rx) = mpsc::channel(QUEUED_FRAMES);
     let writer = tokio::spawn(write_frames(wr, rx));
     let mut buf = Vec::new();
     loop {
@@ -387,7 +391,7 @@ async fn serve_connection(
             tracing::error!(%peer, op, "encoding response: {e}; closing connection");
             break;
         }
-        if tx.send(out).is_err() {
+        if tx.send(out).await.is_err() {
             break;
         }
     }
