@@ -49,9 +49,17 @@ pub struct BatchPolicy {
     last_arrival: Option<Instant>,
     /// Exponentially weighted mean time between arrivals, in nanoseconds.
     mean_gap_ns: f64,
+    /// Exponentially weighted mean of the gaps shorter than the linger time (the spacing of
+    /// calls inside a burst), in nanoseconds.
+    burst_gap_ns: f64,
     /// Exponentially weighted mean size of the batches sent.
     mean_batch: f64,
 }
+
+/// A burst is over once no call came for this many intra-burst gaps.
+const QUIET_GAPS: f64 = 4.0;
+/// Shortest quiet period that ends a burst (timer and scheduling noise are below it).
+const MIN_QUIET_NS: f64 = 20_000.0;
 
 /// Below this mean batch size the load counts as idle: calls are sent without waiting.
 const IDLE_MEAN_BATCH: f64 = 1.5;
@@ -71,6 +79,7 @@ impl BatchPolicy {
             config,
             last_arrival: None,
             mean_gap_ns: f64::INFINITY,
+            burst_gap_ns: f64::INFINITY,
             mean_batch: 1.0,
         }
     }
@@ -84,11 +93,10 @@ impl BatchPolicy {
     pub fn on_arrival(&mut self, now: Instant) {
         if let Some(last) = self.last_arrival {
             let gap = now.saturating_duration_since(last).as_nanos() as f64;
-            self.mean_gap_ns = if self.mean_gap_ns.is_finite() {
-                self.mean_gap_ns + GAP_WEIGHT * (gap - self.mean_gap_ns)
-            } else {
-                gap
-            };
+            self.mean_gap_ns = ewma(self.mean_gap_ns, gap);
+            if gap < self.config.max_linger.as_nanos() as f64 {
+                self.burst_gap_ns = ewma(self.burst_gap_ns, gap);
+            }
         }
         self.last_arrival = Some(now);
     }
@@ -130,16 +138,31 @@ impl BatchPolicy {
         if self.is_idle() {
             return Decision::Flush(queued);
         }
-        // Busy: wait as long as filling the batch should take, at most the linger time.
+        // Busy: wait as long as filling the batch should take, at most the linger time, and
+        // no longer than the burst of calls lasts (when all concurrent callers are in, more
+        // waiting only adds latency).
         let linger_ns = c.max_linger.as_nanos() as f64;
         let fill_ns = self.mean_gap_ns * (c.max_batch - queued) as f64;
-        let wait = Duration::from_nanos(fill_ns.min(linger_ns) as u64);
-        let deadline = oldest + wait;
+        let mut deadline = oldest + Duration::from_nanos(fill_ns.min(linger_ns) as u64);
+        if let (Some(last), true) = (self.last_arrival, self.burst_gap_ns.is_finite()) {
+            let quiet =
+                (QUIET_GAPS * self.burst_gap_ns).clamp(MIN_QUIET_NS, linger_ns.max(MIN_QUIET_NS));
+            deadline = deadline.min(last + Duration::from_nanos(quiet as u64));
+        }
         if now >= deadline {
             Decision::Flush(queued)
         } else {
             Decision::WaitUntil(deadline)
         }
+    }
+}
+
+/// One step of an exponentially weighted mean (the first sample seeds it).
+fn ewma(mean: f64, sample: f64) -> f64 {
+    if mean.is_finite() {
+        mean + GAP_WEIGHT * (sample - mean)
+    } else {
+        sample
     }
 }
 
@@ -194,36 +217,54 @@ mod tests {
         assert!(p.is_idle());
     }
 
+    /// Calls 2 µs apart: the batch waits for the burst to end (a short quiet period), not
+    /// for the whole 100 µs linger time.
     #[test]
-    fn busy_arrivals_linger_up_to_the_limit() {
+    fn busy_batch_waits_until_the_burst_ends() {
         let mut p = BatchPolicy::new(cfg(64));
         let t = Instant::now();
         for i in 0..20 {
             p.on_arrival(t + Duration::from_micros(i * 2));
         }
         p.on_flush(20);
-        let now = t + Duration::from_micros(38);
-        let d = p.decide(now, 3, now, 0);
-        assert_eq!(d, Decision::WaitUntil(now + Duration::from_micros(100)));
-        assert_eq!(
-            p.decide(now + Duration::from_micros(100), 3, now, 0),
-            Decision::Flush(3)
-        );
-    }
-
-    #[test]
-    fn near_full_batch_waits_only_for_the_expected_fill() {
-        let mut p = BatchPolicy::new(cfg(8));
-        let t = Instant::now();
-        for i in 0..50 {
-            p.on_arrival(t + Duration::from_micros(i * 2));
-        }
-        p.on_flush(8);
-        let now = t + Duration::from_micros(98);
-        match p.decide(now, 6, now, 0) {
-            Decision::WaitUntil(d) => assert!(d - now <= Duration::from_micros(5)),
+        let last = t + Duration::from_micros(38);
+        match p.decide(last, 3, last, 0) {
+            Decision::WaitUntil(d) => {
+                assert!(
+                    d > last && d - last <= Duration::from_micros(20),
+                    "{:?}",
+                    d - last
+                )
+            }
             other => panic!("expected a short wait, got {other:?}"),
         }
+        let quiet = last + Duration::from_micros(20);
+        assert_eq!(p.decide(quiet, 3, last, 0), Decision::Flush(3));
+    }
+
+    /// A burst that keeps going is cut at the linger time.
+    #[test]
+    fn a_long_burst_is_cut_at_the_linger_time() {
+        let mut p = BatchPolicy::new(cfg(1000));
+        let t = Instant::now();
+        p.on_flush(50);
+        let mut now = t;
+        for i in 0..200u64 {
+            now = t + Duration::from_micros(i);
+            p.on_arrival(now);
+            if now >= t + Duration::from_micros(100) {
+                assert_eq!(
+                    p.decide(now, i as usize + 1, t, 0),
+                    Decision::Flush(i as usize + 1)
+                );
+                return;
+            }
+            assert!(matches!(
+                p.decide(now, i as usize + 1, t, 0),
+                Decision::WaitUntil(_)
+            ));
+        }
+        panic!("never flushed by {now:?}");
     }
 
     #[test]

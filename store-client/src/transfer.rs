@@ -33,7 +33,14 @@ pub async fn run_pieces(
             len: p.len,
         })
         .collect();
-    let statuses = match submit_and_wait(engine, &requests).await {
+    let t0 = std::time::Instant::now();
+    let waited = submit_and_wait(engine, &requests).await;
+    tracing::trace!(
+        requests = requests.len(),
+        transfer_us = t0.elapsed().as_micros() as u64,
+        "transfer done"
+    );
+    let statuses = match waited {
         Ok(s) => s,
         Err(e) => return vec![Err(e); pieces.len()],
     };

@@ -313,7 +313,9 @@ async fn auto_batching_rows(
             v
         })
         .collect();
-    for (k, v) in keys.chunks(1024).zip(values.chunks(1024)) {
+    // One batch per round of the sequential pattern: a prefix of blocks stored together.
+    let per_put = args.concurrency.clamp(1, 1024);
+    for (k, v) in keys.chunks(per_put).zip(values.chunks(per_put)) {
         let items: Vec<(&String, &Vec<u8>)> = k.iter().zip(v).collect();
         let items: Vec<(&str, &[u8])> = items
             .iter()

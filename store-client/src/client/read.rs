@@ -72,7 +72,14 @@ impl Inner {
         if n == 0 {
             return (Vec::new(), 0);
         }
-        let lookups = match self.master.batch_get_replica_list(keys.clone()).await {
+        let t0 = std::time::Instant::now();
+        let lookup = self.master.batch_get_replica_list(keys.clone()).await;
+        tracing::trace!(
+            keys = n,
+            lookup_us = t0.elapsed().as_micros() as u64,
+            "replica lookup"
+        );
+        let lookups = match lookup {
             Ok(v) if v.len() == n => v,
             Ok(v) => {
                 let msg = format!("master answered {} results for {n} keys", v.len());

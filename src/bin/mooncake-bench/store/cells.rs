@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use store_client::{BufferSlice, Client, KeyResult, ReplicateConfig};
 use transfer_engine::AlignedBuffer;
 
-use super::report::{Latencies, Measured, Row};
+use super::report::{Measured, Row};
 use super::sizes::Cell;
 
 /// Everything a cell needs.
@@ -34,14 +34,7 @@ struct Acc {
 impl Acc {
     fn new() -> Self {
         Self {
-            m: Measured {
-                keys: 0,
-                bytes: 0,
-                elapsed: Duration::ZERO,
-                latencies: Latencies::new(),
-                errors: 0,
-                verified: true,
-            },
+            m: Measured::empty(),
         }
     }
 

@@ -25,6 +25,9 @@ pub struct HolderArgs {
     /// Transport: auto, tcp or rdma.
     #[arg(long, default_value = "tcp")]
     pub protocol: String,
+    /// Heartbeat period in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub ping_ms: u64,
 }
 
 /// What a holder reports once its segment is mounted.
@@ -46,10 +49,11 @@ pub fn run_holder(args: HolderArgs) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async {
         let size = super::sizes::parse_size(&args.pool_size)?;
-        let cfg = ClientConfig::new(&args.master)
+        let mut cfg = ClientConfig::new(&args.master)
             .protocol(protocol_of(&args.protocol)?)
             .segment_size(size)
             .staging_size(1 << 20);
+        cfg.ping_interval = std::time::Duration::from_millis(args.ping_ms.max(1));
         let client = Client::connect(cfg)
             .await
             .context("holder: connecting to the master")?;

@@ -3,7 +3,7 @@
 //! concurrent single-key `get` callers with auto-batching off and on.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use store_client::Client;
 use transfer_engine::{AlignedBuffer, OpCode, TransferRequest, TransferState};
@@ -39,14 +39,7 @@ pub async fn engine_read(
             len: value_size,
         })
         .collect();
-    let mut m = Measured {
-        keys: 0,
-        bytes: 0,
-        elapsed: Duration::ZERO,
-        latencies: Latencies::new(),
-        errors: 0,
-        verified: true,
-    };
+    let mut m = Measured::empty();
     for _ in 0..iters {
         let t = Instant::now();
         let id = engine.allocate_batch(batch)?;
@@ -120,14 +113,7 @@ pub async fn concurrent_gets(
             })
         })
         .collect();
-    let mut m = Measured {
-        keys: 0,
-        bytes: 0,
-        elapsed: Duration::ZERO,
-        latencies: Latencies::new(),
-        errors: 0,
-        verified: true,
-    };
+    let mut m = Measured::empty();
     for h in handles {
         match h.await {
             Ok((lat, errors, bad, bytes)) => {

@@ -67,6 +67,18 @@ pub struct Measured {
 }
 
 impl Measured {
+    /// Nothing measured yet.
+    pub fn empty() -> Self {
+        Self {
+            keys: 0,
+            bytes: 0,
+            elapsed: Duration::ZERO,
+            latencies: Latencies::new(),
+            errors: 0,
+            verified: true,
+        }
+    }
+
     pub fn row(&self, op: &'static str, value_size: u64, batch: usize) -> Row {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         Row {

@@ -1,0 +1,267 @@
+//! Store client across processes: an embedded master, pool holders as child processes
+//! (`mooncake-bench store-holder`), and a reading/writing client in this process, all over
+//! real TCP on 127.0.0.1. Every value lives in another process's segment.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{eventually, master, reader, value, Holder};
+use store_client::{BufferSlice, ErrorCode, OpKind, ReplicateConfig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_results_per_key_with_missing_keys_and_invalid_buffers() {
+    let m = master(Duration::from_secs(30)).await;
+    let addr = m.rpc_addr().to_string();
+    let _holder = Holder::spawn(&addr, "64M", 1000);
+    let c = reader(&addr, false).await;
+
+    let n = 16usize;
+    let size = 8192usize;
+    let mut src = vec![0u8; n * size];
+    for i in 0..n {
+        src[i * size..(i + 1) * size].copy_from_slice(&value(i, size));
+    }
+    let mut dst = vec![0u8; n * size];
+    // SAFETY: both vectors outlive every call using them and are unregistered at the end.
+    unsafe {
+        c.register_buffer(src.as_mut_ptr(), src.len()).unwrap();
+        c.register_buffer(dst.as_mut_ptr(), dst.len()).unwrap();
+    }
+    let (sb, db) = (src.as_ptr() as u64, dst.as_ptr() as u64);
+    let stray = vec![7u8; size]; // never registered
+    let mut items: Vec<(String, BufferSlice)> = (0..n)
+        .map(|i| {
+            (
+                format!("obj{i}"),
+                BufferSlice::new(sb + (i * size) as u64, size as u64),
+            )
+        })
+        .collect();
+    items.push(("outside".into(), BufferSlice::of(&stray)));
+    items.push((String::new(), BufferSlice::new(sb, 16)));
+    items.push(("obj3".into(), BufferSlice::new(sb, 16)));
+    items.push(("empty".into(), BufferSlice::new(sb, 0)));
+    let put = c.batch_put_from(&items).await;
+    assert_eq!(put.len(), items.len());
+    for (i, r) in put[..n].iter().enumerate() {
+        assert_eq!(r.value(), Some(&(size as u64)), "key {i}: {r:?}");
+    }
+    assert_eq!(put[n].code(), ErrorCode::InvalidParams, "{:?}", put[n]);
+    assert!(put[n]
+        .result
+        .as_ref()
+        .unwrap_err()
+        .message
+        .contains("register"));
+    assert_eq!(put[n + 1].code(), ErrorCode::InvalidKey);
+    assert_eq!(put[n + 2].code(), ErrorCode::InvalidParams, "duplicate");
+    assert_eq!(put[n + 3].code(), ErrorCode::InvalidParams, "zero length");
+    // The refused keys were never stored.
+    let ex = c.batch_exists(&["outside", "empty", "obj0"]).await;
+    assert_eq!(
+        ex.iter().map(|r| r.value().copied()).collect::<Vec<_>>(),
+        vec![Some(false), Some(false), Some(true)]
+    );
+
+    // Zero-copy reads: present keys land in place; missing, undersized and unregistered fail alone.
+    let mut gets: Vec<(String, BufferSlice)> = (0..n)
+        .rev()
+        .map(|i| {
+            (
+                format!("obj{i}"),
+                BufferSlice::new(db + (i * size) as u64, size as u64),
+            )
+        })
+        .collect();
+    gets.insert(5, ("missing-1".into(), BufferSlice::new(db, size as u64)));
+    gets.push(("obj1".into(), BufferSlice::new(db, 100)));
+    gets.push(("obj2".into(), BufferSlice::of(&stray)));
+    gets.push(("missing-2".into(), BufferSlice::new(db, size as u64)));
+    let got = c.batch_get_into(&gets).await;
+    assert_eq!(got.len(), gets.len());
+    for (k, r) in got.iter().enumerate() {
+        match gets[k].0.as_str() {
+            "missing-1" | "missing-2" => assert_eq!(r.code(), ErrorCode::ObjectNotFound),
+            _ if k == n + 1 => assert_eq!(r.code(), ErrorCode::BufferOverflow),
+            _ if k == n + 2 => assert_eq!(r.code(), ErrorCode::InvalidParams),
+            _ => assert_eq!(r.value(), Some(&(size as u64)), "{}: {r:?}", gets[k].0),
+        }
+    }
+    // The failed entries targeted slot 0 but never wrote it: slot 0 holds obj0.
+    assert_eq!(dst, src, "every present object landed in its own slot");
+
+    // Copying reads of the same mix.
+    let keys = ["obj4", "nope", "obj9", "", "obj4"];
+    let vals = c.batch_get(&keys).await;
+    assert_eq!(vals[0].value(), Some(&value(4, size)));
+    assert_eq!(vals[1].code(), ErrorCode::ObjectNotFound);
+    assert_eq!(vals[2].value(), Some(&value(9, size)));
+    assert_eq!(vals[3].code(), ErrorCode::InvalidKey);
+    assert_eq!(vals[4].value(), Some(&value(4, size)));
+
+    let rm = c.batch_remove(&["nope", "outside"]).await;
+    assert!(
+        rm.iter().all(|r| r.code() == ErrorCode::ObjectNotFound),
+        "{rm:?}"
+    );
+    let snap = c.metrics();
+    let bgi = snap.op(OpKind::BatchGetInto).unwrap();
+    assert_eq!((bgi.ops, bgi.keys), (1, gets.len() as u64));
+    assert_eq!(bgi.errors.get(&ErrorCode::ObjectNotFound.code()), Some(&2));
+    assert_eq!(bgi.bytes, (n * size) as u64);
+    c.unregister_buffer(src.as_mut_ptr()).unwrap();
+    c.unregister_buffer(dst.as_mut_ptr()).unwrap();
+    c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_fall_back_to_another_replica_when_a_holder_dies() {
+    let m = master(Duration::from_secs(30)).await;
+    let addr = m.rpc_addr().to_string();
+    let mut holders = [
+        Holder::spawn(&addr, "32M", 1000),
+        Holder::spawn(&addr, "32M", 1000),
+    ];
+    let c = reader(&addr, false).await;
+    let keys: Vec<String> = (0..12).map(|i| format!("two-copies/{i}")).collect();
+    let vals: Vec<Vec<u8>> = (0..12).map(|i| value(i, 4096 + i)).collect();
+    let items: Vec<(&str, &[u8])> = keys
+        .iter()
+        .zip(&vals)
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .collect();
+    let cfg = ReplicateConfig {
+        replica_num: 2,
+        ..Default::default()
+    };
+    let put = c.batch_put_with(&items, &cfg).await;
+    assert!(put.iter().all(|r| r.is_ok()), "{put:?}");
+
+    // Every key has a replica in each holder; kill the holder key 0 would be read from first.
+    let lists = c
+        .master()
+        .batch_get_replica_list(keys.clone())
+        .await
+        .unwrap();
+    for l in &lists {
+        let l = l.as_ref().unwrap();
+        assert_eq!(l.len(), 2);
+        assert_ne!(l[0].segment_name, l[1].segment_name);
+    }
+    let first = lists[0].as_ref().unwrap()[0].segment_name.clone();
+    let victim = holders
+        .iter()
+        .position(|h| h.info.segment == first)
+        .expect("holder of key 0");
+    holders[victim].kill();
+
+    let got = c.batch_get(&keys).await;
+    for (i, r) in got.iter().enumerate() {
+        assert_eq!(r.value(), Some(&vals[i]), "key {i}: {r:?}");
+    }
+    assert!(
+        c.metrics().op(OpKind::BatchGet).unwrap().retries >= 1,
+        "key 0 needed a second replica"
+    );
+    assert_eq!(c.get(&keys[0]).await.value(), Some(&vals[0]));
+    c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holder_remounts_after_the_master_expired_it() {
+    let m = master(Duration::from_secs(1)).await;
+    let addr = m.rpc_addr().to_string();
+    let holder = Holder::spawn(&addr, "16M", 100);
+    let c = reader(&addr, false).await;
+    assert!(c.put("before", b"v1").await.is_ok());
+
+    // A paused holder stops pinging; the master expires it and drops its segment.
+    holder.signal("STOP");
+    eventually(
+        Duration::from_secs(20),
+        "master drops the silent holder's segment",
+        || async {
+            !c.put(&format!("probe-{:?}", std::time::Instant::now()), b"x")
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+    // Resumed, its next ping answers NEED_REMOUNT and it mounts the segment again.
+    holder.signal("CONT");
+    let v = value(1, 3000);
+    eventually(
+        Duration::from_secs(20),
+        "holder remounts its segment",
+        || async { c.put("after", &v).await.is_ok() },
+    )
+    .await;
+    assert_eq!(c.get("after").await.value(), Some(&v));
+    c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_batcher_gives_each_concurrent_caller_its_own_result() {
+    let m = master(Duration::from_secs(30)).await;
+    let addr = m.rpc_addr().to_string();
+    let _holder = Holder::spawn(&addr, "64M", 1000);
+    let c = Arc::new(reader(&addr, true).await);
+    assert!(c.auto_batching());
+    let tasks = 64usize;
+    let per_task = 6usize;
+    // One registered region per task for its zero-copy reads.
+    let slot = 2048usize;
+    let mut region = vec![0u8; tasks * slot];
+    // SAFETY: `region` outlives every call using it and is unregistered at the end.
+    unsafe {
+        c.register_buffer(region.as_mut_ptr(), region.len())
+            .unwrap()
+    };
+    let base = region.as_ptr() as u64;
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                for i in 0..per_task {
+                    let id = t * per_task + i;
+                    let key = format!("task{t}/item{i}");
+                    let v = value(id, 100 + id % 1900);
+                    assert_eq!(c.put(&key, &v).await.value(), Some(&(v.len() as u64)));
+                    assert_eq!(c.get(&key).await.value(), Some(&v), "{key}");
+                    assert_eq!(
+                        c.get(&format!("{key}/absent")).await.code(),
+                        ErrorCode::ObjectNotFound
+                    );
+                    let into = BufferSlice::new(base + (t * slot) as u64, slot as u64);
+                    assert_eq!(
+                        c.get_into(&key, into).await.value(),
+                        Some(&(v.len() as u64))
+                    );
+                    // SAFETY: this task alone uses its slot, and the read into it has finished.
+                    let landed =
+                        unsafe { std::slice::from_raw_parts(into.addr as *const u8, v.len()) };
+                    assert_eq!(landed, v.as_slice(), "{key} zero-copy");
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.await.unwrap();
+    }
+    let snap = c.metrics();
+    assert_eq!(
+        snap.op(OpKind::Get).unwrap().ops,
+        (tasks * per_task * 2) as u64
+    );
+    assert_eq!(
+        snap.op(OpKind::Get)
+            .unwrap()
+            .errors
+            .get(&ErrorCode::ObjectNotFound.code()),
+        Some(&((tasks * per_task) as u64))
+    );
+    c.unregister_buffer(region.as_mut_ptr()).unwrap();
+    c.close().await;
+}
