@@ -21,6 +21,9 @@ pub enum CloseReason {
 #[derive(Debug)]
 pub struct InFlight<T> {
     parts: BTreeMap<u64, (Instant, T)>,
+    /// Deadline of the part whose payload the receiver is reading (taken out of the table,
+    /// still watched).
+    receiving: Option<Instant>,
     closed: Option<CloseReason>,
 }
 
@@ -28,6 +31,7 @@ impl<T> Default for InFlight<T> {
     fn default() -> Self {
         InFlight {
             parts: BTreeMap::new(),
+            receiving: None,
             closed: None,
         }
     }
@@ -48,9 +52,22 @@ impl<T> InFlight<T> {
         self.parts.remove(&id).map(|(_, p)| p)
     }
 
+    /// Takes the part answered by a response whose payload is still to be read: its deadline
+    /// stays watched until [`InFlight::received`].
+    pub fn remove_receiving(&mut self, id: u64) -> Option<T> {
+        let (deadline, part) = self.parts.remove(&id)?;
+        self.receiving = Some(deadline);
+        Some(part)
+    }
+
+    /// The payload being read has arrived.
+    pub fn received(&mut self) {
+        self.receiving = None;
+    }
+
     /// Whether some part is past its deadline at `now`.
     pub fn expired(&self, now: Instant) -> bool {
-        self.parts.values().any(|(d, _)| *d <= now)
+        self.receiving.is_some_and(|d| d <= now) || self.parts.values().any(|(d, _)| *d <= now)
     }
 
     /// Parts in flight.
@@ -94,6 +111,14 @@ mod tests {
         assert!(f.expired(t0 + Duration::from_secs(2)));
         assert_eq!(f.remove(1), Some("a"));
         assert_eq!(f.remove(1), None);
+        assert!(!f.expired(t0 + Duration::from_secs(2)));
+        f.insert(4, t0 + Duration::from_secs(1), "d").unwrap();
+        assert_eq!(f.remove_receiving(4), Some("d"));
+        assert!(
+            f.expired(t0 + Duration::from_secs(1)),
+            "a part being received is still watched"
+        );
+        f.received();
         assert!(!f.expired(t0 + Duration::from_secs(2)));
         let (reason, rest) = f.close(CloseReason::TimedOut);
         assert_eq!(reason, CloseReason::TimedOut);

@@ -284,7 +284,22 @@ fn receive_loop(shared: &Shared, stream: TcpStream) {
             Ok(h) => h,
             Err(e) => break format!("malformed answer: {e}"),
         };
-        let Some(part) = shared.inflight.lock().remove(h.id) else {
+        let payload = match h.kind {
+            FrameKind::ReadResp => h.len,
+            FrameKind::Error => u64::from(h.aux),
+            _ => 0,
+        };
+        // A payload not yet buffered may stall: keep its deadline watched while reading it.
+        let watch = payload > reader.buffered() as u64;
+        let taken = {
+            let mut table = shared.inflight.lock();
+            if watch {
+                table.remove_receiving(h.id)
+            } else {
+                table.remove(h.id)
+            }
+        };
+        let Some(part) = taken else {
             break format!("answer for unknown request id {}", h.id);
         };
         let matches = h.addr == part.remote
@@ -315,6 +330,9 @@ fn receive_loop(shared: &Shared, stream: TcpStream) {
                     done.finish(part, outcome);
                     break format!("receive: {e}");
                 }
+                if watch {
+                    shared.inflight.lock().received();
+                }
                 done.finish(part, PartOutcome::Done);
             }
             FrameKind::Error => {
@@ -322,6 +340,9 @@ fn receive_loop(shared: &Shared, stream: TcpStream) {
                 if let Err(e) = reader.read_payload(&mut msg) {
                     done.finish(part, PartOutcome::Failed(format!("receive: {e}")));
                     break format!("receive: {e}");
+                }
+                if watch {
+                    shared.inflight.lock().received();
                 }
                 let msg = String::from_utf8_lossy(&msg).into_owned();
                 done.finish(part, PartOutcome::Failed(format!("target refused: {msg}")));

@@ -152,6 +152,11 @@ impl<R: Read> FrameReader<R> {
         }
     }
 
+    /// Bytes buffered and not consumed yet.
+    pub fn buffered(&self) -> usize {
+        self.end - self.pos
+    }
+
     /// Whether a whole header is already buffered (reading it will not block).
     pub fn header_buffered(&self) -> bool {
         self.end - self.pos >= HEADER_LEN
