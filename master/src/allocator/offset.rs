@@ -276,26 +276,32 @@ mod tests {
         let mut live: Vec<u64> = Vec::new();
         let mut failures = 0;
         for _ in 0..20_000 {
-            if !live.is_empty() && (rng.random_bool(0.5) || a.inner.used() > cap * 8 / 10) {
+            // Fill to ~75%, then churn there: frees and allocations alternate at random.
+            if !live.is_empty() && a.inner.used() > cap * 3 / 4 && rng.random_bool(0.5) {
                 let i = rng.random_range(0..live.len());
                 let off = live.swap_remove(i);
                 a.free(off);
             } else {
                 // KV-cache-like sizes: 4 KiB .. 1 MiB.
                 let len = 4096u64 << rng.random_range(0..9);
-                match a.alloc(len + rng.random_range(0..4096)) {
+                let len = len + rng.random_range(0..4096);
+                match a.alloc(len) {
                     Some(off) => live.push(off),
-                    None => failures += 1,
+                    // Only a failure with enough total free space is fragmentation's fault.
+                    None if cap - a.inner.used() >= len + ALIGN => failures += 1,
+                    None => {}
                 }
             }
         }
         let frag = a.inner.fragmentation();
         println!(
-            "fragmentation after churn: {frag:.3} (used {:.1}%, {} free ranges, {failures} failed)",
+            "fragmentation after churn: {frag:.3} (used {:.1}%, {} free ranges, \
+             {failures} allocations failed despite enough free bytes)",
             a.inner.used() as f64 * 100.0 / cap as f64,
             a.inner.free_ranges()
         );
         assert!(frag < 0.9, "fragmentation {frag}");
+        assert!(failures < 200, "{failures} fragmentation failures");
         for off in live {
             a.free(off);
         }
