@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{registered, req};
+use common::{registered, req, write_whole_and_check};
 use transfer_engine::{
     AlignedBuffer, Engine, EngineConfig, InMemoryMetadataStore, Location, MetadataConfig, OpCode,
     Protocol, TransferError, TransferState, TransferStatus,
@@ -101,29 +101,8 @@ fn in_process_metadata_connects_two_named_engines() {
     let b = tcp_engine(MetadataConfig::InProcess(store.clone()), Some("node-b"));
     let mut a_buf = registered(&a, 1 << 20);
     let b_buf = registered(&b, 1 << 20);
-    a_buf
-        .as_mut_slice()
-        .iter_mut()
-        .enumerate()
-        .for_each(|(i, x)| *x = (i % 251) as u8);
     let seg_b = a.open_segment("node-b").unwrap();
-    let batch = a.allocate_batch(1).unwrap();
-    a.submit(
-        batch,
-        &[req(
-            OpCode::Write,
-            a_buf.addr(),
-            seg_b,
-            b_buf.addr(),
-            1 << 20,
-        )],
-    )
-    .unwrap();
-    assert_eq!(
-        a.wait(batch).unwrap()[0],
-        TransferStatus::completed(1 << 20)
-    );
-    assert_eq!(a_buf.as_slice(), b_buf.as_slice());
+    write_whole_and_check(&a, &mut a_buf, seg_b, &b_buf);
     assert!(matches!(
         a.open_segment("node-c"),
         Err(TransferError::SegmentNotFound { .. })

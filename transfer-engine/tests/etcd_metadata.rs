@@ -6,11 +6,10 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{registered, req};
+use common::{registered, write_whole_and_check};
 use transfer_engine::metadata::{EtcdMetadataStore, MetadataStore};
 use transfer_engine::{
-    Engine, EngineConfig, MetadataConfig, OpCode, Protocol, SegmentDescriptor, TransferError,
-    TransferStatus,
+    Engine, EngineConfig, MetadataConfig, Protocol, SegmentDescriptor, TransferError,
 };
 
 const ETCD: &str = "/usr/bin/etcd";
@@ -156,31 +155,10 @@ fn engines_find_each_other_through_etcd() {
     let a = Engine::new(config("node-a")).unwrap();
     let b = Engine::new(config("node-b")).unwrap();
     let mut a_buf = registered(&a, 1 << 20);
-    a_buf
-        .as_mut_slice()
-        .iter_mut()
-        .enumerate()
-        .for_each(|(i, x)| *x = (i % 253) as u8);
     let seg_b = a.open_segment("node-b").unwrap();
     // Registered after open: found through a descriptor refresh from etcd.
     let b_buf = registered(&b, 1 << 20);
-    let batch = a.allocate_batch(1).unwrap();
-    a.submit(
-        batch,
-        &[req(
-            OpCode::Write,
-            a_buf.addr(),
-            seg_b,
-            b_buf.addr(),
-            1 << 20,
-        )],
-    )
-    .unwrap();
-    assert_eq!(
-        a.wait(batch).unwrap()[0],
-        TransferStatus::completed(1 << 20)
-    );
-    assert_eq!(a_buf.as_slice(), b_buf.as_slice());
+    write_whole_and_check(&a, &mut a_buf, seg_b, &b_buf);
     assert!(matches!(
         a.open_segment("node-zz"),
         Err(TransferError::SegmentNotFound { .. })

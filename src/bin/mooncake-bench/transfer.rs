@@ -48,6 +48,16 @@ pub struct Args {
     /// Bytes per batch at most (larger batches are cut down to fit); also the buffer size.
     #[arg(long, default_value = "256M")]
     max_batch_bytes: String,
+    #[command(flatten)]
+    engine: EngineFlags,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Engine flags shared by the initiator and the target process.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EngineFlags {
     /// Transport: auto, tcp or rdma.
     #[arg(long, default_value = "auto")]
     protocol: String,
@@ -57,9 +67,19 @@ pub struct Args {
     /// TCP stripe size.
     #[arg(long, default_value = "1M")]
     stripe: String,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    json: bool,
+}
+
+impl EngineFlags {
+    /// An engine configuration with these flags on `listen_addr`.
+    fn config(&self, listen_addr: std::net::SocketAddr) -> anyhow::Result<EngineConfig> {
+        Ok(EngineConfig {
+            listen_addr,
+            protocol: parse_protocol(&self.protocol)?,
+            tcp_connections_per_peer: self.connections,
+            tcp_stripe_size: sizes::parse(&self.stripe)? as usize,
+            ..Default::default()
+        })
+    }
 }
 
 /// One measured cell.
@@ -133,11 +153,11 @@ fn spawn_target(args: &Args, size: u64) -> anyhow::Result<(SpawnedTarget, String
             "--size",
             &size.to_string(),
             "--protocol",
-            &args.protocol,
+            &args.engine.protocol,
             "--connections",
-            &args.connections.to_string(),
+            &args.engine.connections.to_string(),
             "--stripe",
-            &args.stripe,
+            &args.engine.stripe,
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -212,7 +232,6 @@ fn measure_cell(
 
 /// Runs the benchmark.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let protocol = parse_protocol(&args.protocol)?;
     let ops = args
         .ops
         .iter()
@@ -224,7 +243,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .map(|s| sizes::parse(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let max_batch_bytes = sizes::parse(&args.max_batch_bytes)?;
-    let stripe = sizes::parse(&args.stripe)?;
     if args.threads == 0 || args.batch_sizes.contains(&0) || blocks.contains(&0) {
         bail!("threads, batch sizes and block sizes must be > 0");
     }
@@ -241,12 +259,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             (Some(t), n, Some(b))
         }
     };
-    let engine = Engine::new(EngineConfig {
-        protocol,
-        tcp_connections_per_peer: args.connections,
-        tcp_stripe_size: stripe as usize,
-        ..Default::default()
-    })?;
+    let engine = Engine::new(args.engine.config(EngineConfig::default().listen_addr)?)?;
     let setup = cell::Setup::new(&engine, &target_name, buffer, args.threads)?;
 
     let baseline = baseline_addr

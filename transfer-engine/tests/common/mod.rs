@@ -7,7 +7,8 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use transfer_engine::{
-    AlignedBuffer, Engine, EngineConfig, Location, OpCode, Protocol, SegmentHandle, TransferRequest,
+    AlignedBuffer, Engine, EngineConfig, Location, OpCode, Protocol, SegmentHandle,
+    TransferRequest, TransferStatus,
 };
 
 /// Initial content of byte `i` of a target buffer (same formula as `te-target`).
@@ -138,4 +139,28 @@ pub fn req(
         target_offset: remote,
         len,
     }
+}
+
+/// Fills `src` with a pattern, writes all of it to `dst` (in segment `seg`) in one request and
+/// checks it arrived.
+pub fn write_whole_and_check(
+    e: &Engine,
+    src: &mut AlignedBuffer,
+    seg: SegmentHandle,
+    dst: &AlignedBuffer,
+) {
+    src.as_mut_slice()
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, x)| *x = (i % 251) as u8);
+    let len = src.len() as u64;
+    let batch = e.allocate_batch(1).unwrap();
+    e.submit(
+        batch,
+        &[req(OpCode::Write, src.addr(), seg, dst.addr(), len)],
+    )
+    .unwrap();
+    assert_eq!(e.wait(batch).unwrap()[0], TransferStatus::completed(len));
+    e.free_batch(batch).unwrap();
+    assert_eq!(src.as_slice(), dst.as_slice());
 }

@@ -5,9 +5,9 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 
-use transfer_engine::{AlignedBuffer, Engine, EngineConfig, Location};
+use transfer_engine::{AlignedBuffer, Engine, Location};
 
-use super::{baseline, parse_protocol, sizes};
+use super::{baseline, sizes, EngineFlags};
 
 /// Flags of the hidden target process.
 #[derive(clap::Args, Debug)]
@@ -21,27 +21,14 @@ pub struct TargetArgs {
     /// Plain-TCP baseline listen address.
     #[arg(long, default_value = "127.0.0.1:0")]
     baseline_listen: SocketAddr,
-    /// Transport: auto, tcp or rdma.
-    #[arg(long, default_value = "auto")]
-    protocol: String,
-    /// TCP connections per peer.
-    #[arg(long, default_value_t = 4)]
-    connections: usize,
-    /// TCP stripe size.
-    #[arg(long, default_value = "1M")]
-    stripe: String,
+    #[command(flatten)]
+    engine: EngineFlags,
 }
 
 /// Runs the target process.
 pub fn run_target(args: TargetArgs) -> anyhow::Result<()> {
     let size = sizes::parse(&args.size)? as usize;
-    let engine = Engine::new(EngineConfig {
-        listen_addr: args.listen,
-        protocol: parse_protocol(&args.protocol)?,
-        tcp_connections_per_peer: args.connections,
-        tcp_stripe_size: sizes::parse(&args.stripe)? as usize,
-        ..Default::default()
-    })?;
+    let engine = Engine::new(args.engine.config(args.listen)?)?;
     let mut buf = AlignedBuffer::new(size)?;
     buf.as_mut_slice().fill(0x11);
     // SAFETY: `buf` is unregistered below before it drops.
