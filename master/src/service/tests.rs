@@ -659,9 +659,9 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(32))]
     #[test]
-    fn index_invariants_hold_under_random_operations(ops in proptest::collection::vec(op(), 1..200)) {
+    fn index_invariants_hold_under_random_operations(ops in proptest::collection::vec(op(), 1..150)) {
         let f = fixture(ServiceConfig { shards: 4, eviction_ratio: 0.3, ..Default::default() });
         let a = Uuid::new_v4();
         for n in ["h1:1", "h2:1"] {
