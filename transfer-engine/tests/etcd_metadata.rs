@@ -163,8 +163,8 @@ fn engines_find_each_other_through_etcd() {
         a.open_segment("node-zz"),
         Err(TransferError::SegmentNotFound { .. })
     ));
-    drop(b_buf);
     drop(b);
+    drop(b_buf);
     let probe = EtcdMetadataStore::connect(
         std::slice::from_ref(&etcd.url),
         "mooncake/segments/",
@@ -194,4 +194,36 @@ fn unreachable_etcd_is_a_metadata_error() {
         ..Default::default()
     });
     assert!(matches!(r, Err(TransferError::Metadata(_))), "{r:?}");
+}
+
+#[test]
+fn etcd_engine_works_inside_an_async_runtime() {
+    let etcd = start_etcd();
+    let url = etcd.url.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Store clients call the blocking API from async code: creating, resolving and dropping
+    // an etcd-backed engine there must neither deadlock nor panic.
+    rt.block_on(async move {
+        let config = |name: &str| EngineConfig {
+            name: Some(name.to_string()),
+            metadata: MetadataConfig::Etcd {
+                endpoints: vec![url.clone()],
+                prefix: "async/".into(),
+            },
+            protocol: Protocol::Tcp,
+            request_timeout: Duration::from_secs(5),
+            ..Default::default()
+        };
+        let a = Engine::new(config("async-a")).unwrap();
+        let b = Engine::new(config("async-b")).unwrap();
+        let mut a_buf = registered(&a, 4096);
+        let b_buf = registered(&b, 4096);
+        let seg = a.open_segment("async-b").unwrap();
+        write_whole_and_check(&a, &mut a_buf, seg, &b_buf);
+        drop(a);
+        drop(b);
+    });
 }
