@@ -1,0 +1,120 @@
+//! Periodic maintenance: delayed space release, client expiry, discard of stale writes and
+//! eviction above the high watermark.
+
+use super::*;
+
+impl MasterService {
+    /// Periodic work: delayed releases, client expiry and stale-write discard (every
+    /// `scan_interval`), and eviction above the high watermark.
+    pub fn tick(&self) {
+        let now = self.clock.now_ms();
+        // Dropping the entries returns their space.
+        let released: Vec<PendingRelease> = {
+            let mut p = self.pending.lock();
+            let (due, keep) = std::mem::take(&mut *p)
+                .into_iter()
+                .partition(|r| r.release_at_ms <= now);
+            *p = keep;
+            due
+        };
+        drop(released);
+        let last = self.last_scan_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= ms(self.cfg.scan_interval) {
+            self.last_scan_ms.store(now, Ordering::Relaxed);
+            let dead = self.clients.expire(now);
+            for c in &dead {
+                tracing::warn!(client = %c, "client expired: dropping its segments and replicas");
+                for id in self.segments.owned_by(*c) {
+                    let _ = self
+                        .segments
+                        .unmount(None, id, now + ms(self.cfg.lease_ttl));
+                }
+            }
+            self.stats
+                .expired_clients
+                .fetch_add(dead.len() as u64, Ordering::Relaxed);
+            self.purge(now, &dead, true);
+        }
+        let (cap, used) = self.segments.usage();
+        if cap > 0 && used as f64 > cap as f64 * self.cfg.eviction_high_watermark {
+            self.evict(now, false);
+        }
+    }
+
+    /// One pass over the index: drops replicas in unmounted segments (and objects left with
+    /// none), discards PROCESSING objects of `dead_writers` and, if `stale`, those past the
+    /// discard timeout.
+    pub(super) fn purge(&self, now: u64, dead_writers: &[ClientId], stale: bool) {
+        let discard = ms(self.cfg.put_discard_timeout);
+        let release_at = now + ms(self.cfg.put_release_timeout);
+        let mut later = Vec::new();
+        for s in 0..self.index.num_shards() {
+            let mut map = self.index.shard(s).write();
+            map.retain(|_, e| {
+                e.replicas.retain(|r| r.is_live());
+                let discard_it = match e.state {
+                    ObjectState::Processing { writer, .. } => {
+                        dead_writers.contains(&writer)
+                            || (stale && e.is_stale_processing(now, discard))
+                    }
+                    ObjectState::Complete => false,
+                };
+                if discard_it {
+                    later.push(std::mem::take(&mut e.replicas));
+                    self.stats
+                        .discarded_processing
+                        .fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
+                !e.replicas.is_empty()
+            });
+        }
+        for r in later {
+            self.delay_release(r, release_at);
+        }
+    }
+
+    /// One eviction pass: each shard evicts `eviction_ratio` of its evictable objects, oldest
+    /// lease first; soft-pinned objects only if the first pass found nothing (or `aggressive`
+    /// when an allocation failed). Returns the number of objects evicted.
+    pub fn evict(&self, now: u64, aggressive: bool) -> usize {
+        self.stats.eviction_passes.fetch_add(1, Ordering::Relaxed);
+        let mut n = self.evict_pass(now, false);
+        if n == 0 || aggressive {
+            n += self.evict_pass(now, true);
+        }
+        n
+    }
+
+    fn evict_pass(&self, now: u64, allow_soft_pinned: bool) -> usize {
+        let mut evicted = 0;
+        let mut bytes = 0;
+        let mut cands: Vec<Candidate> = Vec::new();
+        for s in 0..self.index.num_shards() {
+            let mut map = self.index.shard(s).write();
+            cands.clear();
+            cands.extend(
+                map.iter()
+                    .filter(|(_, e)| is_evictable(e, now, allow_soft_pinned))
+                    .map(|(k, e)| Candidate {
+                        key: k.clone(),
+                        last_access_ms: e.lease.until_ms(),
+                        size: e.size,
+                    }),
+            );
+            let count = victims(cands.len(), self.cfg.eviction_ratio);
+            self.eviction.select(&mut cands, count);
+            for c in &cands[..count] {
+                if map.remove(&c.key).is_some() {
+                    evicted += 1;
+                    bytes += c.size;
+                }
+            }
+        }
+        self.stats
+            .evicted_objects
+            .fetch_add(evicted as u64, Ordering::Relaxed);
+        self.stats.evicted_bytes.fetch_add(bytes, Ordering::Relaxed);
+        evicted
+    }
+}
