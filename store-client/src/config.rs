@@ -32,6 +32,9 @@ pub struct ClientConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// Longest transfer request that merging of adjacent requests may build.
     pub max_merged_len: u64,
+    /// Copying reads of objects at most this many bytes apart in one segment are read with
+    /// one request covering the gap (about the bytes one extra request costs; 0 = off).
+    pub read_gap: u64,
 }
 
 impl ClientConfig {
@@ -48,6 +51,7 @@ impl ClientConfig {
             auto_batch: None,
             metrics_addr: None,
             max_merged_len: 64 << 20,
+            read_gap: 16 << 10,
         }
     }
 

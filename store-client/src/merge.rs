@@ -29,10 +29,34 @@ pub struct Merged<T> {
     pub owner: Vec<usize>,
 }
 
+/// Local scratch memory a merged READ may also fill: two reads whose remote and local ranges
+/// are separated by the same gap of at most `max_gap` bytes become one read covering the gap,
+/// when the local gap lies inside `[lo, hi)` (memory the caller owns and discards, such as
+/// its staging lease). Never used for writes: a write across a gap would overwrite bytes the
+/// caller does not own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scratch {
+    /// Largest gap worth reading across (about what one extra request costs in bytes).
+    pub max_gap: u64,
+    /// First byte of the scratch range.
+    pub lo: u64,
+    /// One past its last byte.
+    pub hi: u64,
+}
+
 /// Merges pieces whose remote ranges (same target) and local ranges are both contiguous,
 /// never building a request longer than `max_len` (a single piece longer than that stays
 /// as it is). Zero-length pieces get their own empty request so that every input has an owner.
 pub fn merge_pieces<T: Copy + Ord>(pieces: &[Piece<T>], max_len: u64) -> Merged<T> {
+    merge_pieces_with(pieces, max_len, None)
+}
+
+/// [`merge_pieces`], also reading across small gaps into `scratch` (reads only).
+pub fn merge_pieces_with<T: Copy + Ord>(
+    pieces: &[Piece<T>],
+    max_len: u64,
+    scratch: Option<Scratch>,
+) -> Merged<T> {
     let mut order: Vec<usize> = (0..pieces.len()).collect();
     order.sort_by_key(|&i| {
         (
@@ -46,14 +70,18 @@ pub fn merge_pieces<T: Copy + Ord>(pieces: &[Piece<T>], max_len: u64) -> Merged<
     for i in order {
         let p = pieces[i];
         if let Some(last) = requests.last_mut() {
+            let gap = gap_between(last, &p, scratch);
             let joins = p.len > 0
                 && last.len > 0
                 && last.target == p.target
-                && last.remote_addr.checked_add(last.len) == Some(p.remote_addr)
-                && last.local_addr.checked_add(last.len) == Some(p.local_addr)
-                && last.len.saturating_add(p.len) <= max_len;
-            if joins {
-                last.len += p.len;
+                && gap.is_some()
+                && last
+                    .len
+                    .saturating_add(p.len)
+                    .saturating_add(gap.unwrap_or(0))
+                    <= max_len;
+            if let (true, Some(gap)) = (joins, gap) {
+                last.len += gap + p.len;
                 owner[i] = requests.len() - 1;
                 continue;
             }
@@ -62,6 +90,22 @@ pub fn merge_pieces<T: Copy + Ord>(pieces: &[Piece<T>], max_len: u64) -> Merged<
         requests.push(p);
     }
     Merged { requests, owner }
+}
+
+/// The gap `p` may be joined to `last` across: 0 when both ranges continue exactly, a small
+/// equal gap when both sides skip the same bytes and the local ones are scratch; else `None`.
+fn gap_between<T>(last: &Piece<T>, p: &Piece<T>, scratch: Option<Scratch>) -> Option<u64> {
+    let remote_end = last.remote_addr.checked_add(last.len)?;
+    let local_end = last.local_addr.checked_add(last.len)?;
+    let gap = p.remote_addr.checked_sub(remote_end)?;
+    if p.local_addr.checked_sub(local_end)? != gap {
+        return None;
+    }
+    if gap == 0 {
+        return Some(0);
+    }
+    let s = scratch?;
+    (gap <= s.max_gap && local_end >= s.lo && p.local_addr <= s.hi).then_some(gap)
 }
 
 #[cfg(test)]
@@ -120,6 +164,44 @@ mod tests {
         assert_eq!(m.owner, vec![0, 0, 1]);
     }
 
+    #[test]
+    fn reads_merge_across_small_scratch_gaps_only() {
+        let scratch = Scratch {
+            max_gap: 64,
+            lo: 1000,
+            hi: 2000,
+        };
+        // Same 32-byte gap on both sides, inside scratch: one read covering the gap.
+        let pieces = [piece(1, 1000, 5000, 32), piece(1, 1064, 5064, 32)];
+        let m = merge_pieces_with(&pieces, u64::MAX, Some(scratch));
+        assert_eq!(m.requests, vec![piece(1, 1000, 5000, 96)]);
+        assert_eq!(m.owner, vec![0, 0]);
+        // Without scratch (writes), or with unequal gaps, too large a gap, or a gap outside
+        // the scratch range: separate requests.
+        assert_eq!(merge_pieces(&pieces, u64::MAX).requests.len(), 2);
+        let unequal = [piece(1, 1000, 5000, 32), piece(1, 1096, 5064, 32)];
+        assert_eq!(
+            merge_pieces_with(&unequal, u64::MAX, Some(scratch))
+                .requests
+                .len(),
+            2
+        );
+        let far = [piece(1, 1000, 5000, 32), piece(1, 1132, 5132, 32)];
+        assert_eq!(
+            merge_pieces_with(&far, u64::MAX, Some(scratch))
+                .requests
+                .len(),
+            2
+        );
+        let outside = [piece(1, 3000, 5000, 32), piece(1, 3064, 5064, 32)];
+        assert_eq!(
+            merge_pieces_with(&outside, u64::MAX, Some(scratch))
+                .requests
+                .len(),
+            2
+        );
+    }
+
     proptest! {
         /// Every input byte is covered exactly by its owner, with the same local/remote pairing,
         /// and merged requests never overlap one another in the remote space of a segment.
@@ -128,6 +210,7 @@ mod tests {
             raw in prop::collection::vec((0u8..3, 0u64..2, 0u64..2, 0u64..16), 0..40),
             max_len in 1u64..200,
             rotate in 0usize..40,
+            use_scratch in any::<bool>(),
         ) {
             // Lay pieces out back to back with occasional one-byte gaps, never overlapping.
             let (mut cur_l, mut cur_r) = (10_000u64, 90_000u64);
@@ -141,7 +224,8 @@ mod tests {
                 let k = rotate % pieces.len();
                 pieces.rotate_left(k);
             }
-            let m = merge_pieces(&pieces, max_len);
+            let scratch = use_scratch.then_some(Scratch { max_gap: 2, lo: 10_000, hi: 10_000 + 40 * 20 });
+            let m = merge_pieces_with(&pieces, max_len, scratch);
             prop_assert_eq!(m.owner.len(), pieces.len());
             for (i, p) in pieces.iter().enumerate() {
                 let r = m.requests[m.owner[i]];
@@ -150,10 +234,20 @@ mod tests {
                 prop_assert!(p.remote_addr + p.len <= r.remote_addr + r.len);
                 prop_assert_eq!(p.remote_addr - r.remote_addr, p.local_addr - r.local_addr);
             }
-            // Total bytes preserved: each request's length is the sum of its pieces.
+            // Without scratch a request's length is the sum of its pieces; with it, the
+            // difference is gap bytes, which lie inside the scratch range.
             for (j, r) in m.requests.iter().enumerate() {
                 let sum: u64 = (0..pieces.len()).filter(|&i| m.owner[i] == j).map(|i| pieces[i].len).sum();
-                prop_assert_eq!(sum, r.len);
+                match scratch {
+                    None => prop_assert_eq!(sum, r.len),
+                    Some(s) => {
+                        let count = (0..pieces.len()).filter(|&i| m.owner[i] == j).count() as u64;
+                        prop_assert!(sum <= r.len && r.len - sum <= s.max_gap * (count - 1));
+                        if r.len > sum {
+                            prop_assert!(r.local_addr >= s.lo && r.local_addr + r.len <= s.hi);
+                        }
+                    }
+                }
                 prop_assert!(r.len <= max_len || (0..pieces.len()).filter(|&i| m.owner[i] == j).count() == 1);
             }
         }

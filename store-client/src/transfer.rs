@@ -2,20 +2,21 @@
 
 use transfer_engine::{Engine, OpCode, SegmentHandle, TransferRequest, TransferState};
 
-use crate::merge::{merge_pieces, Piece};
+use crate::merge::{merge_pieces_with, Piece, Scratch};
 
 /// Submits `pieces` (targets are raw segment handles) as one engine batch after merging
-/// adjacent ones, waits for it, and returns each piece's outcome (`Err` carries the reason).
+/// adjacent ones (reads also across small gaps into `scratch`), waits for it, and returns each piece's outcome (`Err` carries the reason).
 pub async fn run_pieces(
     engine: &Engine,
     op: OpCode,
     pieces: &[Piece<u64>],
     max_merged_len: u64,
+    scratch: Option<Scratch>,
 ) -> Vec<Result<(), String>> {
     if pieces.is_empty() {
         return Vec::new();
     }
-    let merged = merge_pieces(pieces, max_merged_len);
+    let merged = merge_pieces_with(pieces, max_merged_len, scratch);
     tracing::trace!(
         pieces = pieces.len(),
         requests = merged.requests.len(),

@@ -8,7 +8,8 @@ use transfer_engine::OpCode;
 use crate::buffers::{total_len, BufferSlice};
 use crate::error::{ErrorCode, KeyError};
 use crate::layout::spans;
-use crate::merge::Piece;
+use crate::layout::staging_layout;
+use crate::merge::{Piece, Scratch};
 use crate::replica_choice::{ReplicaCursor, ReplicaView};
 use crate::staging_alloc::aligned_len;
 use crate::transfer::run_pieces;
@@ -163,27 +164,31 @@ impl Inner {
         // Staging mirrors the order of the replicas in their segments, so that objects stored
         // back to back are read with one merged request.
         copy.sort_by(|a, b| a.first_location().cmp(&b.first_location()));
-        // Copying reads go through staging in groups that fit it; zero-copy reads join the first.
-        let mut groups: Vec<Vec<Target>> = vec![Vec::new()];
-        let mut used = 0u64;
-        for t in copy {
-            let need = aligned_len(t.len);
-            if used + need > capacity {
-                groups.push(Vec::new());
-                used = 0;
-            }
-            used += need;
-            if let Some(g) = groups.last_mut() {
-                g.push(t);
-            }
+        // Copying reads go through staging in groups that fit it (keeping small remote gaps,
+        // so neighbours merge into one read); zero-copy reads join the first group.
+        let objects: Vec<(Option<&str>, u64, u64)> = copy
+            .iter()
+            .map(|t| {
+                let loc = t.first_location();
+                (loc.map(|l| l.0), loc.map_or(0, |l| l.1), t.len)
+            })
+            .collect();
+        let (placed, sizes) = staging_layout(&objects, self.config.read_gap, capacity);
+        drop(objects);
+        let mut groups: Vec<Vec<(Target, u64)>> = sizes.iter().map(|_| Vec::new()).collect();
+        for (t, p) in copy.into_iter().zip(placed) {
+            groups[p.group].push((t, p.offset));
+        }
+        if groups.is_empty() {
+            groups.push(Vec::new());
         }
         let mut direct = Some(direct);
-        for mut group in groups {
-            let total: u64 = group.iter().map(|t| aligned_len(t.len)).sum();
+        for (gi, group) in groups.into_iter().enumerate() {
+            let total = sizes.get(gi).copied().unwrap_or(0);
             let lease = match self.staging.lease(total).await {
                 Some(l) => l,
                 None => {
-                    for t in &group {
+                    for (t, _) in &group {
                         results[t.slot] = Some(Err(KeyError::new(
                             ErrorCode::BufferOverflow,
                             "staging buffer too small",
@@ -192,32 +197,33 @@ impl Inner {
                     continue;
                 }
             };
-            let mut off = 0u64;
-            for t in &mut group {
-                t.parts = vec![BufferSlice::new(lease.addr() + off, t.len)];
-                off += aligned_len(t.len);
-            }
             let n_copy = group.len();
-            group.extend(direct.take().unwrap_or_default());
-            let (outcomes, r) = self.read_targets(&mut group).await;
+            let offsets: Vec<u64> = group.iter().map(|(_, off)| *off).collect();
+            let mut targets: Vec<Target> = group
+                .into_iter()
+                .map(|(mut t, off)| {
+                    t.parts = vec![BufferSlice::new(lease.addr() + off, t.len)];
+                    t
+                })
+                .collect();
+            targets.extend(direct.take().unwrap_or_default());
+            let scratch = Scratch {
+                max_gap: self.config.read_gap,
+                lo: lease.addr(),
+                hi: lease.addr() + lease.len(),
+            };
+            let (outcomes, r) = self.read_targets(&mut targets, Some(scratch)).await;
             retries += r;
-            let mut off = 0u64;
-            for (k, (t, outcome)) in group.iter().zip(outcomes).enumerate() {
-                let out = outcome.map(|()| {
-                    if k < n_copy {
-                        ReadOut::Bytes(
-                            lease
-                                .read_at(off, t.len)
-                                .map(<[u8]>::to_vec)
-                                .unwrap_or_default(),
-                        )
-                    } else {
-                        ReadOut::Len(t.len)
-                    }
+            for (k, (t, outcome)) in targets.iter().zip(outcomes).enumerate() {
+                let out = outcome.map(|()| match offsets.get(k) {
+                    Some(&off) if k < n_copy => ReadOut::Bytes(
+                        lease
+                            .read_at(off, t.len)
+                            .map(<[u8]>::to_vec)
+                            .unwrap_or_default(),
+                    ),
+                    _ => ReadOut::Len(t.len),
                 });
-                if k < n_copy {
-                    off += aligned_len(t.len);
-                }
                 results[t.slot] = Some(out);
             }
         }
@@ -236,7 +242,11 @@ impl Inner {
     }
 
     /// Reads every target, retrying failed ones on their next replica; one outcome per target.
-    async fn read_targets(&self, targets: &mut [Target]) -> (Vec<Result<(), KeyError>>, u64) {
+    async fn read_targets(
+        &self,
+        targets: &mut [Target],
+        scratch: Option<Scratch>,
+    ) -> (Vec<Result<(), KeyError>>, u64) {
         let mut outcomes: Vec<Option<Result<(), KeyError>>> =
             targets.iter().map(|_| None).collect();
         let mut retries = 0u64;
@@ -299,6 +309,9 @@ impl Inner {
                 OpCode::Read,
                 &pieces,
                 self.config.max_merged_len,
+                // Retries read other replicas, whose gaps the staging layout does not mirror:
+                // a read across a gap could then land on another key's bytes.
+                scratch.filter(|_| first_round),
             )
             .await;
             let mut failed: Vec<Option<String>> = targets.iter().map(|_| None).collect();

@@ -177,6 +177,7 @@ impl Inner {
             OpCode::Write,
             &pieces,
             self.config.max_merged_len,
+            None,
         )
         .await;
         for (owner, outcome) in piece_owner.iter().zip(outcomes) {
