@@ -81,6 +81,8 @@ async fn dispatch<E: BatchExecutor>(
     let in_flight = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(Notify::new());
     let mut open = true;
+    // Set when a yield to the other tasks brought no new call.
+    let mut idle_round = false;
     loop {
         while let Ok(job) = rx.try_recv() {
             policy.on_arrival(job.arrived);
@@ -88,7 +90,14 @@ async fn dispatch<E: BatchExecutor>(
         }
         let now = Instant::now();
         let oldest = queue.front().map_or(now, |j| j.arrived);
-        match policy.decide(now, queue.len(), oldest, in_flight.load(Ordering::Acquire)) {
+        let mut decision =
+            policy.decide(now, queue.len(), oldest, in_flight.load(Ordering::Acquire));
+        if std::mem::take(&mut idle_round) {
+            if let Decision::WaitUntil(_) = decision {
+                decision = Decision::Flush(queue.len().min(policy.config().max_batch));
+            }
+        }
+        match decision {
             Decision::Flush(n) => {
                 policy.on_flush(n);
                 let jobs: Vec<_> = queue.drain(..n.min(queue.len())).collect();
@@ -108,8 +117,20 @@ async fn dispatch<E: BatchExecutor>(
                 });
             }
             // The wait is at most the linger time (tens of µs), below tokio's timer
-            // resolution, so yield to other tasks and look again instead of sleeping.
-            Decision::WaitUntil(_) => tokio::task::yield_now().await,
+            // resolution, so yield to the other tasks instead of sleeping. If a whole round
+            // of them brought no new call, the burst is over: send what is queued now.
+            Decision::WaitUntil(_) => {
+                let before = queue.len();
+                tokio::task::yield_now().await;
+                while let Ok(job) = rx.try_recv() {
+                    policy.on_arrival(job.arrived);
+                    queue.push_back(job);
+                }
+                if queue.len() == before {
+                    idle_round = true;
+                }
+                continue;
+            }
             Decision::Hold => {
                 if !open && queue.is_empty() {
                     return;
