@@ -4,6 +4,8 @@
 //! For each batch size it runs, with several client connections at once: BatchPutStart +
 //! BatchPutEnd of fresh keys, then BatchGetReplicaList and BatchExistKey over those keys. The
 //! master only does bookkeeping: the bench mounts a large synthetic segment and no bytes move.
+//! The table also shows the process's CPU time per key (clients and embedded master together),
+//! which, unlike keys/s, does not depend on what else runs on the machine.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -59,6 +61,20 @@ struct CellResult {
     p50_us: f64,
     p99_us: f64,
     errors: u64,
+    /// CPU time of this process (clients and embedded master) per key; table only.
+    #[serde(skip)]
+    cpu_ns_per_key: Option<f64>,
+}
+
+/// CPU time (user + system, all threads) this process has used, from `/proc/self/stat`.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some(Duration::from_millis(ticks * 10))
 }
 
 #[derive(Serialize, Debug)]
@@ -126,13 +142,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&Report { results })?);
     } else {
         println!(
-            "{:<32} {:>6} {:>14} {:>10} {:>10} {:>8}",
-            "op", "batch", "keys/s", "p50 us", "p99 us", "errors"
+            "{:<32} {:>6} {:>14} {:>10} {:>10} {:>8} {:>14}",
+            "op", "batch", "keys/s", "p50 us", "p99 us", "errors", "cpu ns/key"
         );
         for r in &results {
+            let cpu = r
+                .cpu_ns_per_key
+                .map(|c| format!("{c:.0}"))
+                .unwrap_or_else(|| "-".into());
             println!(
-                "{:<32} {:>6} {:>14.0} {:>10.1} {:>10.1} {:>8}",
-                r.op, r.batch, r.keys_per_sec, r.p50_us, r.p99_us, r.errors
+                "{:<32} {:>6} {:>14.0} {:>10.1} {:>10.1} {:>8} {:>14}",
+                r.op, r.batch, r.keys_per_sec, r.p50_us, r.p99_us, r.errors, cpu
             );
         }
     }
@@ -194,6 +214,7 @@ async fn cell(
     let errors = Arc::new(AtomicU64::new(0));
     let seq = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
+    let cpu0 = process_cpu();
     let mut tasks = Vec::new();
     for (ci, client) in clients.iter().enumerate() {
         for _ in 0..args.depth {
@@ -257,13 +278,19 @@ async fn cell(
         hist.add(t.await??)?;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let keys = keys_done.load(Ordering::Relaxed);
+    let cpu_ns_per_key = match (cpu0, process_cpu()) {
+        (Some(a), Some(b)) if keys > 0 => Some((b - a).as_nanos() as f64 / keys as f64),
+        _ => None,
+    };
     Ok(CellResult {
         op: op.name(),
         batch,
-        keys_per_sec: keys_done.load(Ordering::Relaxed) as f64 / elapsed,
+        keys_per_sec: keys as f64 / elapsed,
         p50_us: hist.value_at_quantile(0.5) as f64,
         p99_us: hist.value_at_quantile(0.99) as f64,
         errors: errors.load(Ordering::Relaxed),
+        cpu_ns_per_key,
     })
 }
 
