@@ -84,6 +84,11 @@ async fn batch_calls_answer_per_key_in_order() {
         "{metrics}"
     );
     assert!(metrics.contains("mooncake_master_rpc_items_total{op=\"batch_put_start\"} 101"));
+    assert!(metrics
+        .contains("mooncake_master_rpc_latency_seconds_count{op=\"batch_get_replica_list\"} 65"));
+    assert!(metrics.contains("mooncake_master_keys 0\n"), "{metrics}");
+    assert!(metrics.contains("mooncake_master_capacity_bytes 1048576"));
+    assert!(metrics.contains("mooncake_master_is_leader 1"));
     m.stop().await;
 }
 
