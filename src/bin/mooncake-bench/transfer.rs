@@ -41,9 +41,9 @@ pub struct Args {
     /// Threads submitting batches concurrently.
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// Seconds per (op, block, batch) cell: half engine batches, half the interleaved
-    /// plain-TCP stream.
-    #[arg(long, default_value_t = 2.0)]
+    /// Seconds per (op, block, batch) cell: a third engine batches, two thirds the
+    /// interleaved plain-TCP streams.
+    #[arg(long, default_value_t = 2.4)]
     duration: f64,
     /// Bytes per batch at most (larger batches are cut down to fit); also the buffer size.
     #[arg(long, default_value = "256M")]
@@ -93,16 +93,22 @@ pub struct CellResult {
     p50_us: f64,
     p99_us: f64,
     errors: u64,
-    /// The plain TCP stream moving the same memory in the same direction, interleaved with
-    /// this cell's batches.
+    /// The plain TCP stream (cache-hot 1 MiB buffers, same direction), interleaved with this
+    /// cell's batches.
     baseline_gbps: Option<f64>,
     /// `gbps / baseline_gbps`.
     ratio: Option<f64>,
+    /// A plain TCP stream cycling through the same memory as the cell (same direction),
+    /// interleaved too: what a raw socket does with cache-cold buffers of this size.
+    same_memory_gbps: Option<f64>,
+    /// `gbps / same_memory_gbps`.
+    ratio_same_memory: Option<f64>,
 }
 
 #[derive(Serialize, Debug)]
 struct BaselineResult {
-    /// Cache-hot plain TCP stream (private 1 MiB buffers), the better direction.
+    /// Cache-hot plain TCP stream (private 1 MiB buffers) over every slice of the run, the
+    /// better direction.
     tcp_stream_gbps: f64,
     /// Initiator to target.
     sink_gbps: f64,
@@ -176,18 +182,32 @@ fn spawn_target(args: &Args, size: u64) -> anyhow::Result<(SpawnedTarget, String
     }
 }
 
-fn measure_baseline(addr: &str, duration: Duration) -> anyhow::Result<BaselineResult> {
-    let sink = baseline::measure_hot(addr, baseline::Direction::Sink, duration)?;
-    let source = baseline::measure_hot(addr, baseline::Direction::Source, duration)?;
-    Ok(BaselineResult {
-        tcp_stream_gbps: sink.max(source),
-        sink_gbps: sink,
-        source_gbps: source,
-    })
+/// Bytes and seconds of stream slices.
+#[derive(Default, Clone, Copy)]
+struct Tally {
+    bytes: u64,
+    secs: f64,
 }
 
-/// Measures one cell: rounds of (plain stream over the same memory, engine batches), so
-/// that both see the same moments of a noisy machine.
+impl Tally {
+    fn add(&mut self, (bytes, secs): (u64, f64)) {
+        self.bytes += bytes;
+        self.secs += secs;
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.bytes += other.bytes;
+        self.secs += other.secs;
+    }
+
+    fn gbps(&self) -> Option<f64> {
+        (self.secs > 0.0).then(|| self.bytes as f64 / self.secs / 1e9)
+    }
+}
+
+/// Measures one cell in rounds of (cache-hot stream, same-memory stream, engine batches), so
+/// that all three see the same moments of a noisy machine. Returns the row and the hot
+/// stream's tally.
 fn measure_cell(
     setup: &cell::Setup,
     baseline_addr: Option<&str>,
@@ -195,39 +215,41 @@ fn measure_cell(
     block: u64,
     batch: usize,
     duration: Duration,
-) -> anyhow::Result<CellResult> {
-    let footprint = setup.footprint(block, batch);
+) -> anyhow::Result<(CellResult, Tally)> {
     // Tiny footprints would make the stream write tiny chunks: stream at least 1 MiB then.
-    let window = footprint.max(1 << 20);
+    let window = setup.footprint(block, batch).max(1 << 20);
     let dir = match op {
         OpCode::Write => baseline::Direction::Sink,
         OpCode::Read => baseline::Direction::Source,
     };
-    let mut stream = baseline_addr
-        .map(|a| {
-            baseline::Stream::open(a, dir, Some((0, window)), Some(setup.local_window(window)))
-        })
-        .transpose()?;
-    let rounds = ((duration.as_secs_f64() / 0.5).round() as u32).max(1);
-    let slice = duration / (2 * rounds);
+    let mut streams = match baseline_addr {
+        Some(a) => Some((
+            baseline::Stream::open(a, dir, None, None)?,
+            baseline::Stream::open(a, dir, Some((0, window)), Some(setup.local_window(window)))?,
+        )),
+        None => None,
+    };
+    let rounds = ((duration.as_secs_f64() / 0.75).round() as u32).max(1);
+    let slice = duration / (3 * rounds);
     let mut raw = cell::Raw::new()?;
-    let (mut stream_bytes, mut stream_secs) = (0u64, 0f64);
+    let (mut hot, mut same) = (Tally::default(), Tally::default());
     for round in 0..rounds {
-        if let Some(s) = stream.as_mut() {
-            let (b, t) = s.run(slice)?;
-            stream_bytes += b;
-            stream_secs += t;
+        if let Some((h, m)) = streams.as_mut() {
+            hot.add(h.run(slice)?);
+            same.add(m.run(slice)?);
         }
         raw.merge(setup.run_engine(op, block, batch, slice, round == 0)?)?;
     }
     let mut r = raw.result(op, block, batch);
-    if let Some(s) = stream {
-        s.finish()?;
-        let g = stream_bytes as f64 / stream_secs / 1e9;
-        r.baseline_gbps = Some(g);
-        r.ratio = Some(r.gbps / g);
+    if let Some((h, m)) = streams {
+        h.finish()?;
+        m.finish()?;
+        r.baseline_gbps = hot.gbps();
+        r.ratio = r.baseline_gbps.map(|g| r.gbps / g);
+        r.same_memory_gbps = same.gbps();
+        r.ratio_same_memory = r.same_memory_gbps.map(|g| r.gbps / g);
     }
-    Ok(r)
+    Ok((r, hot))
 }
 
 /// Runs the benchmark.
@@ -262,10 +284,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let engine = Engine::new(args.engine.config(EngineConfig::default().listen_addr)?)?;
     let setup = cell::Setup::new(&engine, &target_name, buffer, args.threads)?;
 
-    let baseline = baseline_addr
-        .as_deref()
-        .map(|a| measure_baseline(a, Duration::from_millis(500)))
-        .transpose()?;
+    let (mut sink, mut source) = (Tally::default(), Tally::default());
     let mut results = Vec::new();
     for &op in &ops {
         for &block in &blocks {
@@ -276,7 +295,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     continue;
                 }
                 done_batches.push(batch);
-                let r = measure_cell(&setup, baseline_addr.as_deref(), op, block, batch, duration)?;
+                let (r, hot) =
+                    measure_cell(&setup, baseline_addr.as_deref(), op, block, batch, duration)?;
+                match op {
+                    OpCode::Write => sink.merge(hot),
+                    OpCode::Read => source.merge(hot),
+                }
                 if !args.json {
                     eprintln!(
                         "  {} {} x {}: {:.3} GB/s (stream {})",
@@ -291,6 +315,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     }
+    let baseline = match (sink.gbps(), source.gbps()) {
+        (None, None) => None,
+        (si, so) => Some(BaselineResult {
+            tcp_stream_gbps: si.unwrap_or(0.0).max(so.unwrap_or(0.0)),
+            sink_gbps: si.unwrap_or(0.0),
+            source_gbps: so.unwrap_or(0.0),
+        }),
+    };
     if args.json {
         println!("{}", serde_json::to_string(&Report { results, baseline })?);
     } else {
@@ -314,14 +346,14 @@ fn print_table(
     );
     match baseline {
         Some(b) => println!(
-            "cache-hot plain TCP stream (1 MiB buffers): {:.2} GB/s \
+            "plain TCP stream (cache-hot 1 MiB buffers, all slices): {:.2} GB/s \
              (initiator->target {:.2}, target->initiator {:.2})",
             b.tcp_stream_gbps, b.sink_gbps, b.source_gbps
         ),
         None => println!("plain TCP stream baseline: not measured (no --baseline)"),
     }
     println!(
-        "{:<6} {:>6} {:>6} {:>8} {:>11} {:>9} {:>9} {:>6} {:>10} {:>6} {:>7}",
+        "{:<6} {:>6} {:>6} {:>8} {:>11} {:>9} {:>9} {:>6} {:>7} {:>6} {:>7} {:>6}",
         "op",
         "block",
         "batch",
@@ -332,12 +364,13 @@ fn print_table(
         "errors",
         "stream",
         "ratio",
-        "vs hot"
+        "same-mem",
+        "ratio"
     );
     let show = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.2}"));
     for r in results {
         println!(
-            "{:<6} {:>6} {:>6} {:>8.3} {:>11.0} {:>9.1} {:>9.1} {:>6} {:>10} {:>6} {:>7}",
+            "{:<6} {:>6} {:>6} {:>8.3} {:>11.0} {:>9.1} {:>9.1} {:>6} {:>7} {:>6} {:>7} {:>6}",
             r.op,
             sizes::show(r.block_size),
             r.batch,
@@ -348,12 +381,13 @@ fn print_table(
             r.errors,
             show(r.baseline_gbps),
             show(r.ratio),
-            show(baseline.map(|b| r.gbps / b.tcp_stream_gbps)),
+            show(r.same_memory_gbps),
+            show(r.ratio_same_memory),
         );
     }
     println!(
-        "latency: from submit until the whole batch completed. stream: plain TCP stream over \
-         the same memory, same direction, interleaved with the cell; ratio = GB/s / stream; \
-         vs hot = GB/s / cache-hot stream"
+        "latency: submit to whole batch completed. stream: plain TCP stream, cache-hot 1 MiB \
+         buffers; same-mem: plain TCP stream through the cell's own buffers; both same \
+         direction, interleaved with the cell's batches; ratio = GB/s / that stream"
     );
 }

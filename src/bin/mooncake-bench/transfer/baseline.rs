@@ -129,14 +129,6 @@ impl Stream {
     }
 }
 
-/// One stream with private buffers for `duration`: GB/s (10^9 bytes per second).
-pub fn measure_hot(addr: &str, dir: Direction, duration: Duration) -> anyhow::Result<f64> {
-    let mut s = Stream::open(addr, dir, None, None)?;
-    let (bytes, secs) = s.run(duration)?;
-    s.finish()?;
-    Ok(bytes as f64 / secs / 1e9)
-}
-
 fn serve_one(mut s: TcpStream, memory: Window) -> std::io::Result<()> {
     let mut cmd = [0u8; COMMAND_LEN];
     s.read_exact(&mut cmd)?;

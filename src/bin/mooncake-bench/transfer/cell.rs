@@ -183,6 +183,8 @@ impl Raw {
             errors: self.errors,
             baseline_gbps: None,
             ratio: None,
+            same_memory_gbps: None,
+            ratio_same_memory: None,
         }
     }
 }
