@@ -12,7 +12,7 @@ use crate::clock::Clock;
 use crate::eviction::{is_evictable, victims, Candidate, EvictionPolicy, OldestLease};
 use crate::index::{Index, ObjectEntry, ObjectState, Shard};
 use crate::liveness::Liveness;
-use crate::placement::{place, AllocationStrategy, PlacementStrategy};
+use crate::placement::{place, AllocationStrategy, PlacementScratch, PlacementStrategy};
 use crate::proto::{
     BatchResult, ClientId, ErrorCode, HeldObject, PingResponse, ReplicaDescriptor, ReplicateConfig,
     Request, Response, Segment, SegmentId,
@@ -116,6 +116,7 @@ pub struct MasterService {
     pending: Mutex<Vec<PendingRelease>>,
     allocations_from_ms: u64,
     last_scan_ms: AtomicU64,
+    last_stale_scan_ms: AtomicU64,
     /// Counters for metrics.
     pub stats: ServiceStats,
 }
@@ -154,6 +155,7 @@ impl MasterService {
             pending: Mutex::new(Vec::new()),
             allocations_from_ms: now.saturating_add(ms(cfg.recovery_window)),
             last_scan_ms: AtomicU64::new(now),
+            last_stale_scan_ms: AtomicU64::new(now),
             stats: ServiceStats::default(),
             clock,
             cfg,
@@ -292,12 +294,14 @@ impl MasterService {
         let mut out = results(items.len());
         let mut pending = Vec::new();
         let mut retry = Vec::new();
+        let mut scratch = PlacementScratch::default();
         let groups = self.index.group(items.len(), |i| &items[i].0);
         for (s, pos) in groups.iter() {
             let mut map = self.index.shard(s).write();
             for &p in pos {
                 let p = p as usize;
-                let r = self.put_start_one(&ctx, &mut map, &mut items[p], &mut pending);
+                let r =
+                    self.put_start_one(&ctx, &mut map, &mut items[p], &mut pending, &mut scratch);
                 if r == Err(ErrorCode::NoAvailableHandle) && !ctx.segs.is_empty() {
                     retry.push(p);
                 }
@@ -308,7 +312,8 @@ impl MasterService {
             for p in retry {
                 let s = self.index.shard_of(&items[p].0);
                 let mut map = self.index.shard(s).write();
-                out[p] = self.put_start_one(&ctx, &mut map, &mut items[p], &mut pending);
+                out[p] =
+                    self.put_start_one(&ctx, &mut map, &mut items[p], &mut pending, &mut scratch);
             }
         }
         self.delay_release(pending, now + ms(self.cfg.put_release_timeout));
@@ -321,6 +326,7 @@ impl MasterService {
         map: &mut Shard,
         item: &mut (String, u64),
         pending: &mut Vec<Replica>,
+        scratch: &mut PlacementScratch,
     ) -> Result<Vec<ReplicaDescriptor>, ErrorCode> {
         let PutContext {
             client,
@@ -368,7 +374,7 @@ impl MasterService {
                 }
             }
         }
-        let replicas = place(&*self.placement, segs, size, client, cfg);
+        let replicas = place(&*self.placement, segs, size, client, cfg, scratch);
         if replicas.is_empty() {
             return Err(ErrorCode::NoAvailableHandle);
         }

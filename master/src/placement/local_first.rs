@@ -21,8 +21,16 @@ impl PlacementStrategy for LocalFirst {
                 .filter(|(_, s)| s.owner == writer)
                 .map(|(i, _)| i),
         );
-        let mut rest = Vec::with_capacity(segments.len());
-        random_rotation(segments.len(), &mut rest);
-        out.extend(rest.into_iter().filter(|&i| segments[i].owner != writer));
+        let start = out.len();
+        random_rotation(segments.len(), out);
+        // Keep the rotation's non-local part after the local segments.
+        let mut w = start;
+        for r in start..out.len() {
+            if segments[out[r]].owner != writer {
+                out[w] = out[r];
+                w += 1;
+            }
+        }
+        out.truncate(w);
     }
 }

@@ -46,6 +46,13 @@ impl AllocationStrategy {
     }
 }
 
+/// Buffers [`place`] reuses from one object to the next of a batch.
+#[derive(Debug, Default)]
+pub struct PlacementScratch {
+    order: Vec<usize>,
+    used: Vec<bool>,
+}
+
 /// Allocates up to `cfg.replica_num` replicas of `len` bytes on distinct segments.
 pub fn place(
     strategy: &dyn PlacementStrategy,
@@ -53,13 +60,15 @@ pub fn place(
     len: u64,
     writer: ClientId,
     cfg: &ReplicateConfig,
+    scratch: &mut PlacementScratch,
 ) -> Vec<Replica> {
     let want = cfg.replica_num.min(segments.len());
     let mut replicas: Vec<Replica> = Vec::with_capacity(want);
     if want == 0 {
         return replicas;
     }
-    let mut order = Vec::with_capacity(segments.len() + cfg.preferred_segments.len());
+    let PlacementScratch { order, used } = scratch;
+    order.clear();
     for name in &cfg.preferred_segments {
         order.extend(
             segments
@@ -69,13 +78,12 @@ pub fn place(
                 .map(|(i, _)| i),
         );
     }
-    let mut rest = Vec::with_capacity(segments.len());
-    strategy.order(segments, writer, &mut rest);
-    order.extend(rest);
-    let mut used = vec![false; segments.len()];
+    strategy.order(segments, writer, order);
+    used.clear();
+    used.resize(segments.len(), false);
     // Pass 0 keeps hosts distinct; pass 1 only keeps segments distinct.
     for pass in 0..2 {
-        for &i in &order {
+        for &i in order.iter() {
             if replicas.len() == want {
                 return replicas;
             }
@@ -86,11 +94,10 @@ pub fn place(
             if pass == 0 && replicas.iter().any(|r| r.segment().host == seg.host) {
                 continue;
             }
+            // Tried once either way: a full segment will not fit in pass 1 either.
+            used[i] = true;
             if let Some(r) = Replica::allocate(seg, len) {
-                used[i] = true;
                 replicas.push(r);
-            } else {
-                used[i] = true; // full: no point trying it again in pass 1
             }
         }
     }
@@ -136,7 +143,14 @@ mod tests {
             AllocationStrategy::LocalFirst,
         ] {
             for _ in 0..50 {
-                let r = place(&*strat.build(), &s, 1000, Uuid::new_v4(), &cfg(3));
+                let r = place(
+                    &*strat.build(),
+                    &s,
+                    1000,
+                    Uuid::new_v4(),
+                    &cfg(3),
+                    &mut Default::default(),
+                );
                 assert_eq!(r.len(), 3);
                 let mut hosts: Vec<_> = r.iter().map(|r| r.segment().host.clone()).collect();
                 hosts.sort();
@@ -149,7 +163,14 @@ mod tests {
     #[test]
     fn best_effort_with_fewer_segments_and_distinct_segments_always() {
         let s = segs(&["a:1", "a:2"], 1 << 20);
-        let r = place(&RandomPlacement, &s, 1000, Uuid::new_v4(), &cfg(3));
+        let r = place(
+            &RandomPlacement,
+            &s,
+            1000,
+            Uuid::new_v4(),
+            &cfg(3),
+            &mut Default::default(),
+        );
         assert_eq!(r.len(), 2);
         assert_ne!(r[0].segment().segment.id, r[1].segment().segment.id);
     }
@@ -163,10 +184,24 @@ mod tests {
             ..Default::default()
         };
         for _ in 0..20 {
-            let r = place(&RandomPlacement, &s, 64, Uuid::new_v4(), &c);
+            let r = place(
+                &RandomPlacement,
+                &s,
+                64,
+                Uuid::new_v4(),
+                &c,
+                &mut Default::default(),
+            );
             assert_eq!(r[0].segment().segment.name, "c:1");
             let writer = s[1].owner;
-            let r = place(&LocalFirst, &s, 64, writer, &cfg(1));
+            let r = place(
+                &LocalFirst,
+                &s,
+                64,
+                writer,
+                &cfg(1),
+                &mut Default::default(),
+            );
             assert_eq!(r[0].segment().segment.name, "b:1");
         }
     }
@@ -176,7 +211,14 @@ mod tests {
         let s = segs(&["a:1", "b:1"], 1 << 20);
         let _hold = Replica::allocate(&s[0], 1 << 19).unwrap();
         for _ in 0..10 {
-            let r = place(&FreeRatioFirst, &s, 64, Uuid::new_v4(), &cfg(1));
+            let r = place(
+                &FreeRatioFirst,
+                &s,
+                64,
+                Uuid::new_v4(),
+                &cfg(1),
+                &mut Default::default(),
+            );
             assert_eq!(r[0].segment().segment.name, "b:1");
         }
     }
@@ -185,8 +227,23 @@ mod tests {
     fn full_segments_are_skipped_and_none_fit_gives_nothing() {
         let s = segs(&["a:1", "b:1"], 4096);
         let _a = Replica::allocate(&s[0], 4096).unwrap();
-        let r = place(&RandomPlacement, &s, 4096, Uuid::new_v4(), &cfg(1));
+        let r = place(
+            &RandomPlacement,
+            &s,
+            4096,
+            Uuid::new_v4(),
+            &cfg(1),
+            &mut Default::default(),
+        );
         assert_eq!(r[0].segment().segment.name, "b:1");
-        assert!(place(&RandomPlacement, &s, 4096, Uuid::new_v4(), &cfg(1)).is_empty());
+        assert!(place(
+            &RandomPlacement,
+            &s,
+            4096,
+            Uuid::new_v4(),
+            &cfg(1),
+            &mut Default::default()
+        )
+        .is_empty());
     }
 }

@@ -33,7 +33,17 @@ impl MasterService {
             self.stats
                 .expired_clients
                 .fetch_add(dead.len() as u64, Ordering::Relaxed);
-            self.purge(now, &dead, true);
+            // A whole-index scan for stale writes a few times per discard timeout is enough
+            // (a stale key is discarded at most a quarter timeout late); expiry scans at once.
+            let stale_every = ms(self.cfg.put_discard_timeout / 4).max(ms(self.cfg.scan_interval));
+            let stale_due =
+                now.saturating_sub(self.last_stale_scan_ms.load(Ordering::Relaxed)) >= stale_every;
+            if stale_due {
+                self.last_stale_scan_ms.store(now, Ordering::Relaxed);
+            }
+            if stale_due || !dead.is_empty() {
+                self.purge(now, &dead, stale_due);
+            }
         }
         let (cap, used) = self.segments.usage();
         if cap > 0 && used as f64 > cap as f64 * self.cfg.eviction_high_watermark {
