@@ -110,10 +110,10 @@ struct BaselineResult {
     /// Cache-hot plain TCP stream (private 1 MiB buffers) over every slice of the run, the
     /// better direction.
     tcp_stream_gbps: f64,
-    /// Initiator to target.
-    sink_gbps: f64,
-    /// Target to initiator.
-    source_gbps: f64,
+    /// Initiator to target (none without write cells).
+    sink_gbps: Option<f64>,
+    /// Target to initiator (none without read cells).
+    source_gbps: Option<f64>,
 }
 
 #[derive(Serialize, Debug)]
@@ -319,8 +319,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (None, None) => None,
         (si, so) => Some(BaselineResult {
             tcp_stream_gbps: si.unwrap_or(0.0).max(so.unwrap_or(0.0)),
-            sink_gbps: si.unwrap_or(0.0),
-            source_gbps: so.unwrap_or(0.0),
+            sink_gbps: si,
+            source_gbps: so,
         }),
     };
     if args.json {
@@ -344,11 +344,14 @@ fn print_table(
         args.threads,
         args.duration
     );
+    let show = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.2}"));
     match baseline {
         Some(b) => println!(
             "plain TCP stream (cache-hot 1 MiB buffers, all slices): {:.2} GB/s \
-             (initiator->target {:.2}, target->initiator {:.2})",
-            b.tcp_stream_gbps, b.sink_gbps, b.source_gbps
+             (initiator->target {}, target->initiator {})",
+            b.tcp_stream_gbps,
+            show(b.sink_gbps),
+            show(b.source_gbps)
         ),
         None => println!("plain TCP stream baseline: not measured (no --baseline)"),
     }
@@ -367,7 +370,6 @@ fn print_table(
         "same-mem",
         "ratio"
     );
-    let show = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.2}"));
     for r in results {
         println!(
             "{:<6} {:>6} {:>6} {:>8.3} {:>11.0} {:>9.1} {:>9.1} {:>6} {:>7} {:>6} {:>7} {:>6}",
