@@ -75,7 +75,8 @@ impl Default for RdmaConfig {
 /// Configuration of an [`crate::Engine`].
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
-    /// Segment name; `None` means `"<listen ip>:<port>"`.
+    /// Segment name; `None` means `"<listen ip>:<port>"` (with peer-to-peer metadata peers
+    /// open it by that name, so listen on a routable address, not 0.0.0.0, or set a name).
     pub name: Option<String>,
     /// Address the engine listens on (port 0: ephemeral).
     pub listen_addr: SocketAddr,

@@ -137,6 +137,11 @@ fn choose_transport(
 impl Engine {
     /// Starts an engine: binds its listener, picks its transport, publishes its descriptor.
     pub fn new(config: EngineConfig) -> Result<Engine, TransferError> {
+        if config.request_timeout.is_zero() {
+            return Err(TransferError::InvalidArgument(
+                "request_timeout must be > 0".into(),
+            ));
+        }
         let listener = TcpListener::bind(config.listen_addr)?;
         let addr = listener.local_addr()?;
         let name = config.name.clone().unwrap_or_else(|| addr.to_string());

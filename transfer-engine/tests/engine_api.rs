@@ -212,3 +212,19 @@ fn device_memory_is_refused_by_tcp_and_memcpy() {
     drop(a);
     drop(b);
 }
+
+#[test]
+fn unusable_configuration_is_refused() {
+    let zero = Engine::new(EngineConfig {
+        request_timeout: Duration::ZERO,
+        protocol: Protocol::Tcp,
+        ..Default::default()
+    });
+    assert!(matches!(zero, Err(TransferError::InvalidArgument(_))));
+    let empty_name = Engine::new(EngineConfig {
+        name: Some(String::new()),
+        protocol: Protocol::Tcp,
+        ..Default::default()
+    });
+    assert!(matches!(empty_name, Err(TransferError::InvalidArgument(_))));
+}

@@ -7,7 +7,8 @@
 //! batch) for that segment.
 //!
 //! The contract for an implementation (`local`, `tcp`, and the RDMA transport in `crate::rdma`):
-//! - `submit` must not block on the network; it queues work and returns.
+//! - `submit` queues work and returns without waiting for transfers (it may set up a
+//!   connection to a peer it has not talked to yet, bounded by `request_timeout`).
 //! - Every submitted request is finished exactly once through the [`CompletionSink`], with
 //!   `Completed(len)`, `Failed(reason)` or `TimedOut`, by `request_timeout` after submission
 //!   (plus the transport's own detection latency). A lost peer fails the affected requests;
