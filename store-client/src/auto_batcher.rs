@@ -4,7 +4,10 @@
 //! dispatcher task collects requests and, as [`BatchPolicy`] decides (no wait when idle, up to
 //! the linger time under load, at most `max_batch` per batch, at most `max_in_flight` batches
 //! at once), runs them through a [`BatchExecutor`], which returns one response per request in
-//! order. Generic over the executor, so the batching is testable without a store.
+//! order. While it waits it yields to the other tasks rather than sleeping (the linger time is
+//! below tokio's timer resolution), and sends the batch as soon as a full round of the other
+//! tasks brought no new call: the burst of concurrent callers is in. Generic over the
+//! executor, so the batching is testable without a store.
 
 use std::collections::VecDeque;
 use std::future::Future;

@@ -60,7 +60,7 @@ pub struct Args {
     #[arg(long, default_value_t = 32)]
     layers: usize,
     /// Times each read operation goes over a cell's objects.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 4)]
     read_rounds: usize,
     /// Replicas per object.
     #[arg(long, default_value_t = 1)]
@@ -138,12 +138,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let holders: Vec<HolderProcess> = (0..args.holders)
         .map(|_| HolderProcess::spawn(&master_addr, pool_size, &args.protocol))
         .collect::<anyhow::Result<_>>()?;
+    for h in &holders {
+        tracing::info!(segment = %h.info.segment, base = h.info.base, size = h.info.size, "pool holder ready");
+    }
     let report = rt.block_on(bench(
         &args,
         &cells,
         &master_addr,
         max_cell_bytes,
-        &holders,
         embedded.is_some(),
     ))?;
     drop(holders);
@@ -170,7 +172,6 @@ async fn bench(
     cells: &[Cell],
     master: &str,
     max_cell_bytes: u64,
-    holders: &[HolderProcess],
     embedded: bool,
 ) -> anyhow::Result<Report> {
     let protocol = protocol_of(&args.protocol)?;
@@ -258,9 +259,9 @@ async fn bench(
             })
             .await;
         // Measured right after the zero-copy batch read, before anything else changes.
-        if let (Some((iters, size)), Some(h)) = (reference, holders.first()) {
-            let m =
-                reference::engine_read(&client, &h.info, run.dst, size, cell.batch, iters).await?;
+        if let Some((iters, size)) = reference {
+            let keys = (0..cell.batch).map(|i| run.key("pf", i)).collect();
+            let m = reference::engine_read(&client, keys, run.dst, size, iters).await?;
             engine_read = Some(EngineRead::from(&m, size, cell.batch));
         }
         if embedded {

@@ -61,7 +61,8 @@ impl Acc {
 }
 
 impl CellRun<'_> {
-    fn key(&self, set: &str, i: usize) -> String {
+    /// Name of object `i` of `set` in this cell.
+    pub fn key(&self, set: &str, i: usize) -> String {
         let c = self.cell;
         format!(
             "{}/{}x{}/{set}/L{:02}/B{:05}",

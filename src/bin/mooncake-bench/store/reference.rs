@@ -8,37 +8,46 @@ use std::time::Instant;
 use store_client::Client;
 use transfer_engine::{AlignedBuffer, OpCode, TransferRequest, TransferState};
 
-use super::holder::HolderInfo;
 use super::report::{Latencies, Measured};
+use anyhow::Context;
 
-/// `iters` engine batches of `batch` READs of `value_size` bytes from the holder's segment into
-/// `dst`, exactly the shape of one zero-copy batch read of the store.
+/// `iters` engine batches of READs of exactly the objects `keys` (their first replica, as
+/// the master lists them) into `dst` slots of `value_size` bytes: the transfers one zero-copy
+/// batch read of the store makes, issued straight to the engine between the same processes.
 pub async fn engine_read(
     client: &Client,
-    holder: &HolderInfo,
+    keys: Vec<String>,
     dst: &AlignedBuffer,
     value_size: u64,
-    batch: usize,
     iters: usize,
 ) -> anyhow::Result<Measured> {
-    let engine = client.engine().clone();
-    let name = holder.segment.clone();
-    let target = tokio::task::spawn_blocking(move || engine.open_segment(&name)).await??;
-    let engine = client.engine();
-    let span = value_size * batch as u64;
+    let batch = keys.len();
     anyhow::ensure!(
-        span <= holder.size && span as usize <= dst.len(),
-        "engine read of {span} bytes does not fit"
+        value_size * batch as u64 <= dst.len() as u64,
+        "engine read of {batch} x {value_size} bytes does not fit the buffer"
     );
-    let requests: Vec<TransferRequest> = (0..batch as u64)
-        .map(|i| TransferRequest {
+    let lists = client
+        .master()
+        .batch_get_replica_list(keys)
+        .await
+        .map_err(|code| anyhow::anyhow!("replica lookup for the engine reference: {code}"))?;
+    let mut requests = Vec::with_capacity(batch);
+    for (i, list) in lists.into_iter().enumerate() {
+        let list = list.map_err(|code| anyhow::anyhow!("replica lookup: {code}"))?;
+        let r = list.first().context("object without a replica")?;
+        let engine = client.engine().clone();
+        let name = r.segment_name.clone();
+        let target = tokio::task::spawn_blocking(move || engine.open_segment(&name)).await??;
+        requests.push(TransferRequest {
             op: OpCode::Read,
-            local_addr: dst.addr() + i * value_size,
+            local_addr: dst.addr() + i as u64 * value_size,
             target,
-            target_offset: holder.base + i * value_size,
-            len: value_size,
-        })
-        .collect();
+            target_offset: r.addr,
+            len: r.len.min(value_size),
+        });
+    }
+    let engine = client.engine();
+    let span: u64 = requests.iter().map(|r| r.len).sum();
     let mut m = Measured::empty();
     for _ in 0..iters {
         let t = Instant::now();
