@@ -210,3 +210,49 @@ fn blocking_facade_and_submit_handles() {
     drop(c);
     drop(master);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_and_drop_unmount_the_segment() {
+    let master = MasterServer::start(MasterConfig::default()).await.unwrap();
+    let addr = master.rpc_addr().to_string();
+    let writer = Client::connect(
+        ClientConfig::new(&addr)
+            .protocol(Protocol::Tcp)
+            .segment_size(0),
+    )
+    .await
+    .unwrap();
+    // No pool yet: nowhere to place a value.
+    assert_eq!(
+        writer.put("a", b"x").await.code(),
+        ErrorCode::NoAvailableHandle
+    );
+    for way in ["close", "drop"] {
+        let holder = Client::connect(
+            ClientConfig::new(&addr)
+                .protocol(Protocol::Tcp)
+                .segment_size(1 << 20),
+        )
+        .await
+        .unwrap();
+        let key = format!("k-{way}");
+        assert!(writer.put(&key, b"v").await.is_ok(), "{way}: pool mounted");
+        if way == "close" {
+            holder.close().await;
+        } else {
+            drop(holder);
+        }
+        // Unmounting takes the holder's objects out of the pool.
+        let mut tries = 0;
+        while writer.exists(&key).await.value() != Some(&false) {
+            tries += 1;
+            assert!(tries < 200, "{way}: segment still mounted");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            writer.put("later", b"x").await.code(),
+            ErrorCode::NoAvailableHandle,
+            "{way}"
+        );
+    }
+}
