@@ -363,10 +363,17 @@ fn rdma_peer_killed_mid_batch_fails_its_requests_by_the_deadline() {
             )
         })
         .collect();
+    // Connect first, so that the kill lands on a live queue pair with work in flight.
+    assert_eq!(
+        run_batch(&e, &reqs[..1]),
+        vec![TransferStatus::completed(512 * KIB)]
+    );
     let b = e.allocate_batch(reqs.len()).unwrap();
     let t0 = Instant::now();
     e.submit(b, &reqs).unwrap();
-    std::thread::sleep(Duration::from_millis(30));
+    while e.batch_status(b).unwrap()[0].state == TransferState::Waiting {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     target.signal(libc::SIGKILL);
     let st = e.wait(b).unwrap();
     let elapsed = t0.elapsed();

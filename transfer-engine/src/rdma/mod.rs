@@ -12,6 +12,10 @@
 //!   [`crate::transport::Transport`].
 //!
 //! The engine calls [`probe`] (for `Protocol::Auto`) and [`new_transport`].
+//!
+//! When [`RdmaConfig::devices`] is empty, the environment variable `MOONCAKE_RDMA_DEVICES`
+//! (comma-separated device names) may restrict the devices, so that programs without a device
+//! flag can be pinned to one NIC (e.g. the two processes of a benchmark on `rxe0` and `rxe1`).
 
 use std::sync::Arc;
 
@@ -33,9 +37,26 @@ pub use transport::RdmaTransport;
 /// Name of the transport (descriptor key and control-message address).
 pub const NAME: &str = "rdma";
 
+/// Environment variable restricting the devices when the configuration names none.
+pub const DEVICES_ENV: &str = "MOONCAKE_RDMA_DEVICES";
+
+/// The device filter: the configured names, else those in [`DEVICES_ENV`], else none (all).
+pub fn device_filter(config: &RdmaConfig) -> Vec<String> {
+    if !config.devices.is_empty() {
+        return config.devices.clone();
+    }
+    std::env::var(DEVICES_ENV)
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 /// Whether RDMA is usable with `config`; `Err` says why not (logged once by the engine).
 pub fn probe(config: &RdmaConfig) -> Result<(), String> {
-    device::discover(&config.devices, config.gid_index).map(|_| ())
+    device::discover(&device_filter(config), config.gid_index).map(|_| ())
 }
 
 /// Creates the RDMA transport for an engine.

@@ -24,6 +24,9 @@ use super::wire::DeviceAddr;
 
 /// Send queue depth asked for per queue pair (less if the device allows less).
 const SQ_DEPTH: u32 = 256;
+/// Most RDMA READs in flight per queue pair. More lets a responder answer with bursts of
+/// thousands of packets, which soft-RoCE on veth drops (then waits out a retransmission).
+const MAX_READ_ATOMIC: u8 = 16;
 /// CQ entries asked for per device (less if the device allows less).
 const CQ_DEPTH: u32 = 8192;
 
@@ -41,6 +44,8 @@ pub struct Nic {
     pub max_mr_size: u64,
     /// Send queue depth of each queue pair.
     pub sq_depth: u32,
+    /// RDMA READs in flight per queue pair, each direction (the device's limit).
+    pub read_atomic: u8,
     /// Most work requests in flight on the device at once (half the CQ: completions of
     /// queue pairs reset before draining may still land in it).
     budget: usize,
@@ -80,6 +85,10 @@ impl Nic {
             .setup_cqe(cqe)
             .build()
             .map_err(|e| format!("{}: create CQ of {cqe}: {e}", dev.name))?;
+        let read_atomic = attr
+            .max_qp_rd_atom()
+            .min(attr.max_qp_init_rd_atom())
+            .clamp(1, i32::from(MAX_READ_ATOMIC)) as u8;
         let sq_depth = SQ_DEPTH
             .min(u32::try_from(attr.max_qp_wr()).unwrap_or(0))
             .max(1);
@@ -89,6 +98,7 @@ impl Nic {
             pd,
             cq,
             sq_depth,
+            read_atomic,
             budget: (cqe as usize / 2).max(1),
             outstanding: AtomicUsize::new(0),
             endpoints: RwLock::new(HashMap::new()),

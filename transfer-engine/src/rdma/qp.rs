@@ -16,9 +16,6 @@ use super::device::PORT;
 use super::nic::Nic;
 use super::wire::DeviceAddr;
 
-/// Outstanding RDMA READs per queue pair, each direction.
-const READ_ATOMIC: u8 = 16;
-
 /// Access rights of registered memory and of queue pairs.
 pub fn access() -> AccessFlags {
     AccessFlags::LocalWrite | AccessFlags::RemoteRead | AccessFlags::RemoteWrite
@@ -92,7 +89,7 @@ pub fn connect(
         .setup_path_mtu(mtu_from(mtu)?)
         .setup_dest_qp_num(remote_qpn)
         .setup_rq_psn(remote_psn & 0x00ff_ffff)
-        .setup_max_dest_read_atomic(READ_ATOMIC)
+        .setup_max_dest_read_atomic(nic.read_atomic)
         .setup_min_rnr_timer(12)
         .setup_address_vector(&ah);
     qp.modify(&rtr)
@@ -103,7 +100,7 @@ pub fn connect(
         .setup_timeout(14)
         .setup_retry_cnt(7)
         .setup_rnr_retry(7)
-        .setup_max_read_atomic(READ_ATOMIC);
+        .setup_max_read_atomic(nic.read_atomic);
     qp.modify(&rts)
         .map_err(|e| format!("{}: queue pair to RTS: {e}", nic.dev.name))
 }

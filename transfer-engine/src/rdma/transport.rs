@@ -63,7 +63,8 @@ impl RdmaTransport {
     /// Opens the devices, starts one CQ poller per device and the deadline watchdog.
     pub fn new(ctx: &TransportContext) -> Result<RdmaTransport, TransferError> {
         let cfg = &ctx.config.rdma;
-        let devices = discover(&cfg.devices, cfg.gid_index).map_err(TransferError::Rdma)?;
+        let devices =
+            discover(&super::device_filter(cfg), cfg.gid_index).map_err(TransferError::Rdma)?;
         let nics = devices
             .into_iter()
             .enumerate()
