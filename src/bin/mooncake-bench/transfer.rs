@@ -229,7 +229,8 @@ fn measure_cell(
         )),
         None => None,
     };
-    let rounds = ((duration.as_secs_f64() / 0.75).round() as u32).max(1);
+    // Short slices (~100 ms each) track bursty load on a shared machine.
+    let rounds = ((duration.as_secs_f64() / 0.3).round() as u32).max(1);
     let slice = duration / (3 * rounds);
     let mut raw = cell::Raw::new()?;
     let (mut hot, mut same) = (Tally::default(), Tally::default());
