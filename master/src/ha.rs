@@ -4,7 +4,8 @@
 //! named `/mooncake-rs/<cluster-id>/master`, each with its own lease (TTL `lease_ttl_s`) kept
 //! alive in the background. The winner's election value is its RPC address: clients given
 //! `etcd://…` read it with [`current_leader`]. Standbys block in the campaign. A leader that
-//! cannot renew its lease for a whole TTL considers itself deposed and stops serving.
+//! cannot renew its lease for two thirds of the TTL considers itself deposed and stops serving
+//! (before etcd can expire the lease and elect another, so two leaders never serve at once).
 //! The failover design (what the new leader does about live data) is in the crate README.
 
 use std::time::{Duration, Instant};
@@ -111,7 +112,7 @@ impl Drop for Leadership {
     }
 }
 
-/// Keeps `lease_id` alive; flags `lost` once no renewal succeeded for a whole TTL.
+/// Keeps `lease_id` alive; flags `lost` once no renewal succeeded for two thirds of the TTL.
 async fn keep_alive(mut client: Client, lease_id: i64, ttl: Duration, lost: watch::Sender<bool>) {
     let period = ttl / 3;
     let mut last_ok = Instant::now();
@@ -142,8 +143,10 @@ async fn keep_alive(mut client: Client, lease_id: i64, ttl: Duration, lost: watc
                 Err(_) => stream = None,
             }
         }
-        if last_ok.elapsed() >= ttl {
-            tracing::error!("leader lease {lease_id:x} not renewed for {ttl:?}");
+        // Step down before etcd can expire the lease (and elect another leader), so two
+        // leaders never serve at once; renewals are attempted every third of the TTL.
+        if last_ok.elapsed() >= ttl * 2 / 3 {
+            tracing::error!("leader lease {lease_id:x} not renewed for 2/3 of {ttl:?}");
             let _ = lost.send(true);
             return;
         }
