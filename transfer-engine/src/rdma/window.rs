@@ -44,14 +44,20 @@ impl<T> SendWindow<T> {
         }
     }
 
-    /// Moves up to `max` pending slices (fewer if the window is full) to posted and returns
-    /// their sequence numbers in order.
-    pub fn launch(&mut self, max: usize) -> Vec<u64> {
-        let n = max
-            .min(self.depth.saturating_sub(self.posted.len()))
-            .min(self.pending.len());
-        let mut seqs = Vec::with_capacity(n);
-        for item in self.pending.drain(..n) {
+    /// Moves pending slices to posted in FIFO order and returns their sequence numbers: at most
+    /// `max`, never more than the window depth in total, and a slice only while fewer than
+    /// `cap(slice)` are posted (a tighter depth for some kinds of slices; the first slice that
+    /// does not fit stops the launch, so order is kept).
+    pub fn launch(&mut self, max: usize, cap: impl Fn(&T) -> usize) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        while seqs.len() < max && self.posted.len() < self.depth {
+            match self.pending.front() {
+                Some(next) if self.posted.len() < cap(next) => {}
+                _ => break,
+            }
+            let Some(item) = self.pending.pop_front() else {
+                break;
+            };
             let seq = self.next_seq;
             self.next_seq = (self.next_seq + 1) & SEQ_MASK;
             self.posted.insert(seq, item);
@@ -121,20 +127,48 @@ mod tests {
         for i in 0..5 {
             w.push(i);
         }
-        let s = w.launch(10);
+        let s = w.launch(10, |_| usize::MAX);
         assert_eq!(s.len(), 3, "never more than the depth posted");
         assert_eq!(
             s.iter().map(|q| *w.get(*q).unwrap()).collect::<Vec<_>>(),
             [0, 1, 2]
         );
-        assert!(w.launch(10).is_empty(), "window full");
+        assert!(w.launch(10, |_| usize::MAX).is_empty(), "window full");
         assert_eq!(w.complete(s[1]), Some(1));
         assert_eq!(w.complete(s[1]), None, "a completion is consumed once");
-        let s2 = w.launch(10);
+        let s2 = w.launch(10, |_| usize::MAX);
         assert_eq!(s2.len(), 1);
         assert_eq!(*w.get(s2[0]).unwrap(), 3);
         assert_eq!((w.pending_len(), w.posted_len()), (1, 3));
-        assert_eq!(w.launch(0).len(), 0, "max bounds too");
+        assert_eq!(w.launch(0, |_| usize::MAX).len(), 0, "max bounds too");
+    }
+
+    #[test]
+    fn per_kind_cap_keeps_fifo_order() {
+        let mut w = SendWindow::new(8);
+        for v in [1, 2, 10, 11, 3] {
+            w.push(v);
+        }
+        // Values >= 10 may only be posted while fewer than 3 slices are posted.
+        let cap = |v: &i32| if *v >= 10 { 3 } else { usize::MAX };
+        let s = w.launch(10, cap);
+        assert_eq!(
+            s.len(),
+            3,
+            "1, 2, then 10 (2 posted < 3); 11 waits at 3 posted"
+        );
+        assert_eq!(w.pending_len(), 2, "3 stays behind 11");
+        assert_eq!(
+            w.launch(10, cap).len(),
+            0,
+            "11 does not fit while 3 are posted"
+        );
+        w.complete(s[0]);
+        let s2 = w.launch(10, cap);
+        assert_eq!(
+            s2.iter().map(|q| *w.get(*q).unwrap()).collect::<Vec<_>>(),
+            [11, 3]
+        );
     }
 
     #[test]
@@ -143,7 +177,7 @@ mod tests {
         for i in 0..4 {
             w.push(i);
         }
-        let first = w.launch(2);
+        let first = w.launch(2, |_| usize::MAX);
         let back = w.take_posted();
         assert_eq!(back, vec![0, 1]);
         assert_eq!(
@@ -152,7 +186,7 @@ mod tests {
             "stale completion after reset ignored"
         );
         w.push_front_all(back);
-        let again = w.launch(2);
+        let again = w.launch(2, |_| usize::MAX);
         assert_eq!(
             again
                 .iter()
@@ -175,6 +209,6 @@ mod tests {
         w.next_seq = SEQ_MASK;
         w.push('a');
         w.push('b');
-        assert_eq!(w.launch(2), vec![SEQ_MASK, 0]);
+        assert_eq!(w.launch(2, |_| usize::MAX), vec![SEQ_MASK, 0]);
     }
 }
