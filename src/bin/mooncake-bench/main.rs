@@ -5,6 +5,7 @@
 //! - `store`: the main job: an embedded master, two clients and a layer-wise KV workload.
 
 mod master;
+mod sizes;
 mod store;
 mod transfer;
 

@@ -7,7 +7,7 @@
 
 mod baseline;
 mod cell;
-mod sizes;
+use crate::sizes;
 mod target;
 
 use std::io::{BufRead, BufReader};

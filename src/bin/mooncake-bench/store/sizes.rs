@@ -1,25 +1,8 @@
-//! Byte sizes on the command line: `4096`, `4K`/`4KiB`, `1M`/`1MiB`, `1G`/`1GiB` (binary).
+//! Workload cells on the command line: `SIZE:BATCH`, e.g. `4K:1024`.
 
 use anyhow::{bail, Context};
 
-/// Parses a size with an optional binary suffix.
-pub fn parse_size(s: &str) -> anyhow::Result<u64> {
-    let t = s.trim();
-    let digits = t.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let suffix = &t[digits.len()..];
-    let n: u64 = digits
-        .parse()
-        .with_context(|| format!("size {s:?}: expected a number with K/M/G suffix"))?;
-    let mult: u64 = match suffix.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        other => bail!("size {s:?}: unknown suffix {other:?}"),
-    };
-    n.checked_mul(mult)
-        .with_context(|| format!("size {s:?} overflows"))
-}
+pub use crate::sizes::parse as parse_size;
 
 /// A measured cell: objects of `value_size` bytes moved `batch` keys per call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
