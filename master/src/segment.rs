@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::allocator::{OffsetAllocator, SpaceAllocator};
+use crate::allocator::{round_up, OffsetAllocator, SpaceAllocator};
 use crate::proto::{ClientId, ErrorCode, ReplicaDescriptor, ReplicaStatus, Segment, SegmentId};
 
 /// A segment the master allocates in.
@@ -149,6 +149,56 @@ impl Replica {
 impl Drop for Replica {
     fn drop(&mut self) {
         self.segment.alloc.lock().free(self.offset);
+    }
+}
+
+/// A contiguous extent of one segment from which a batch carves its objects' replicas back
+/// to back, so that a client moving the batch from one buffer can merge the transfers. Each
+/// carved replica is an allocation of its own; the part not carved is freed on drop.
+#[derive(Debug)]
+pub struct Run {
+    /// The uncarved rest, its length the whole rounded allocation; `None` once used up.
+    rest: Option<Replica>,
+}
+
+impl Run {
+    /// Allocates `want` bytes in `segment`, or its largest free range if that is smaller
+    /// but holds at least `min` bytes.
+    pub fn allocate(segment: &Arc<MountedSegment>, min: u64, want: u64) -> Option<Run> {
+        let (offset, len) = segment.alloc.lock().allocate_up_to(min, want)?;
+        Some(Run {
+            rest: Some(Replica {
+                segment: segment.clone(),
+                offset,
+                len,
+            }),
+        })
+    }
+
+    /// The next `len` bytes as a replica of their own, right after the previous one; `None`
+    /// when they do not fit.
+    pub fn carve(&mut self, len: u64) -> Option<Replica> {
+        let size = round_up(len)?;
+        let rest = self.rest.as_mut()?;
+        if len == 0 || size > rest.len {
+            return None;
+        }
+        if size == rest.len {
+            let mut whole = self.rest.take()?;
+            whole.len = len;
+            return Some(whole);
+        }
+        if !rest.segment.alloc.lock().split(rest.offset, size) {
+            return None;
+        }
+        let piece = Replica {
+            segment: rest.segment.clone(),
+            offset: rest.offset,
+            len,
+        };
+        rest.offset += size;
+        rest.len -= size;
+        Some(piece)
     }
 }
 

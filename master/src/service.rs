@@ -2,17 +2,19 @@
 //! with no I/O and an injected [`Clock`]. The RPC server calls [`MasterService::handle`]; the
 //! driver calls [`MasterService::tick`] periodically for expiry, delayed release and eviction.
 
+use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use crate::allocator::round_up;
 use crate::clock::Clock;
 use crate::eviction::{is_evictable, victims, Candidate, EvictionPolicy, OldestLease};
 use crate::index::{Index, ObjectEntry, ObjectState, Shard};
 use crate::liveness::Liveness;
-use crate::placement::{place, AllocationStrategy, PlacementScratch, PlacementStrategy};
+use crate::placement::{AllocationStrategy, BatchPlacer, PlacementStrategy};
 use crate::proto::{
     BatchResult, ClientId, ErrorCode, HeldObject, PingResponse, ReplicaDescriptor, ReplicateConfig,
     Request, Response, Segment, SegmentId,
@@ -125,7 +127,6 @@ pub struct MasterService {
 struct PutContext<'a> {
     client: ClientId,
     cfg: &'a ReplicateConfig,
-    segs: Vec<Arc<MountedSegment>>,
     now: u64,
     upsert: bool,
 }
@@ -261,6 +262,12 @@ impl MasterService {
     }
 
     /// PutStart (or UpsertStart) of a batch: allocates replicas, objects enter PROCESSING.
+    ///
+    /// Three steps: each shard's keys are checked under its lock (existing objects, take-overs,
+    /// same-size upserts answered in place); the rest get replicas in input order, one batch's
+    /// objects back to back in a segment (see [`BatchPlacer`]), with no index lock held; then
+    /// they are inserted under the shard locks again (a key another writer created meanwhile
+    /// answers OBJECT_ALREADY_EXISTS and its fresh space is freed at once).
     pub fn batch_put_start<K: Into<String>>(
         &self,
         client: ClientId,
@@ -282,109 +289,159 @@ impl MasterService {
         let ctx = PutContext {
             client,
             cfg,
-            segs: self
-                .segments
-                .snapshot()
-                .into_iter()
-                .filter(|s| s.is_allocatable(now))
-                .collect(),
             now,
             upsert,
         };
         let mut out = results(items.len());
         let mut pending = Vec::new();
-        let mut retry = Vec::new();
-        let mut scratch = PlacementScratch::default();
         let groups = self.index.group(items.len(), |i| &items[i].0);
+        let mut needs_space = vec![false; items.len()];
         for (s, pos) in groups.iter() {
             let mut map = self.index.shard(s).write();
             for &p in pos {
                 let p = p as usize;
-                let r =
-                    self.put_start_one(&ctx, &mut map, &mut items[p], &mut pending, &mut scratch);
-                if r == Err(ErrorCode::NoAvailableHandle) && !ctx.segs.is_empty() {
-                    retry.push(p);
+                match self.put_start_check(&ctx, &mut map, &items[p], &mut pending) {
+                    Ok(Some(descs)) => out[p] = Ok(descs),
+                    Ok(None) => needs_space[p] = true,
+                    Err(e) => out[p] = Err(e),
                 }
-                out[p] = r;
             }
         }
-        if !retry.is_empty() && self.evict(now, true) > 0 {
-            for p in retry {
-                let s = self.index.shard_of(&items[p].0);
+        let mut placed: Vec<Vec<Replica>> = (0..items.len()).map(|_| Vec::new()).collect();
+        let wanted: Vec<usize> = (0..items.len()).filter(|&p| needs_space[p]).collect();
+        if !wanted.is_empty() {
+            let segs: Vec<Arc<MountedSegment>> = self
+                .segments
+                .snapshot()
+                .into_iter()
+                .filter(|s| s.is_allocatable(now))
+                .collect();
+            let short = self.place_batch(&segs, &ctx, &items, &wanted, &mut placed);
+            if !short.is_empty() && !segs.is_empty() && self.evict(now, true) > 0 {
+                self.place_batch(&segs, &ctx, &items, &short, &mut placed);
+            }
+            for (s, pos) in groups.iter() {
+                if !pos.iter().any(|&p| needs_space[p as usize]) {
+                    continue;
+                }
                 let mut map = self.index.shard(s).write();
-                out[p] =
-                    self.put_start_one(&ctx, &mut map, &mut items[p], &mut pending, &mut scratch);
+                for &p in pos {
+                    let p = p as usize;
+                    if needs_space[p] {
+                        let replicas = std::mem::take(&mut placed[p]);
+                        out[p] = self.put_start_insert(&ctx, &mut map, &mut items[p], replicas);
+                    }
+                }
             }
         }
         self.delay_release(pending, now + ms(self.cfg.put_release_timeout));
         Ok(out)
     }
 
-    fn put_start_one(
+    /// Checks one key of a PutStart batch under its shard lock: `Some` when it is answered
+    /// already (an in-place upsert), `None` when it needs new space.
+    fn put_start_check(
         &self,
         ctx: &PutContext<'_>,
         map: &mut Shard,
-        item: &mut (String, u64),
+        item: &(String, u64),
         pending: &mut Vec<Replica>,
-        scratch: &mut PlacementScratch,
-    ) -> Result<Vec<ReplicaDescriptor>, ErrorCode> {
+    ) -> Result<Option<Vec<ReplicaDescriptor>>, ErrorCode> {
         let PutContext {
             client,
             cfg,
-            ref segs,
             now,
             upsert,
         } = *ctx;
-        let (key, size) = (&item.0, item.1);
+        let (key, size) = (item.0.as_str(), item.1);
         check_key(key)?;
         if size == 0 {
             return Err(ErrorCode::InvalidParams);
         }
-        if let Some(e) = map.get_mut(key.as_str()) {
-            match e.state {
-                ObjectState::Processing { .. }
-                    if e.is_stale_processing(now, ms(self.cfg.put_discard_timeout)) =>
-                {
-                    // Take over: the old writer may still be writing, so its space is only
-                    // released after the release timeout.
-                    if let Some(old) = map.remove(key.as_str()) {
-                        pending.extend(old.replicas);
-                        self.stats
-                            .discarded_processing
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                ObjectState::Processing { .. } => return Err(ErrorCode::ObjectAlreadyExists),
-                ObjectState::Complete if !upsert => return Err(ErrorCode::ObjectAlreadyExists),
-                ObjectState::Complete => {
-                    if e.lease.is_leased(now) {
-                        return Err(ErrorCode::ObjectHasLease);
-                    }
-                    if e.size == size && e.replicas.iter().all(|r| r.is_live()) {
-                        // Same size: overwrite in place, reusing the buffers.
-                        e.state = ObjectState::Processing {
-                            writer: client,
-                            started_ms: now,
-                        };
-                        e.hard_pin = cfg.hard_pin;
-                        return Ok(e.descriptors());
-                    }
-                    // Different size: nobody reads it (no lease), free it now.
-                    map.remove(key.as_str());
+        let Some(e) = map.get_mut(key) else {
+            return Ok(None);
+        };
+        match e.state {
+            ObjectState::Processing { .. }
+                if e.is_stale_processing(now, ms(self.cfg.put_discard_timeout)) =>
+            {
+                // Take over: the old writer may still be writing, so its space is only
+                // released after the release timeout.
+                if let Some(old) = map.remove(key) {
+                    pending.extend(old.replicas);
+                    self.stats
+                        .discarded_processing
+                        .fetch_add(1, Ordering::Relaxed);
                 }
             }
+            ObjectState::Processing { .. } => return Err(ErrorCode::ObjectAlreadyExists),
+            ObjectState::Complete if !upsert => return Err(ErrorCode::ObjectAlreadyExists),
+            ObjectState::Complete => {
+                if e.lease.is_leased(now) {
+                    return Err(ErrorCode::ObjectHasLease);
+                }
+                if e.size == size && e.replicas.iter().all(|r| r.is_live()) {
+                    // Same size: overwrite in place, reusing the buffers.
+                    e.state = ObjectState::Processing {
+                        writer: client,
+                        started_ms: now,
+                    };
+                    e.hard_pin = cfg.hard_pin;
+                    return Ok(Some(e.descriptors()));
+                }
+                // Different size: nobody reads it (no lease), free it now.
+                map.remove(key);
+            }
         }
-        let replicas = place(&*self.placement, segs, size, client, cfg, scratch);
+        Ok(None)
+    }
+
+    /// Places the objects at `positions` (in input order) into `placed`; the positions that
+    /// got no replica.
+    fn place_batch(
+        &self,
+        segs: &[Arc<MountedSegment>],
+        ctx: &PutContext<'_>,
+        items: &[(String, u64)],
+        positions: &[usize],
+        placed: &mut [Vec<Replica>],
+    ) -> Vec<usize> {
+        let mut placer = BatchPlacer::new(&*self.placement, segs, ctx.client, ctx.cfg);
+        let rounded = |p: usize| round_up(items[p].1).unwrap_or(u64::MAX);
+        let mut remaining = positions
+            .iter()
+            .fold(0u64, |acc, &p| acc.saturating_add(rounded(p)));
+        let mut short = Vec::new();
+        for &p in positions {
+            placed[p] = placer.place(items[p].1, remaining);
+            remaining = remaining.saturating_sub(rounded(p));
+            if placed[p].is_empty() {
+                short.push(p);
+            }
+        }
+        short
+    }
+
+    /// Inserts one placed key of a PutStart batch under its shard lock.
+    fn put_start_insert(
+        &self,
+        ctx: &PutContext<'_>,
+        map: &mut Shard,
+        item: &mut (String, u64),
+        replicas: Vec<Replica>,
+    ) -> Result<Vec<ReplicaDescriptor>, ErrorCode> {
         if replicas.is_empty() {
             return Err(ErrorCode::NoAvailableHandle);
         }
-        let e = ObjectEntry::processing(size, client, now, replicas, cfg.hard_pin);
+        let Entry::Vacant(slot) = map.entry(std::mem::take(&mut item.0)) else {
+            return Err(ErrorCode::ObjectAlreadyExists);
+        };
+        let (client, cfg, now) = (ctx.client, ctx.cfg, ctx.now);
+        let e = ObjectEntry::processing(item.1, client, now, replicas, cfg.hard_pin);
         if cfg.soft_pin {
             e.lease.soft_pin(now, ms(self.cfg.soft_pin_ttl));
         }
-        let descs = e.descriptors();
-        map.insert(std::mem::take(&mut item.0), e);
-        Ok(descs)
+        Ok(slot.insert(e).descriptors())
     }
 
     /// PutEnd (and UpsertEnd): the writer's keys become COMPLETE.

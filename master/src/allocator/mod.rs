@@ -3,7 +3,7 @@
 
 mod offset;
 
-pub use offset::{OffsetAllocator, ALIGN};
+pub use offset::{round_up, OffsetAllocator, ALIGN};
 
 /// Hands out non-overlapping ranges of a segment of fixed capacity.
 pub trait SpaceAllocator: Send + std::fmt::Debug {
@@ -15,6 +15,23 @@ pub trait SpaceAllocator: Send + std::fmt::Debug {
     fn reserve(&mut self, offset: u64, len: u64) -> bool;
     /// Frees the allocation starting at `offset`; its rounded length, or `None` if there is none.
     fn free(&mut self, offset: u64) -> Option<u64>;
+    /// Splits the allocation starting at `offset` into `[offset, offset+at)` and the rest, two
+    /// allocations freed independently (one batch's objects carved from one extent). `false`
+    /// when there is no such allocation, or `at` is misaligned or not strictly inside it.
+    fn split(&mut self, offset: u64, at: u64) -> bool;
+    /// Allocates `want` bytes or, when no free range is that large, the whole largest free range
+    /// if it holds at least `min`; the offset and rounded length.
+    fn allocate_up_to(&mut self, min: u64, want: u64) -> Option<(u64, u64)> {
+        let want = round_up(want.max(min))?;
+        if let Some(off) = self.allocate(want) {
+            return Some((off, want));
+        }
+        let largest = self.largest_free();
+        if largest == 0 || largest < min || largest >= want {
+            return None;
+        }
+        self.allocate(largest).map(|off| (off, largest))
+    }
     /// Bytes managed.
     fn capacity(&self) -> u64;
     /// Bytes allocated (rounded lengths).

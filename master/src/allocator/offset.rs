@@ -27,7 +27,8 @@ fn bin_of(len: u64) -> usize {
     63 - len.leading_zeros() as usize
 }
 
-fn round_up(len: u64) -> Option<u64> {
+/// `len` rounded up to [`ALIGN`] (`None` on overflow).
+pub fn round_up(len: u64) -> Option<u64> {
     len.checked_add(ALIGN - 1).map(|l| l & !(ALIGN - 1))
 }
 
@@ -160,6 +161,18 @@ impl SpaceAllocator for OffsetAllocator {
         Some(size)
     }
 
+    fn split(&mut self, offset: u64, at: u64) -> bool {
+        let Some(&size) = self.allocated.get(&offset) else {
+            return false;
+        };
+        if at == 0 || at >= size || !at.is_multiple_of(ALIGN) {
+            return false;
+        }
+        self.allocated.insert(offset, at);
+        self.allocated.insert(offset + at, size - at);
+        true
+    }
+
     fn capacity(&self) -> u64 {
         self.capacity
     }
@@ -225,6 +238,31 @@ mod tests {
             Some(off)
         }
 
+        fn alloc_up_to(&mut self, min: u64, want: u64) -> Option<u64> {
+            let (off, size) = self.inner.allocate_up_to(min, want)?;
+            assert!(size >= round_up(min).unwrap() && size <= round_up(want.max(min)).unwrap());
+            self.check_no_overlap(off, size);
+            self.live.insert(off, size);
+            self.check_totals();
+            Some(off)
+        }
+
+        /// Splits the live allocation at `off` at `at` (rounded down to ALIGN); the second
+        /// piece's offset when it split.
+        fn split(&mut self, off: u64, at: u64) -> Option<u64> {
+            let size = self.live[&off];
+            let at = at / ALIGN * ALIGN;
+            let ok = self.inner.split(off, at);
+            assert_eq!(ok, at > 0 && at < size, "split of {size} at {at}");
+            if !ok {
+                return None;
+            }
+            self.live.insert(off, at);
+            self.live.insert(off + at, size - at);
+            self.check_totals();
+            Some(off + at)
+        }
+
         fn free(&mut self, off: u64) {
             let size = self.live.remove(&off).unwrap();
             assert_eq!(self.inner.free(off), Some(size));
@@ -261,6 +299,54 @@ mod tests {
         }
         assert_eq!(a.inner.largest_free(), 64 * 1024);
         assert_eq!(a.inner.free_ranges(), 1);
+    }
+
+    #[test]
+    fn split_pieces_are_freed_independently_and_coalesce() {
+        let mut a = Checked::new(64 * 1024);
+        let run = a.alloc(16 * 4096).unwrap();
+        // Carve the run into four 4 KiB pieces and a tail.
+        let mut pieces = vec![run];
+        for _ in 0..4 {
+            let last = *pieces.last().unwrap();
+            pieces.push(a.split(last, 4096).unwrap());
+        }
+        for w in pieces.windows(2) {
+            assert_eq!(w[1], w[0] + 4096, "pieces are adjacent");
+        }
+        assert!(
+            !a.inner.split(pieces[1], 4096),
+            "whole piece: nothing to split"
+        );
+        assert!(!a.inner.split(pieces[1], 100), "misaligned");
+        assert!(!a.inner.split(7, 64), "no allocation there");
+        // Free the middle pieces and the tail out of order; the rest stays allocated.
+        a.free(pieces[2]);
+        a.free(pieces[4]);
+        assert_eq!(a.inner.used(), 3 * 4096);
+        a.free(pieces[1]);
+        a.free(pieces[3]);
+        a.free(pieces[0]);
+        assert_eq!(a.inner.free_ranges(), 1);
+        assert_eq!(a.alloc(64 * 1024), Some(0));
+    }
+
+    #[test]
+    fn allocate_up_to_takes_the_largest_range_when_want_does_not_fit() {
+        let mut a = Checked::new(64 * 1024);
+        let hole = a.alloc(16 * 1024).unwrap();
+        let _keep = a.alloc(4096).unwrap();
+        a.free(hole);
+        // Free: 16 KiB at 0 and 44 KiB after the kept block.
+        let off = a.alloc_up_to(4096, 1 << 20).unwrap();
+        assert_eq!(a.live[&off], 44 * 1024);
+        assert_eq!(
+            a.inner.allocate_up_to(32 * 1024, 1 << 20),
+            None,
+            "below min"
+        );
+        let off = a.alloc_up_to(100, 8 * 1024).unwrap();
+        assert_eq!(a.live[&off], 8 * 1024);
     }
 
     #[test]
@@ -321,15 +407,29 @@ mod tests {
 
     proptest! {
         #[test]
-        fn no_overlap_and_freed_space_is_reusable(ops in proptest::collection::vec((any::<bool>(), 1u64..20_000, any::<prop::sample::Index>()), 1..300)) {
+        fn no_overlap_and_freed_space_is_reusable(ops in proptest::collection::vec((0u8..4, 1u64..20_000, any::<prop::sample::Index>()), 1..300)) {
             let mut a = Checked::new(1 << 20);
             let mut live = Vec::new();
-            for (alloc, len, idx) in ops {
-                if alloc || live.is_empty() {
-                    if let Some(o) = a.alloc(len) { live.push(o); }
-                } else {
-                    let o = live.swap_remove(idx.index(live.len()));
-                    a.free(o);
+            for (op, len, idx) in ops {
+                match op {
+                    _ if live.is_empty() => {
+                        if let Some(o) = a.alloc(len) { live.push(o); }
+                    }
+                    0 => {
+                        if let Some(o) = a.alloc(len) { live.push(o); }
+                    }
+                    1 => {
+                        if let Some(o) = a.alloc_up_to(len, len * 8) { live.push(o); }
+                    }
+                    2 => {
+                        // Splits a live allocation; both pieces are then freed independently.
+                        let o = live[idx.index(live.len())];
+                        if let Some(second) = a.split(o, len) { live.push(second); }
+                    }
+                    _ => {
+                        let o = live.swap_remove(idx.index(live.len()));
+                        a.free(o);
+                    }
                 }
             }
             for o in live { a.free(o); }

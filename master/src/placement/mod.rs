@@ -2,14 +2,18 @@
 //!
 //! A [`PlacementStrategy`] only orders the candidate segments; [`place`] then walks that order
 //! (after any `preferred_segments`) allocating one replica per segment, first on distinct hosts,
-//! then on any distinct segment, and returns as many replicas as it could (best effort).
+//! then on any distinct segment, and returns as many replicas as it could (best effort). A
+//! batch's objects keep their predecessor's segments while those have room and carve their
+//! replicas back to back from one extent per segment ([`BatchPlacer`]).
 
+mod batch;
 mod free_ratio_first;
 mod local_first;
 mod random;
 
 use std::sync::Arc;
 
+pub use batch::BatchPlacer;
 pub use free_ratio_first::FreeRatioFirst;
 pub use local_first::LocalFirst;
 pub use random::RandomPlacement;
@@ -46,62 +50,16 @@ impl AllocationStrategy {
     }
 }
 
-/// Buffers [`place`] reuses from one object to the next of a batch.
-#[derive(Debug, Default)]
-pub struct PlacementScratch {
-    order: Vec<usize>,
-    used: Vec<bool>,
-}
-
-/// Allocates up to `cfg.replica_num` replicas of `len` bytes on distinct segments.
+/// Allocates up to `cfg.replica_num` replicas of `len` bytes on distinct segments (one object
+/// on its own; a batch uses [`BatchPlacer`]).
 pub fn place(
     strategy: &dyn PlacementStrategy,
     segments: &[Arc<MountedSegment>],
     len: u64,
     writer: ClientId,
     cfg: &ReplicateConfig,
-    scratch: &mut PlacementScratch,
 ) -> Vec<Replica> {
-    let want = cfg.replica_num.min(segments.len());
-    let mut replicas: Vec<Replica> = Vec::with_capacity(want);
-    if want == 0 {
-        return replicas;
-    }
-    let PlacementScratch { order, used } = scratch;
-    order.clear();
-    for name in &cfg.preferred_segments {
-        order.extend(
-            segments
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| &s.segment.name == name)
-                .map(|(i, _)| i),
-        );
-    }
-    strategy.order(segments, writer, order);
-    used.clear();
-    used.resize(segments.len(), false);
-    // Pass 0 keeps hosts distinct; pass 1 only keeps segments distinct.
-    for pass in 0..2 {
-        for &i in order.iter() {
-            if replicas.len() == want {
-                return replicas;
-            }
-            if used[i] {
-                continue;
-            }
-            let seg = &segments[i];
-            if pass == 0 && replicas.iter().any(|r| r.segment().host == seg.host) {
-                continue;
-            }
-            // Tried once either way: a full segment will not fit in pass 1 either.
-            used[i] = true;
-            if let Some(r) = Replica::allocate(seg, len) {
-                replicas.push(r);
-            }
-        }
-    }
-    replicas
+    BatchPlacer::new(strategy, segments, writer, cfg).place(len, len)
 }
 
 #[cfg(test)]
@@ -110,7 +68,7 @@ mod tests {
     use crate::proto::Segment;
     use uuid::Uuid;
 
-    fn segs(names: &[&str], size: u64) -> Vec<Arc<MountedSegment>> {
+    pub(super) fn segs(names: &[&str], size: u64) -> Vec<Arc<MountedSegment>> {
         names
             .iter()
             .map(|n| {
@@ -127,7 +85,7 @@ mod tests {
             .collect()
     }
 
-    fn cfg(n: usize) -> ReplicateConfig {
+    pub(super) fn cfg(n: usize) -> ReplicateConfig {
         ReplicateConfig {
             replica_num: n,
             ..Default::default()
@@ -143,14 +101,7 @@ mod tests {
             AllocationStrategy::LocalFirst,
         ] {
             for _ in 0..50 {
-                let r = place(
-                    &*strat.build(),
-                    &s,
-                    1000,
-                    Uuid::new_v4(),
-                    &cfg(3),
-                    &mut Default::default(),
-                );
+                let r = place(&*strat.build(), &s, 1000, Uuid::new_v4(), &cfg(3));
                 assert_eq!(r.len(), 3);
                 let mut hosts: Vec<_> = r.iter().map(|r| r.segment().host.clone()).collect();
                 hosts.sort();
@@ -163,14 +114,7 @@ mod tests {
     #[test]
     fn best_effort_with_fewer_segments_and_distinct_segments_always() {
         let s = segs(&["a:1", "a:2"], 1 << 20);
-        let r = place(
-            &RandomPlacement,
-            &s,
-            1000,
-            Uuid::new_v4(),
-            &cfg(3),
-            &mut Default::default(),
-        );
+        let r = place(&RandomPlacement, &s, 1000, Uuid::new_v4(), &cfg(3));
         assert_eq!(r.len(), 2);
         assert_ne!(r[0].segment().segment.id, r[1].segment().segment.id);
     }
@@ -184,24 +128,10 @@ mod tests {
             ..Default::default()
         };
         for _ in 0..20 {
-            let r = place(
-                &RandomPlacement,
-                &s,
-                64,
-                Uuid::new_v4(),
-                &c,
-                &mut Default::default(),
-            );
+            let r = place(&RandomPlacement, &s, 64, Uuid::new_v4(), &c);
             assert_eq!(r[0].segment().segment.name, "c:1");
             let writer = s[1].owner;
-            let r = place(
-                &LocalFirst,
-                &s,
-                64,
-                writer,
-                &cfg(1),
-                &mut Default::default(),
-            );
+            let r = place(&LocalFirst, &s, 64, writer, &cfg(1));
             assert_eq!(r[0].segment().segment.name, "b:1");
         }
     }
@@ -211,14 +141,7 @@ mod tests {
         let s = segs(&["a:1", "b:1"], 1 << 20);
         let _hold = Replica::allocate(&s[0], 1 << 19).unwrap();
         for _ in 0..10 {
-            let r = place(
-                &FreeRatioFirst,
-                &s,
-                64,
-                Uuid::new_v4(),
-                &cfg(1),
-                &mut Default::default(),
-            );
+            let r = place(&FreeRatioFirst, &s, 64, Uuid::new_v4(), &cfg(1));
             assert_eq!(r[0].segment().segment.name, "b:1");
         }
     }
@@ -227,23 +150,8 @@ mod tests {
     fn full_segments_are_skipped_and_none_fit_gives_nothing() {
         let s = segs(&["a:1", "b:1"], 4096);
         let _a = Replica::allocate(&s[0], 4096).unwrap();
-        let r = place(
-            &RandomPlacement,
-            &s,
-            4096,
-            Uuid::new_v4(),
-            &cfg(1),
-            &mut Default::default(),
-        );
+        let r = place(&RandomPlacement, &s, 4096, Uuid::new_v4(), &cfg(1));
         assert_eq!(r[0].segment().segment.name, "b:1");
-        assert!(place(
-            &RandomPlacement,
-            &s,
-            4096,
-            Uuid::new_v4(),
-            &cfg(1),
-            &mut Default::default()
-        )
-        .is_empty());
+        assert!(place(&RandomPlacement, &s, 4096, Uuid::new_v4(), &cfg(1),).is_empty());
     }
 }

@@ -473,6 +473,68 @@ fn soft_pinned_objects_go_last() {
 }
 
 #[test]
+fn a_batch_is_placed_back_to_back_in_input_order() {
+    let f = fixture(ServiceConfig::default());
+    let a = Uuid::new_v4();
+    f.svc.mount_segment(a, segment("h1:1", SEG)).unwrap();
+    put(&f.svc, a, "k5", 100).unwrap();
+    let names: Vec<String> = (0..64).map(|i| format!("k{i}")).collect();
+    // The keys' shard order is not their input order (else this would hold trivially).
+    let groups = f.svc.index.group(names.len(), |i| &names[i]);
+    let by_shard: Vec<u32> = groups.iter().flat_map(|(_, pos)| pos.to_vec()).collect();
+    assert!(by_shard.windows(2).any(|w| w[0] > w[1]));
+    let r = f
+        .svc
+        .batch_put_start(
+            a,
+            names.iter().map(|k| (k.clone(), 4096)).collect(),
+            &ReplicateConfig::default(),
+            false,
+        )
+        .unwrap();
+    assert_eq!(r[5], Err(ErrorCode::ObjectAlreadyExists));
+    let addrs: Vec<u64> = r
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != 5)
+        .map(|(_, d)| d.as_ref().unwrap()[0].addr)
+        .collect();
+    for w in addrs.windows(2) {
+        assert_eq!(w[1], w[0] + 4096, "input order, back to back");
+    }
+    assert_eq!(f.svc.usage().1, 63 * 4096 + 128, "nothing else held");
+    assert_eq!(assert_no_overlap(&f.svc), 64);
+}
+
+#[test]
+fn a_batch_that_does_not_fit_evicts_then_is_placed_together() {
+    let f = fixture(ServiceConfig {
+        eviction_ratio: 1.0,
+        shards: 1,
+        ..Default::default()
+    });
+    let a = Uuid::new_v4();
+    f.svc.mount_segment(a, segment("h1:1", 8192)).unwrap();
+    put(&f.svc, a, "old1", 4096).unwrap();
+    put(&f.svc, a, "old2", 4096).unwrap();
+    let r = f
+        .svc
+        .batch_put_start(
+            a,
+            items(&["n1", "n2"], 4096),
+            &ReplicateConfig::default(),
+            false,
+        )
+        .unwrap();
+    let n1 = r[0].as_ref().unwrap()[0].addr;
+    assert_eq!(r[1].as_ref().unwrap()[0].addr, n1 + 4096);
+    assert_eq!(
+        f.svc.batch_exist_key(&keys(&["old1", "old2"])).unwrap(),
+        vec![Ok(false), Ok(false)]
+    );
+}
+
+#[test]
 fn replicas_land_on_distinct_segments_best_effort() {
     let f = fixture(ServiceConfig::default());
     let a = Uuid::new_v4();
