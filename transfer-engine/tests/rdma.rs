@@ -443,6 +443,7 @@ fn auto_protocol_falls_back_to_tcp_with_one_line_saying_why() {
     assert_eq!(e.protocol(), Protocol::Tcp);
     let lines: Vec<&str> = logs.lines().filter(|l| l.contains("RDMA")).collect();
     assert_eq!(lines.len(), 1, "one line about RDMA: {logs}");
+    println!("fallback log line: {}", lines[0]);
     assert!(lines[0].contains("using TCP"), "{}", lines[0]);
     // Either the library finds no devices at all, or it names the missing one.
     assert!(

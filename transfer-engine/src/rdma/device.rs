@@ -149,10 +149,24 @@ fn open_one(
     })
 }
 
+/// An error with its causes ("failed to get device list: Function not implemented").
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !out.ends_with(&s) {
+            out = format!("{out}: {s}");
+        }
+        cur = c.source();
+    }
+    out
+}
+
 /// Opens every device named in `filter` (all devices when empty) whose port is active.
 /// `Err` says why none is usable (no library, no device, every port down...).
 pub fn discover(filter: &[String], gid_index: Option<u32>) -> Result<Vec<ActiveDevice>, String> {
-    let list = DeviceList::new().map_err(|e| format!("cannot list RDMA devices: {e}"))?;
+    let list = DeviceList::new().map_err(|e| format!("cannot list RDMA devices: {}", chain(&e)))?;
     let mut found = Vec::new();
     let mut skipped = Vec::new();
     for dev in list.iter() {
@@ -162,7 +176,7 @@ pub fn discover(filter: &[String], gid_index: Option<u32>) -> Result<Vec<ActiveD
         }
         let opened = dev
             .open()
-            .map_err(|e| format!("open: {e}"))
+            .map_err(|e| format!("open: {}", chain(&e)))
             .and_then(|ctx| open_one(&name, ctx, gid_index));
         match opened {
             Ok(d) => found.push(d),

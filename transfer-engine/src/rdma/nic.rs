@@ -22,6 +22,10 @@ use super::endpoint::{Completion, Endpoint};
 use super::window::SEQ_BITS;
 use super::wire::DeviceAddr;
 
+/// How long the poller keeps spinning on an empty CQ while work is in flight before it backs
+/// off to short sleeps (a dead peer never completes anything; rxe under emulation can take
+/// milliseconds per work request, and a prompt poll reposts the next WRITE promptly).
+const BUSY_POLL: Duration = Duration::from_millis(50);
 /// Send queue depth asked for per queue pair (less if the device allows less).
 const SQ_DEPTH: u32 = 256;
 /// Most RDMA READs in flight per queue pair. More lets a responder answer with bursts of
@@ -204,7 +208,7 @@ impl Nic {
                     if self.outstanding.load(Ordering::Acquire) == 0 {
                         // Nothing in flight: sleep until a post wakes us.
                         thread::park_timeout(Duration::from_millis(100));
-                    } else if since.elapsed() < Duration::from_millis(2) {
+                    } else if since.elapsed() < BUSY_POLL {
                         std::hint::spin_loop();
                         thread::yield_now();
                     } else {
