@@ -3,7 +3,8 @@
 //! and registered memory on both sides.
 //!
 //! Every engine serves data connections on its listener ([`server`]); the initiating side
-//! ([`connection`]) keeps `tcp_connections_per_peer` connections to each peer it talks to. A
+//! ([`connection`]) keeps `tcp_connections_per_peer` connections to each peer it talks to; a
+//! submit uses as many of them as its size is worth (a small batch stays on one). A
 //! watchdog thread closes a connection whose oldest request is past its deadline, which times
 //! out everything in flight on it.
 
@@ -30,6 +31,18 @@ use connection::{Connection, Part, PartDone};
 
 /// Stripes are never cut smaller than this to spread a small submit over the pool.
 const MIN_STRIPE: u64 = 64 << 10;
+
+/// A submit uses one more connection of the pool per this many bytes. A small batch on one
+/// connection wakes one sender, one server and one receiver thread; spread over the pool it
+/// wakes that many of each (on both hosts), which costs more than its parallel copies gain.
+const BYTES_PER_CONNECTION: u64 = 256 << 10;
+
+/// How many of the pool's `conns` connections a submit of `total` bytes uses.
+fn connections_for(total: u64, conns: usize) -> usize {
+    usize::try_from(total.div_ceil(BYTES_PER_CONNECTION))
+        .unwrap_or(usize::MAX)
+        .clamp(1, conns.max(1))
+}
 
 /// The stripe size for a submit of `total` bytes over `conns` connections: the configured
 /// stripe, or less when the submit is too small to keep every connection busy (one 1 MiB
@@ -145,10 +158,14 @@ impl Transport for TcpTransport {
             }
         };
         let deadline = Instant::now() + self.timeout;
-        let n = conns.len();
         let count = items.len();
-        let stripe = effective_stripe(items.iter().map(|(_, r)| r.len).sum(), n, self.stripe);
+        let total = items.iter().map(|(_, r)| r.len).sum();
+        let n = connections_for(total, conns.len());
+        let stripe = effective_stripe(total, n, self.stripe);
+        // Successive submits start on different connections of the pool.
         let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let conns: Vec<&Arc<Connection>> =
+            (0..n).map(|c| &conns[(start + c) % conns.len()]).collect();
         let mut per_conn: Vec<Vec<Part>> = (0..n).map(|_| Vec::new()).collect();
         for (j, (index, req)) in items.into_iter().enumerate() {
             let part = |off: u64, len: u64, done: PartDone| Part {
@@ -161,7 +178,7 @@ impl Transport for TcpTransport {
             };
             if req.len <= stripe {
                 // Neighbouring small requests share a connection so they share syscalls.
-                let c = (start + j * n / count) % n;
+                let c = j * n / count;
                 let done = PartDone::Whole {
                     sink: sink.clone(),
                     index,
@@ -171,11 +188,7 @@ impl Transport for TcpTransport {
                 let parts = req.len.div_ceil(stripe) as usize;
                 let join = Arc::new(RequestJoin::new(sink.clone(), index, req.len, parts));
                 for (k, (off, len)) in split(req.len, stripe).enumerate() {
-                    per_conn[(start + j + k) % n].push(part(
-                        off,
-                        len,
-                        PartDone::Join(join.clone()),
-                    ));
+                    per_conn[(j + k) % n].push(part(off, len, PartDone::Join(join.clone())));
                 }
             }
         }
@@ -208,5 +221,17 @@ mod tests {
             "never above the configured"
         );
         assert_eq!(effective_stripe(M, 0, M), M);
+    }
+
+    #[test]
+    fn small_submits_stay_on_few_connections() {
+        assert_eq!(connections_for(0, 4), 1);
+        assert_eq!(connections_for(4096, 4), 1);
+        assert_eq!(connections_for(256 << 10, 4), 1);
+        assert_eq!(connections_for((256 << 10) + 1, 4), 2);
+        assert_eq!(connections_for(1 << 20, 4), 4);
+        assert_eq!(connections_for(64 << 20, 4), 4);
+        assert_eq!(connections_for(64 << 20, 0), 1);
+        assert_eq!(connections_for(u64::MAX, 3), 3);
     }
 }
