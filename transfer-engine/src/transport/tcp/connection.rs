@@ -2,7 +2,8 @@
 //!
 //! A dedicated sender thread takes queued parts from a crossbeam channel, records them in the
 //! in-flight table and writes as many as are queued with one `writev` (WRITE payloads straight
-//! from registered memory). A dedicated receiver thread reads answers and copies READ payloads
+//! from registered memory). Header-only parts (READs) are written by the submitting thread
+//! itself when no other thread is writing, which saves a thread hop per small batch. A dedicated receiver thread reads answers and copies READ payloads
 //! straight into registered memory, then reports completions in groups. Whoever sees the
 //! connection fail (either thread, the deadline watchdog, or drop) closes the in-flight table,
 //! fails every part in it and shuts the socket down, which stops the other thread.
@@ -24,6 +25,8 @@ use crate::{OpCode, TransferStatus};
 
 /// Parts gathered into one `writev` at most.
 const MAX_PARTS_PER_WRITE: usize = 1024;
+/// A lone request at least this large is written by its submitter (see [`Connection::send`]).
+const INLINE_MIN_BYTES: u64 = 64 << 10;
 /// Header buffer of the receiver.
 const READ_BUFFER: usize = 64 << 10;
 
@@ -93,10 +96,18 @@ fn outcome_of(reason: &CloseReason, peer: SocketAddr) -> PartOutcome {
     }
 }
 
+/// The writing side: request ids and the gather buffer, held by whichever thread writes.
+struct Writer {
+    stream: TcpStream,
+    next_id: u64,
+    out: OutBatch,
+}
+
 struct Shared {
     peer: SocketAddr,
     stream: TcpStream,
     inflight: Mutex<InFlight<Part>>,
+    writer: Mutex<Writer>,
 }
 
 impl Shared {
@@ -128,13 +139,17 @@ impl Connection {
             peer,
             stream: stream.try_clone()?,
             inflight: Mutex::new(InFlight::default()),
+            writer: Mutex::new(Writer {
+                stream: stream.try_clone()?,
+                next_id: 0,
+                out: OutBatch::default(),
+            }),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         let s = shared.clone();
-        let w = stream.try_clone()?;
         let sender = std::thread::Builder::new()
             .name(format!("te-tcp-tx-{peer}"))
-            .spawn(move || send_loop(&s, w, rx))?;
+            .spawn(move || send_loop(&s, rx))?;
         let s = shared.clone();
         let receiver = std::thread::Builder::new()
             .name(format!("te-tcp-rx-{peer}"))
@@ -157,6 +172,22 @@ impl Connection {
 
     /// Queues parts; gives them back if the connection is gone.
     pub fn send(&self, parts: Vec<Part>) -> Result<(), Vec<Part>> {
+        // A batch's READ frames are written here when no other thread is writing: header-only
+        // frames are small, so the socket takes them without blocking unless the peer stopped
+        // reading, which the deadline watchdog ends by closing the connection. A lone small
+        // request goes through the sender thread, which shares one `writev` among concurrent
+        // submitters.
+        let batchy = parts.len() > 1 || parts.iter().any(|p| p.len >= INLINE_MIN_BYTES);
+        if self.tx.is_some()
+            && batchy
+            && parts.len() <= MAX_PARTS_PER_WRITE
+            && parts.iter().all(|p| p.op == OpCode::Read)
+        {
+            if let Some(mut w) = self.shared.writer.try_lock() {
+                write_parts(&self.shared, &mut w, parts);
+                return Ok(());
+            }
+        }
         match &self.tx {
             Some(tx) => tx.send(parts).map_err(|e| e.0),
             None => Err(parts),
@@ -205,9 +236,7 @@ impl Drop for Connection {
     }
 }
 
-fn send_loop(shared: &Shared, mut stream: TcpStream, rx: Receiver<Vec<Part>>) {
-    let mut next_id: u64 = 0;
-    let mut out = OutBatch::default();
+fn send_loop(shared: &Shared, rx: Receiver<Vec<Part>>) {
     while let Ok(mut parts) = rx.recv() {
         while parts.len() < MAX_PARTS_PER_WRITE {
             match rx.try_recv() {
@@ -215,56 +244,66 @@ fn send_loop(shared: &Shared, mut stream: TcpStream, rx: Receiver<Vec<Part>>) {
                 Err(_) => break,
             }
         }
-        let mut ids = Vec::with_capacity(parts.len());
-        for p in &parts {
-            next_id += 1;
-            ids.push(next_id);
-            let kind = match p.op {
-                OpCode::Read => FrameKind::ReadReq,
-                OpCode::Write => FrameKind::WriteReq,
-            };
-            out.header(&Header {
-                kind,
-                aux: 0,
-                id: next_id,
-                addr: p.remote,
-                len: p.len,
-            });
-            if p.op == OpCode::Write {
-                // SAFETY: the engine checked the local range lies in registered memory, which
-                // stays valid while registered; it is only read.
-                unsafe { out.raw(p.local as *const u8, p.len as usize) };
-            }
-        }
-        let refused = {
-            let mut table = shared.inflight.lock();
-            let mut refused = Vec::new();
-            for (id, p) in ids.into_iter().zip(parts) {
-                if let Err((p, _)) = table.insert(id, p.deadline, p) {
-                    refused.push(p);
-                }
-            }
-            refused
+        write_parts(shared, &mut shared.writer.lock(), parts);
+    }
+}
+
+/// Records `parts` in the in-flight table and writes their frames with one `writev`.
+fn write_parts(shared: &Shared, w: &mut Writer, parts: Vec<Part>) {
+    let Writer {
+        stream,
+        next_id,
+        out,
+    } = w;
+    let mut ids = Vec::with_capacity(parts.len());
+    for p in &parts {
+        *next_id += 1;
+        ids.push(*next_id);
+        let kind = match p.op {
+            OpCode::Read => FrameKind::ReadReq,
+            OpCode::Write => FrameKind::WriteReq,
         };
-        if !refused.is_empty() {
-            // The table closes all at once, so nothing of this group was recorded.
-            out = OutBatch::default();
-            let reason = shared
-                .inflight
-                .lock()
-                .closed()
-                .cloned()
-                .unwrap_or(CloseReason::TimedOut);
-            let mut c = Completions::default();
-            for p in refused {
-                c.finish(p, outcome_of(&reason, shared.peer));
+        out.header(&Header {
+            kind,
+            aux: 0,
+            id: *next_id,
+            addr: p.remote,
+            len: p.len,
+        });
+        if p.op == OpCode::Write {
+            // SAFETY: the engine checked the local range lies in registered memory, which
+            // stays valid while registered; it is only read.
+            unsafe { out.raw(p.local as *const u8, p.len as usize) };
+        }
+    }
+    let refused = {
+        let mut table = shared.inflight.lock();
+        let mut refused = Vec::new();
+        for (id, p) in ids.into_iter().zip(parts) {
+            if let Err((p, _)) = table.insert(id, p.deadline, p) {
+                refused.push(p);
             }
-            c.flush();
-            continue;
         }
-        if let Err(e) = out.write_to(&mut stream) {
-            shared.close(CloseReason::Failed(format!("send: {e}")));
+        refused
+    };
+    if !refused.is_empty() {
+        // The table closes all at once, so nothing of this group was recorded.
+        *out = OutBatch::default();
+        let reason = shared
+            .inflight
+            .lock()
+            .closed()
+            .cloned()
+            .unwrap_or(CloseReason::TimedOut);
+        let mut c = Completions::default();
+        for p in refused {
+            c.finish(p, outcome_of(&reason, shared.peer));
         }
+        c.flush();
+        return;
+    }
+    if let Err(e) = out.write_to(stream) {
+        shared.close(CloseReason::Failed(format!("send: {e}")));
     }
 }
 
