@@ -68,12 +68,42 @@ async fn submit_and_wait(
         let _ = engine.free_batch(batch);
         return Err(format!("submit: {e}"));
     }
+    let mut guard = InFlight {
+        engine,
+        batch,
+        done: false,
+    };
     let statuses = engine
         .completion(batch)
         .await
         .map_err(|e| format!("wait: {e}"));
+    guard.done = true;
     if let Err(e) = engine.free_batch(batch) {
         tracing::warn!(error = %e, "freeing a finished transfer batch failed");
     }
     statuses
+}
+
+/// A submitted batch whose completion is being awaited. If the awaiting future is dropped
+/// (the caller cancelled, e.g. with a timeout), the transfers are still running and still
+/// write into staging ranges and caller buffers that the caller's own drop is about to
+/// release; so the drop waits for them (bounded by the engine's request deadline) and frees
+/// the batch. Cancelling therefore costs at most one deadline, but never lets a finished call's
+/// memory be written afterwards, nor leaks a batch.
+struct InFlight<'a> {
+    engine: &'a Engine,
+    batch: transfer_engine::BatchId,
+    done: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let _ = self.engine.wait(self.batch);
+        if let Err(e) = self.engine.free_batch(self.batch) {
+            tracing::warn!(error = %e, "freeing a cancelled transfer batch failed");
+        }
+    }
 }
