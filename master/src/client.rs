@@ -25,11 +25,12 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::io::BufReader;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::codec::{
     client_handshake, decode_payload, encode_frame, read_frame, FrameError, DEFAULT_MAX_FRAME,
 };
+use crate::frame_sink::{frame_sink, FrameSink, SinkError};
 use crate::ha::{self, DEFAULT_CLUSTER_ID};
 use crate::proto::{
     BatchResult, ClientId, ErrorCode, HeldObject, PingResponse, ReplicaDescriptor, ReplicateConfig,
@@ -139,7 +140,7 @@ type Pending = Mutex<HashMap<u64, oneshot::Sender<Response>>>;
 #[derive(Debug)]
 struct Conn {
     addr: String,
-    tx: mpsc::Sender<Vec<u8>>,
+    sink: FrameSink,
     pending: Pending,
     next_id: AtomicU64,
     alive: AtomicBool,
@@ -277,17 +278,17 @@ impl MasterClient {
             .await
             .map_err(|_| RpcError::Timeout(addr.clone()))??;
         let (rd, wr) = stream.into_split();
-        let (tx, rx) = mpsc::channel(crate::server::QUEUED_FRAMES);
+        let (sink, writer) = frame_sink(wr, crate::server::QUEUED_FRAMES);
         let conn = Arc::new(Conn {
             addr: addr.clone(),
-            tx,
+            sink,
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             alive: AtomicBool::new(true),
         });
         let wconn = conn.clone();
         tokio::spawn(async move {
-            if let Err(e) = crate::server::write_frames(wr, rx).await {
+            if let Err(e) = writer.run().await {
                 tracing::debug!("master connection writer: {e}");
             }
             wconn.fail_all();
@@ -338,7 +339,14 @@ impl MasterClient {
         let (tx, rx) = oneshot::channel();
         conn.pending.lock().insert(id, tx);
         let exchange = async {
-            if !conn.alive.load(Ordering::SeqCst) || conn.tx.send(frame).await.is_err() {
+            if !conn.alive.load(Ordering::SeqCst) {
+                return Err(ErrorCode::RpcFail);
+            }
+            if let Err(e) = conn.sink.send(frame).await {
+                if let SinkError::Io(_) = e {
+                    tracing::warn!(addr = %conn.addr, "master connection: {e}");
+                    conn.fail_all();
+                }
                 return Err(ErrorCode::RpcFail);
             }
             // The sender is dropped when the connection fails.

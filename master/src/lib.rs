@@ -14,6 +14,7 @@ pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod eviction;
+mod frame_sink;
 pub mod ha;
 pub mod http;
 pub mod index;

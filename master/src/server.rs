@@ -1,7 +1,8 @@
 //! The RPC server: a thin tokio driver around [`MasterService`].
 //!
 //! Each connection has a reader task, which decodes frames and runs the (synchronous, short)
-//! service call inline, and a writer task that coalesces queued responses into few writes.
+//! service call inline, then writes the response itself when the socket is idle, or queues it
+//! for the connection's writer task, which coalesces queued responses into few writes.
 //! A malformed or oversized frame closes only that connection. With etcd configured the server
 //! campaigns for leadership and serves only while leader (see [`crate::ha`]).
 
@@ -11,13 +12,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
-use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::clock::SystemClock;
 use crate::codec::{decode_payload, encode_frame, read_frame, server_handshake};
 use crate::config::MasterConfig;
+use crate::frame_sink::frame_sink;
 use crate::ha::{self, EtcdConfig};
 use crate::metrics::Metrics;
 use crate::proto::Request;
@@ -309,22 +311,6 @@ async fn serve_term(
     let _ = ticker.await;
 }
 
-/// Writes queued frames, coalescing whatever is queued into one flush.
-pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
-    w: W,
-    mut rx: mpsc::Receiver<Vec<u8>>,
-) -> std::io::Result<()> {
-    let mut w = BufWriter::with_capacity(256 * 1024, w);
-    let mut batch = Vec::with_capacity(64);
-    while rx.recv_many(&mut batch, 64).await > 0 {
-        for frame in batch.drain(..) {
-            w.write_all(&frame).await?;
-        }
-        w.flush().await?;
-    }
-    w.shutdown().await
-}
-
 async fn serve_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -349,8 +335,8 @@ async fn serve_connection(
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     // Bounded: a peer that stops reading responses stops being read (TCP backpressure)
     // instead of growing the queue.
-    let (tx, rx) = mpsc::channel(QUEUED_FRAMES);
-    let writer = tokio::spawn(write_frames(wr, rx));
+    let (sink, writer) = frame_sink(wr, QUEUED_FRAMES);
+    let writer = tokio::spawn(writer.run());
     let mut buf = Vec::new();
     loop {
         let r = tokio::select! {
@@ -391,11 +377,18 @@ async fn serve_connection(
             tracing::error!(%peer, op, "encoding response: {e}; closing connection");
             break;
         }
-        if tx.send(out).await.is_err() {
+        // More requests already read: queue, so their responses coalesce into one write.
+        let sent = if rd.buffer().is_empty() {
+            sink.send(out).await
+        } else {
+            sink.queue(out).await
+        };
+        if let Err(e) = sent {
+            tracing::debug!(%peer, "closing connection: {e}");
             break;
         }
     }
-    drop(tx);
+    drop(sink);
     if let Ok(Err(e)) = writer.await {
         tracing::debug!(%peer, "writer: {e}");
     }
