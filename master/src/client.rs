@@ -286,14 +286,20 @@ impl MasterClient {
             next_id: AtomicU64::new(1),
             alive: AtomicBool::new(true),
         });
-        let wconn = conn.clone();
+        // The tasks hold the connection weakly: when the last user drops it, its sink (and so
+        // the writer's queue) closes, the writer shuts the socket down, the master closes its
+        // side and the reader sees EOF, so a dropped client leaves no task or socket behind.
+        let wconn = Arc::downgrade(&conn);
         tokio::spawn(async move {
             if let Err(e) = writer.run().await {
                 tracing::debug!("master connection writer: {e}");
             }
-            wconn.fail_all();
+            if let Some(c) = wconn.upgrade() {
+                c.fail_all();
+            }
         });
-        let rconn = conn.clone();
+        let rconn = Arc::downgrade(&conn);
+        let raddr = addr.clone();
         let max = opts.max_frame;
         tokio::spawn(async move {
             let mut rd = BufReader::with_capacity(256 * 1024, rd);
@@ -303,23 +309,27 @@ impl MasterClient {
                     Ok(true) => {}
                     Ok(false) => break,
                     Err(e) => {
-                        tracing::warn!(addr = %rconn.addr, "master connection: {e}");
+                        tracing::warn!(addr = %raddr, "master connection: {e}");
                         break;
                     }
                 }
                 match decode_payload::<Response>(&buf) {
                     Ok((id, resp)) => {
-                        if let Some(w) = rconn.pending.lock().remove(&id) {
+                        let Some(c) = rconn.upgrade() else { break };
+                        let waiter = c.pending.lock().remove(&id);
+                        if let Some(w) = waiter {
                             let _ = w.send(resp);
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(addr = %rconn.addr, "bad frame from master: {e}");
+                        tracing::warn!(addr = %raddr, "bad frame from master: {e}");
                         break;
                     }
                 }
             }
-            rconn.fail_all();
+            if let Some(c) = rconn.upgrade() {
+                c.fail_all();
+            }
         });
         Ok(conn)
     }

@@ -196,3 +196,39 @@ async fn calls_fail_with_rpc_fail_after_the_master_stops_and_reconnect_after_res
     assert!(c.connected_addr().is_some());
     m2.stop().await;
 }
+
+/// Established TCP connections whose local port is `port` (the master's side of each client
+/// connection), read from /proc/net/tcp (Linux).
+fn established_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = f[1].rsplit(':').next().unwrap();
+            u16::from_str_radix(local_port, 16).unwrap() == port && f[3] == "01"
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_client_closes_its_connection() {
+    let m = MasterServer::start(MasterConfig::default()).await.unwrap();
+    let port = m.rpc_addr().port();
+    let c = MasterClient::connect(&m.rpc_addr().to_string())
+        .await
+        .unwrap();
+    assert!(c.batch_exist_key(vec!["k".into()]).await.is_ok());
+    assert_eq!(established_to(port), 1);
+    drop(c);
+    // Liveness, not speed: the socket must go away at all (it used to stay open forever).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while established_to(port) != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "connection still open 10 s after the client was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
