@@ -2,6 +2,9 @@
 //!
 //! - `verbs`: ibverbs through `sideway`, which loads libibverbs at run time, so the same
 //!   binary runs on hosts without rdma-core.
+//! - `cq_events`: arming a completion queue and sleeping on its completion channel.
 
 /// ibverbs, re-exported from `sideway` (dlopen'ed at run time).
 pub use sideway as verbs;
+
+pub mod cq_events;

@@ -48,6 +48,11 @@ pub struct Args {
     /// Bytes per batch at most (larger batches are cut down to fit); also the buffer size.
     #[arg(long, default_value = "256M")]
     max_batch_bytes: String,
+    /// Bytes of local and of remote memory each thread cycles through (K/M/G suffixes);
+    /// default: its share of the buffers. Equal to the block size, every request moves the
+    /// same block, as perftest does (its buffers stay cache-hot).
+    #[arg(long)]
+    footprint: Option<String>,
     #[command(flatten)]
     engine: EngineFlags,
     /// Print one JSON object instead of a table.
@@ -283,7 +288,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let engine = Engine::new(args.engine.config(EngineConfig::default().listen_addr)?)?;
-    let setup = cell::Setup::new(&engine, &target_name, buffer, args.threads)?;
+    let footprint = args.footprint.as_deref().map(sizes::parse).transpose()?;
+    let setup = cell::Setup::new(&engine, &target_name, buffer, args.threads, footprint)?;
 
     let (mut sink, mut source) = (Tally::default(), Tally::default());
     let mut results = Vec::new();

@@ -76,6 +76,29 @@ impl<T> SendWindow<T> {
         self.posted.remove(&seq)
     }
 
+    /// Takes the posted slice a completion names and every slice posted before it, oldest
+    /// first; empty for a stale or unknown one. A queue pair completes its work requests in
+    /// order, so a completion of a signaled request also completes the unsignaled ones
+    /// posted before it.
+    pub fn complete_through(&mut self, seq: u64) -> Vec<T> {
+        if !self.posted.contains_key(&seq) {
+            return Vec::new();
+        }
+        // Posted sequence numbers span less than half the sequence space, so "posted at or
+        // before `seq`" is "at most half the space behind it", across a wrap too.
+        let behind = |k: u64| seq.wrapping_sub(k) & SEQ_MASK;
+        let mut keys: Vec<u64> = self
+            .posted
+            .keys()
+            .copied()
+            .filter(|&k| behind(k) < 1 << (SEQ_BITS - 1))
+            .collect();
+        keys.sort_by_key(|&k| std::cmp::Reverse(behind(k)));
+        keys.into_iter()
+            .filter_map(|k| self.posted.remove(&k))
+            .collect()
+    }
+
     /// Takes every posted slice back (the queue pair was reset), oldest first.
     pub fn take_posted(&mut self) -> Vec<T> {
         std::mem::take(&mut self.posted).into_values().collect()
@@ -210,5 +233,31 @@ mod tests {
         w.push('a');
         w.push('b');
         assert_eq!(w.launch(2, |_| usize::MAX), vec![SEQ_MASK, 0]);
+    }
+
+    #[test]
+    fn completing_a_slice_completes_the_ones_posted_before_it() {
+        let mut w = SendWindow::new(8);
+        for i in 0..6 {
+            w.push(i);
+        }
+        let seqs = w.launch(10, |_| usize::MAX);
+        assert_eq!(w.complete_through(seqs[2]), vec![0, 1, 2]);
+        assert!(w.complete_through(seqs[1]).is_empty(), "already completed");
+        assert_eq!(w.complete_through(seqs[5]), vec![3, 4, 5]);
+        assert_eq!(w.posted_len(), 0);
+    }
+
+    #[test]
+    fn completing_through_works_across_the_sequence_wrap() {
+        let mut w = SendWindow::new(8);
+        w.next_seq = SEQ_MASK - 1;
+        for i in 0..4 {
+            w.push(i);
+        }
+        let seqs = w.launch(10, |_| usize::MAX);
+        assert_eq!(seqs, vec![SEQ_MASK - 1, SEQ_MASK, 0, 1]);
+        assert_eq!(w.complete_through(0), vec![0, 1, 2]);
+        assert_eq!(w.complete_through(1), vec![3]);
     }
 }

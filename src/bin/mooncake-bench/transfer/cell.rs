@@ -20,11 +20,19 @@ pub struct Setup {
     target_len: u64,
     local: AlignedBuffer,
     threads: usize,
+    /// Bytes each thread cycles through on each side, at most.
+    footprint: Option<u64>,
 }
 
 impl Setup {
     /// Registers `buffer` bytes of local memory and opens the target.
-    pub fn new(engine: &Engine, target: &str, buffer: u64, threads: usize) -> anyhow::Result<Self> {
+    pub fn new(
+        engine: &Engine,
+        target: &str,
+        buffer: u64,
+        threads: usize,
+        footprint: Option<u64>,
+    ) -> anyhow::Result<Self> {
         let mut local = AlignedBuffer::new(buffer as usize)?;
         // Touch every page now so page faults do not land in the first cell.
         local.as_mut_slice().fill(1);
@@ -45,14 +53,25 @@ impl Setup {
             target_len: region.len,
             local,
             threads,
+            footprint,
         })
+    }
+
+    /// Slots of `block` bytes each thread cycles through: (local, target).
+    fn slots(&self, block: u64) -> (u64, u64) {
+        let cap = self.footprint.map_or(u64::MAX, |f| (f / block).max(1));
+        let per_local = self.local.len() as u64 / self.threads as u64;
+        let per_target = self.target_len / self.threads as u64;
+        (
+            (per_local / block).clamp(1, cap),
+            (per_target / block).clamp(1, cap),
+        )
     }
 
     fn requests(&self, t: usize, op: OpCode, block: u64, batch: usize) -> Vec<TransferRequest> {
         let per_local = self.local.len() as u64 / self.threads as u64;
         let per_target = self.target_len / self.threads as u64;
-        let slots_local = (per_local / block).max(1);
-        let slots_target = (per_target / block).max(1);
+        let (slots_local, slots_target) = self.slots(block);
         (0..batch as u64)
             .map(|k| TransferRequest {
                 op,
@@ -68,9 +87,8 @@ impl Setup {
 
     /// Bytes of memory one side of a cell cycles through (all threads together).
     pub fn footprint(&self, block: u64, batch: usize) -> u64 {
-        let per_local = self.local.len() as u64 / self.threads as u64;
-        let per_target = self.target_len / self.threads as u64;
-        let slots = (per_local / block).min(per_target / block).max(1);
+        let (local, target) = self.slots(block);
+        let slots = local.min(target);
         (batch as u64).min(slots) * block * self.threads as u64
     }
 
