@@ -64,6 +64,11 @@ const MIN_QUIET_NS: f64 = 20_000.0;
 /// Below this mean batch size the load counts as idle: calls are sent without waiting.
 const IDLE_MEAN_BATCH: f64 = 1.5;
 
+/// A burst that finds no batch running is sent as two halves once each half holds at least
+/// this many calls: two batches in flight overlap one's master lookup with the other's data
+/// transfer, and the callers of the first come back while the second runs.
+const MIN_SPLIT_BATCH: usize = 16;
+
 /// Weight of the newest gap in the running mean.
 const GAP_WEIGHT: f64 = 0.125;
 
@@ -150,9 +155,21 @@ impl BatchPolicy {
             deadline = deadline.min(last + Duration::from_nanos(quiet as u64));
         }
         if now >= deadline {
-            Decision::Flush(queued)
+            Decision::Flush(self.split(queued, in_flight))
         } else {
             Decision::WaitUntil(deadline)
+        }
+    }
+}
+
+impl BatchPolicy {
+    /// How many of `queued` calls to send now that the policy sends them (the rest go as the
+    /// next batch).
+    pub fn split(&self, queued: usize, in_flight: usize) -> usize {
+        if in_flight == 0 && self.config.max_in_flight >= 2 && queued >= 2 * MIN_SPLIT_BATCH {
+            queued.div_ceil(2)
+        } else {
+            queued
         }
     }
 }
@@ -253,10 +270,10 @@ mod tests {
             now = t + Duration::from_micros(i);
             p.on_arrival(now);
             if now >= t + Duration::from_micros(100) {
-                assert_eq!(
-                    p.decide(now, i as usize + 1, t, 0),
-                    Decision::Flush(i as usize + 1)
-                );
+                // Everything goes: half now (nothing is running), the rest right behind it.
+                let n = i as usize + 1;
+                assert_eq!(p.decide(now, n, t, 0), Decision::Flush(n.div_ceil(2)));
+                assert_eq!(p.decide(now, n / 2, t, 1), Decision::Flush(n / 2));
                 return;
             }
             assert!(matches!(
@@ -274,5 +291,22 @@ mod tests {
         assert_eq!(p.decide(t, 20, t, 0), Decision::Flush(8));
         assert_eq!(p.decide(t, 20, t, 2), Decision::Hold);
         assert_eq!(p.decide(t, 0, t, 0), Decision::Hold);
+    }
+
+    #[test]
+    fn a_large_burst_with_nothing_running_goes_as_two_batches() {
+        let mut p = BatchPolicy::new(cfg(256));
+        let t = Instant::now();
+        for i in 0..64 {
+            p.on_arrival(t + Duration::from_nanos(i * 100));
+        }
+        p.on_flush(64);
+        let later = t + Duration::from_millis(1);
+        assert!(!p.is_idle());
+        // Nothing running: half now, then the rest while the first half runs.
+        assert_eq!(p.decide(later, 64, t, 0), Decision::Flush(32));
+        assert_eq!(p.decide(later, 32, t, 1), Decision::Flush(32));
+        // Small bursts are not split.
+        assert_eq!(p.decide(later, 20, t, 0), Decision::Flush(20));
     }
 }
