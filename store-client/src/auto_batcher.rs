@@ -97,8 +97,7 @@ async fn dispatch<E: BatchExecutor>(
             policy.decide(now, queue.len(), oldest, in_flight.load(Ordering::Acquire));
         if std::mem::take(&mut idle_round) {
             if let Decision::WaitUntil(_) = decision {
-                let n = queue.len().min(policy.config().max_batch);
-                decision = Decision::Flush(policy.split(n, in_flight.load(Ordering::Acquire)));
+                decision = policy.flush_now(queue.len(), in_flight.load(Ordering::Acquire));
             }
         }
         match decision {

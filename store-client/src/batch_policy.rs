@@ -155,21 +155,20 @@ impl BatchPolicy {
             deadline = deadline.min(last + Duration::from_nanos(quiet as u64));
         }
         if now >= deadline {
-            Decision::Flush(self.split(queued, in_flight))
+            self.flush_now(queued, in_flight)
         } else {
             Decision::WaitUntil(deadline)
         }
     }
-}
 
-impl BatchPolicy {
-    /// How many of `queued` calls to send now that the policy sends them (the rest go as the
-    /// next batch).
-    pub fn split(&self, queued: usize, in_flight: usize) -> usize {
-        if in_flight == 0 && self.config.max_in_flight >= 2 && queued >= 2 * MIN_SPLIT_BATCH {
-            queued.div_ceil(2)
+    /// Sends what is queued now (the burst is over): at most a full batch, and only half of
+    /// it when nothing is running (the rest goes as the next batch, see [`MIN_SPLIT_BATCH`]).
+    pub fn flush_now(&self, queued: usize, in_flight: usize) -> Decision {
+        let n = queued.min(self.config.max_batch);
+        if in_flight == 0 && self.config.max_in_flight >= 2 && n >= 2 * MIN_SPLIT_BATCH {
+            Decision::Flush(n.div_ceil(2))
         } else {
-            queued
+            Decision::Flush(n)
         }
     }
 }
