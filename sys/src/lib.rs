@@ -3,8 +3,11 @@
 //! - `verbs`: ibverbs through `sideway`, which loads libibverbs at run time, so the same
 //!   binary runs on hosts without rdma-core.
 //! - `cq_events`: arming a completion queue and sleeping on its completion channel.
+//! - `cuda`: the CUDA driver API (dlopen'ed at run time): pointer attributes, copies, device
+//!   allocations.
 
 /// ibverbs, re-exported from `sideway` (dlopen'ed at run time).
 pub use sideway as verbs;
 
 pub mod cq_events;
+pub mod cuda;

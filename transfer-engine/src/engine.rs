@@ -216,7 +216,8 @@ impl Engine {
     }
 
     /// Registers `[ptr, ptr + len)` so that local requests may use it and peers may read and
-    /// write it; refuses zero length and overlap with registered memory.
+    /// write it; refuses zero length, overlap with registered memory, and a range claimed to be
+    /// on a CUDA device that the driver does not place there (see [`crate::gpu`]).
     ///
     /// # Safety
     /// `[ptr, ptr + len)` stays valid and is not freed until unregistered; peers may read and
@@ -232,6 +233,7 @@ impl Engine {
             len: len as u64,
             location,
         };
+        crate::gpu::check_region(&region)?;
         let local = &self.inner.local;
         local.registry.insert(region)?;
         let published = local

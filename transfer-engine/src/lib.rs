@@ -13,6 +13,7 @@ pub mod control;
 pub mod descriptor;
 pub mod engine;
 mod error;
+pub mod gpu;
 mod listener;
 pub mod metadata;
 pub mod rdma;

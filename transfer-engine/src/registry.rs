@@ -5,6 +5,7 @@
 //! inside one region it exported before touching any byte.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::RwLock;
 
@@ -91,17 +92,33 @@ impl RegionSet {
 #[derive(Debug, Default)]
 pub struct MemoryRegistry {
     inner: RwLock<RegionSet>,
+    /// Regions registered as device memory (transports skip per-request location lookups
+    /// while there are none).
+    devices: AtomicUsize,
 }
 
 impl MemoryRegistry {
     /// Adds a region (see [`RegionSet::insert`]).
     pub fn insert(&self, region: Region) -> Result<(), TransferError> {
-        self.inner.write().insert(region)
+        self.inner.write().insert(region)?;
+        if region.location != Location::Host {
+            self.devices.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(())
     }
 
     /// Removes the region starting at `addr`.
     pub fn remove(&self, addr: u64) -> Result<Region, TransferError> {
-        self.inner.write().remove(addr)
+        let region = self.inner.write().remove(addr)?;
+        if region.location != Location::Host {
+            self.devices.fetch_sub(1, Ordering::AcqRel);
+        }
+        Ok(region)
+    }
+
+    /// Whether any registered region is device memory.
+    pub fn has_device_memory(&self) -> bool {
+        self.devices.load(Ordering::Acquire) > 0
     }
 
     /// The region holding all of `[addr, addr + len)`, if one does.

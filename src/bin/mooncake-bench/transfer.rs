@@ -53,6 +53,10 @@ pub struct Args {
     /// same block, as perftest does (its buffers stay cache-hot).
     #[arg(long)]
     footprint: Option<String>,
+    /// Keep the initiator's buffers in GPU memory (CUDA device 0): TCP then stages them
+    /// through host memory, and the same-memory stream baseline is skipped.
+    #[arg(long)]
+    gpu: bool,
     #[command(flatten)]
     engine: EngineFlags,
     /// Print one JSON object instead of a table.
@@ -230,7 +234,10 @@ fn measure_cell(
     let mut streams = match baseline_addr {
         Some(a) => Some((
             baseline::Stream::open(a, dir, None, None)?,
-            baseline::Stream::open(a, dir, Some((0, window)), Some(setup.local_window(window)))?,
+            match setup.local_window(window) {
+                Some(w) => Some(baseline::Stream::open(a, dir, Some((0, window)), Some(w))?),
+                None => None,
+            },
         )),
         None => None,
     };
@@ -242,14 +249,18 @@ fn measure_cell(
     for round in 0..rounds {
         if let Some((h, m)) = streams.as_mut() {
             hot.add(h.run(slice)?);
-            same.add(m.run(slice)?);
+            if let Some(m) = m {
+                same.add(m.run(slice)?);
+            }
         }
         raw.merge(setup.run_engine(op, block, batch, slice, round == 0)?)?;
     }
     let mut r = raw.result(op, block, batch);
     if let Some((h, m)) = streams {
         h.finish()?;
-        m.finish()?;
+        if let Some(m) = m {
+            m.finish()?;
+        }
         r.baseline_gbps = hot.gbps();
         r.ratio = r.baseline_gbps.map(|g| r.gbps / g);
         r.same_memory_gbps = same.gbps();
@@ -289,7 +300,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let engine = Engine::new(args.engine.config(EngineConfig::default().listen_addr)?)?;
     let footprint = args.footprint.as_deref().map(sizes::parse).transpose()?;
-    let setup = cell::Setup::new(&engine, &target_name, buffer, args.threads, footprint)?;
+    let setup = cell::Setup::new(
+        &engine,
+        &target_name,
+        buffer,
+        args.threads,
+        footprint,
+        args.gpu,
+    )?;
 
     let (mut sink, mut source) = (Tally::default(), Tally::default());
     let mut results = Vec::new();

@@ -5,7 +5,6 @@
 use std::time::Instant;
 
 use mooncake_master::proto::ReplicateConfig;
-use transfer_engine::Location;
 
 use crate::auto_batcher::{AutoBatcher, BatchExecutor};
 use crate::buffers::{total_len, BufferSlice};
@@ -208,15 +207,19 @@ impl Client {
 
     // ----- zero-copy writes ------------------------------------------------------------
 
-    /// Registers caller memory for the zero-copy calls (and with the transfer engine).
+    /// Registers caller memory for the zero-copy calls (and with the transfer engine). GPU
+    /// memory is recognised through the CUDA driver and registered as such: the zero-copy
+    /// calls then move its bytes with the driver's copies (staged through host memory on TCP).
+    /// Finish writing a GPU buffer (synchronise its stream) before a put uses it.
     ///
     /// # Safety
     /// `[ptr, ptr+len)` must stay valid, and must not be freed, until
     /// [`Client::unregister_buffer`] returns; peers read and write it during calls using it.
     pub unsafe fn register_buffer(&self, ptr: *mut u8, len: usize) -> Result<(), ClientError> {
         self.inner.buffers.write().insert(ptr as u64, len as u64)?;
+        let location = transfer_engine::gpu::location_of(ptr as u64);
         // SAFETY: forwarded from this function's contract.
-        if let Err(e) = unsafe { self.inner.engine.register_memory(ptr, len, Location::Host) } {
+        if let Err(e) = unsafe { self.inner.engine.register_memory(ptr, len, location) } {
             self.inner.buffers.write().remove(ptr as u64);
             return Err(e.into());
         }

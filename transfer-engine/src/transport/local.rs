@@ -1,5 +1,6 @@
 //! The local transport: requests whose target is this engine's own segment, served by memcpy
-//! (with the same range check a remote target would apply).
+//! (with the same range check a remote target would apply); device memory on either side is
+//! copied by the CUDA driver.
 
 use std::sync::Arc;
 
@@ -7,7 +8,7 @@ use crate::batch::CompletionSink;
 use crate::descriptor::SegmentDescriptor;
 use crate::registry::MemoryRegistry;
 use crate::transport::Transport;
-use crate::{Location, OpCode, TransferRequest, TransferStatus};
+use crate::{gpu, Location, OpCode, TransferRequest, TransferStatus};
 
 /// Copies between registered regions of one engine.
 pub struct LocalTransport {
@@ -26,6 +27,10 @@ impl Transport for LocalTransport {
         "local"
     }
 
+    fn reaches(&self, location: Location) -> bool {
+        gpu::reachable(location)
+    }
+
     fn submit(
         &self,
         _target: &Arc<SegmentDescriptor>,
@@ -36,11 +41,7 @@ impl Transport for LocalTransport {
             items
                 .into_iter()
                 .map(|(i, r)| {
-                    let target = set.find(r.target_offset, r.len);
-                    if target.is_some_and(|t| t.location != Location::Host) {
-                        return (i, TransferStatus::failed("memcpy cannot reach device memory"));
-                    }
-                    if target.is_none() {
+                    let Some(target) = set.find(r.target_offset, r.len) else {
                         return (
                             i,
                             TransferStatus::failed(format!(
@@ -48,11 +49,26 @@ impl Transport for LocalTransport {
                                 r.target_offset, r.len
                             )),
                         );
-                    }
-                    let (src, dst) = match r.op {
-                        OpCode::Read => (r.target_offset, r.local_addr),
-                        OpCode::Write => (r.local_addr, r.target_offset),
                     };
+                    // The engine checked the local range; its region gives its location.
+                    let local = set
+                        .find(r.local_addr, r.len)
+                        .map_or(Location::Host, |l| l.location);
+                    let (src, src_loc, dst, dst_loc) = match r.op {
+                        OpCode::Read => (r.target_offset, target.location, r.local_addr, local),
+                        OpCode::Write => (r.local_addr, local, r.target_offset, target.location),
+                    };
+                    if src_loc != Location::Host || dst_loc != Location::Host {
+                        // SAFETY: both ranges lie inside registered regions at these
+                        // locations, which their owner keeps valid while registered.
+                        let copied = unsafe {
+                            gpu::copy(dst, dst_loc, src, src_loc, r.len as usize)
+                        };
+                        return match copied {
+                            Ok(()) => (i, TransferStatus::completed(r.len)),
+                            Err(e) => (i, TransferStatus::failed(e)),
+                        };
+                    }
                     // SAFETY: both ranges lie inside registered regions (the engine checked
                     // the local one, the lookup above the target one), which their owner keeps
                     // valid while registered; `copy` tolerates overlap.

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
+use transfer_engine::gpu::DeviceBuffer;
 use transfer_engine::{
     AlignedBuffer, Engine, Location, OpCode, SegmentHandle, TransferRequest, TransferState,
 };
@@ -12,33 +13,68 @@ use transfer_engine::{
 use super::baseline::Window;
 use super::CellResult;
 
+/// The initiator's buffer: host memory, or GPU memory (`--gpu`).
+enum LocalMem {
+    Host(AlignedBuffer),
+    Gpu(DeviceBuffer),
+}
+
+impl LocalMem {
+    fn addr(&self) -> u64 {
+        match self {
+            LocalMem::Host(b) => b.addr(),
+            LocalMem::Gpu(d) => d.ptr(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            LocalMem::Host(b) => b.len(),
+            LocalMem::Gpu(d) => d.len(),
+        }
+    }
+}
+
 /// Buffers and the opened target, shared by every cell.
 pub struct Setup {
     engine: Engine,
     segment: SegmentHandle,
     target_base: u64,
     target_len: u64,
-    local: AlignedBuffer,
+    local: LocalMem,
     threads: usize,
     /// Bytes each thread cycles through on each side, at most.
     footprint: Option<u64>,
 }
 
 impl Setup {
-    /// Registers `buffer` bytes of local memory and opens the target.
+    /// Registers `buffer` bytes of local memory (on CUDA device 0 with `gpu`) and opens the
+    /// target.
     pub fn new(
         engine: &Engine,
         target: &str,
         buffer: u64,
         threads: usize,
         footprint: Option<u64>,
+        gpu: bool,
     ) -> anyhow::Result<Self> {
-        let mut local = AlignedBuffer::new(buffer as usize)?;
-        // Touch every page now so page faults do not land in the first cell.
-        local.as_mut_slice().fill(1);
+        let local = if gpu {
+            let mut d = transfer_engine::gpu::cuda()?.alloc(0, buffer as usize)?;
+            d.write(0, &vec![1u8; buffer as usize])?;
+            LocalMem::Gpu(d)
+        } else {
+            let mut b = AlignedBuffer::new(buffer as usize)?;
+            // Touch every page now so page faults do not land in the first cell.
+            b.as_mut_slice().fill(1);
+            LocalMem::Host(b)
+        };
+        let location = match &local {
+            LocalMem::Host(_) => Location::Host,
+            LocalMem::Gpu(d) => Location::Cuda(d.device()),
+        };
         // SAFETY: `local` lives in the returned Setup, whose Drop unregisters it before the
         // buffer is freed.
-        unsafe { engine.register_memory(local.as_mut_ptr(), local.len(), Location::Host)? };
+        unsafe { engine.register_memory(local.addr() as *mut u8, local.len(), location)? };
         let segment = engine
             .open_segment(target)
             .with_context(|| format!("opening target segment {target}"))?;
@@ -92,11 +128,15 @@ impl Setup {
         (batch as u64).min(slots) * block * self.threads as u64
     }
 
-    /// The first `len` bytes of the local buffer, for the baseline stream.
-    pub fn local_window(&self, len: u64) -> Window {
-        Window {
-            ptr: self.local.addr() as usize,
-            len: (len as usize).min(self.local.len()),
+    /// The first `len` bytes of the local buffer, for the same-memory baseline stream (none
+    /// for GPU memory, which a socket cannot read).
+    pub fn local_window(&self, len: u64) -> Option<Window> {
+        match &self.local {
+            LocalMem::Host(b) => Some(Window {
+                ptr: b.addr() as usize,
+                len: (len as usize).min(b.len()),
+            }),
+            LocalMem::Gpu(_) => None,
         }
     }
 
@@ -209,7 +249,7 @@ impl Raw {
 
 impl Drop for Setup {
     fn drop(&mut self) {
-        let _ = self.engine.unregister_memory(self.local.as_mut_ptr());
+        let _ = self.engine.unregister_memory(self.local.addr() as *mut u8);
     }
 }
 

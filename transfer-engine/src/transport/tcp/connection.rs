@@ -21,7 +21,7 @@ use crate::batch::CompletionSink;
 use crate::transport::inflight::{CloseReason, InFlight};
 use crate::transport::slicing::{whole_status, PartOutcome, RequestJoin};
 use crate::transport::tcp::wire::{hello, ConnKind, FrameKind, FrameReader, Header, OutBatch};
-use crate::{OpCode, TransferStatus};
+use crate::{gpu, OpCode, TransferStatus};
 
 /// Parts gathered into one `writev` at most.
 const MAX_PARTS_PER_WRITE: usize = 1024;
@@ -55,6 +55,9 @@ pub struct Part {
     pub remote: u64,
     /// Bytes.
     pub len: u64,
+    /// The CUDA device the local range is on (`None`: host memory). Device bytes are staged
+    /// through host memory on this side.
+    pub device: Option<u32>,
     /// Deadline.
     pub deadline: Instant,
     /// Completion target.
@@ -255,8 +258,35 @@ fn write_parts(shared: &Shared, w: &mut Writer, parts: Vec<Part>) {
         next_id,
         out,
     } = w;
+    // Device memory cannot be handed to writev: stage WRITE payloads in host memory first.
+    let mut staged = Vec::new();
+    let mut unstaged = Completions::default();
+    let parts: Vec<Part> = parts
+        .into_iter()
+        .filter_map(|p| match (p.op, p.device) {
+            (OpCode::Write, Some(device)) => {
+                // SAFETY: the engine checked the local range lies in memory registered on this
+                // device, which stays valid while registered; it is only read.
+                match unsafe { gpu::read_device(device, p.local, p.len as usize) } {
+                    Ok(bytes) => {
+                        staged.push(Some(bytes));
+                        Some(p)
+                    }
+                    Err(e) => {
+                        unstaged.finish(p, PartOutcome::Failed(format!("staging GPU memory: {e}")));
+                        None
+                    }
+                }
+            }
+            _ => {
+                staged.push(None);
+                Some(p)
+            }
+        })
+        .collect();
+    unstaged.flush();
     let mut ids = Vec::with_capacity(parts.len());
-    for p in &parts {
+    for (p, staged) in parts.iter().zip(staged) {
         *next_id += 1;
         ids.push(*next_id);
         let kind = match p.op {
@@ -270,9 +300,11 @@ fn write_parts(shared: &Shared, w: &mut Writer, parts: Vec<Part>) {
             addr: p.remote,
             len: p.len,
         });
-        if p.op == OpCode::Write {
-            // SAFETY: the engine checked the local range lies in registered memory, which
-            // stays valid while registered; it is only read.
+        if let Some(bytes) = staged {
+            out.bytes(bytes);
+        } else if p.op == OpCode::Write {
+            // SAFETY: the engine checked the local range lies in registered host memory,
+            // which stays valid while registered; it is only read.
             unsafe { out.raw(p.local as *const u8, p.len as usize) };
         }
     }
@@ -354,11 +386,18 @@ fn receive_loop(shared: &Shared, stream: TcpStream) {
         }
         match h.kind {
             FrameKind::ReadResp => {
-                // SAFETY: the engine checked the local range lies in registered memory, which
-                // stays valid and writable while registered; only this thread writes it for
-                // this part, and only before reporting the part finished.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(part.local as *mut u8, part.len as usize)
+                let mut staging = Vec::new();
+                let dst = if part.device.is_some() {
+                    staging.resize(part.len as usize, 0);
+                    &mut staging[..]
+                } else {
+                    // SAFETY: the engine checked the local range lies in registered host
+                    // memory, which stays valid and writable while registered; only this
+                    // thread writes it for this part, and only before reporting the part
+                    // finished.
+                    unsafe {
+                        std::slice::from_raw_parts_mut(part.local as *mut u8, part.len as usize)
+                    }
                 };
                 if let Err(e) = reader.read_payload(dst) {
                     let closed = shared.inflight.lock().closed().cloned();
@@ -372,7 +411,17 @@ fn receive_loop(shared: &Shared, stream: TcpStream) {
                 if watch {
                     shared.inflight.lock().received();
                 }
-                done.finish(part, PartOutcome::Done);
+                let outcome = match part.device {
+                    // SAFETY: as for host memory above, on the part's device.
+                    Some(device) => {
+                        match unsafe { gpu::write_device(device, part.local, &staging) } {
+                            Ok(()) => PartOutcome::Done,
+                            Err(e) => PartOutcome::Failed(format!("copying into GPU memory: {e}")),
+                        }
+                    }
+                    None => PartOutcome::Done,
+                };
+                done.finish(part, outcome);
             }
             FrameKind::Error => {
                 let mut msg = vec![0u8; h.aux as usize];

@@ -1,6 +1,7 @@
 //! The TCP transport: pooled persistent connections per peer, many requests in flight per
 //! connection, large requests striped over the pool, payloads moved straight between sockets
-//! and registered memory on both sides.
+//! and registered memory on both sides (GPU memory is staged through host memory, see
+//! [`crate::gpu`]).
 //!
 //! Every engine serves data connections on its listener ([`server`]); the initiating side
 //! ([`connection`]) keeps `tcp_connections_per_peer` connections to each peer it talks to; a
@@ -24,9 +25,10 @@ use parking_lot::Mutex;
 
 use crate::batch::CompletionSink;
 use crate::descriptor::SegmentDescriptor;
+use crate::registry::MemoryRegistry;
 use crate::transport::slicing::{split, RequestJoin};
 use crate::transport::{Transport, TransportContext};
-use crate::{TransferError, TransferRequest, TransferStatus};
+use crate::{gpu, Location, TransferError, TransferRequest, TransferStatus};
 use connection::{Connection, Part, PartDone};
 
 /// Stripes are never cut smaller than this to spread a small submit over the pool.
@@ -84,6 +86,7 @@ impl Pool {
 /// The TCP transport.
 pub struct TcpTransport {
     pool: Arc<Pool>,
+    registry: Arc<MemoryRegistry>,
     stripe: u64,
     timeout: Duration,
     next: AtomicUsize,
@@ -115,6 +118,7 @@ impl TcpTransport {
             })?;
         Ok(TcpTransport {
             pool,
+            registry: ctx.registry.clone(),
             stripe: ctx.config.tcp_stripe_size.max(1) as u64,
             timeout,
             next: AtomicUsize::new(0),
@@ -137,6 +141,10 @@ impl Drop for TcpTransport {
 impl Transport for TcpTransport {
     fn name(&self) -> &'static str {
         "tcp"
+    }
+
+    fn reaches(&self, location: Location) -> bool {
+        gpu::reachable(location)
     }
 
     fn submit(
@@ -167,12 +175,24 @@ impl Transport for TcpTransport {
         let conns: Vec<&Arc<Connection>> =
             (0..n).map(|c| &conns[(start + c) % conns.len()]).collect();
         let mut per_conn: Vec<Vec<Part>> = (0..n).map(|_| Vec::new()).collect();
+        let devices = self.registry.has_device_memory();
         for (j, (index, req)) in items.into_iter().enumerate() {
+            let device = if devices {
+                self.registry
+                    .find(req.local_addr, req.len)
+                    .and_then(|r| match r.location {
+                        Location::Cuda(d) => Some(d),
+                        Location::Host => None,
+                    })
+            } else {
+                None
+            };
             let part = |off: u64, len: u64, done: PartDone| Part {
                 op: req.op,
                 local: req.local_addr + off,
                 remote: req.target_offset + off,
                 len,
+                device,
                 deadline,
                 done,
             };

@@ -1,0 +1,414 @@
+//! The CUDA driver API, loaded at run time with `libloading` (no CUDA toolkit at build time;
+//! hosts without a GPU run the same binary and get [`CudaError::Unavailable`]).
+//!
+//! Only what the transfer engine needs: which device a pointer belongs to, synchronous copies
+//! between any two pointers of the unified address space (host↔device, device↔device), and
+//! device allocations for tests and benchmarks. Copies run on a private non-blocking stream of
+//! the device's primary context (the context the CUDA runtime, and so PyTorch, uses), so they
+//! never wait on the application's streams: the application finishes writing a buffer before
+//! it hands it to a transfer, as with any DMA.
+//!
+//! The library is `libcuda.so.1` (installed with the driver), or the path in
+//! `MOONCAKE_LIBCUDA`.
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
+use std::sync::{Mutex, OnceLock};
+
+use libloading::Library;
+
+/// `CUresult`.
+type CuResult = c_int;
+/// `CUdevice`.
+type CuDevice = c_int;
+/// `CUdeviceptr`.
+type CuDevicePtr = u64;
+/// `CUcontext` / `CUstream`: opaque handles.
+type CuHandle = *mut c_void;
+
+const CUDA_SUCCESS: CuResult = 0;
+const CU_POINTER_ATTRIBUTE_MEMORY_TYPE: c_int = 2;
+const CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL: c_int = 9;
+const CU_MEMORYTYPE_DEVICE: c_uint = 2;
+const CU_STREAM_NON_BLOCKING: c_uint = 1;
+
+/// Why a CUDA call failed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum CudaError {
+    /// The driver library could not be loaded or initialised (no GPU or no driver here).
+    #[error("CUDA is not available: {0}")]
+    Unavailable(String),
+    /// A driver call returned an error.
+    #[error("{call} failed: {name} ({code}): {message}")]
+    Call {
+        /// The driver function.
+        call: &'static str,
+        /// The `CUresult`.
+        code: i32,
+        /// Its name (`CUDA_ERROR_...`).
+        name: String,
+        /// Its description.
+        message: String,
+    },
+    /// An argument the driver was not asked about (a device ordinal out of range).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+struct Api {
+    init: unsafe extern "C" fn(c_uint) -> CuResult,
+    device_get_count: unsafe extern "C" fn(*mut c_int) -> CuResult,
+    device_get: unsafe extern "C" fn(*mut CuDevice, c_int) -> CuResult,
+    primary_ctx_retain: unsafe extern "C" fn(*mut CuHandle, CuDevice) -> CuResult,
+    ctx_set_current: unsafe extern "C" fn(CuHandle) -> CuResult,
+    stream_create: unsafe extern "C" fn(*mut CuHandle, c_uint) -> CuResult,
+    stream_synchronize: unsafe extern "C" fn(CuHandle) -> CuResult,
+    mem_alloc: unsafe extern "C" fn(*mut CuDevicePtr, usize) -> CuResult,
+    mem_free: unsafe extern "C" fn(CuDevicePtr) -> CuResult,
+    memcpy_async: unsafe extern "C" fn(CuDevicePtr, CuDevicePtr, usize, CuHandle) -> CuResult,
+    pointer_get_attribute: unsafe extern "C" fn(*mut c_void, c_int, CuDevicePtr) -> CuResult,
+    get_error_name: unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult,
+    get_error_string: unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult,
+}
+
+/// A device's primary context and the private stream copies run on.
+#[derive(Clone, Copy)]
+struct DeviceCtx {
+    ctx: CuHandle,
+    stream: CuHandle,
+}
+
+// SAFETY: CUDA contexts and streams are process-wide handles that the driver lets any thread
+// use; the driver serialises what needs serialising.
+unsafe impl Send for DeviceCtx {}
+
+/// The loaded driver. Obtain it with [`cuda`].
+pub struct Cuda {
+    api: Api,
+    devices: u32,
+    /// Per device: its context and copy stream, created on first use. The lock is held for
+    /// the length of a copy, so that one stream's copies are not interleaved with another
+    /// thread's synchronisation.
+    ctxs: Mutex<HashMap<u32, DeviceCtx>>,
+    _lib: Library,
+}
+
+impl std::fmt::Debug for Cuda {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cuda")
+            .field("devices", &self.devices)
+            .finish()
+    }
+}
+
+/// The process's CUDA driver, loaded and initialised on first call; the outcome (also a
+/// failure) is kept for the life of the process.
+pub fn cuda() -> Result<&'static Cuda, CudaError> {
+    static CUDA: OnceLock<Result<Cuda, CudaError>> = OnceLock::new();
+    CUDA.get_or_init(|| {
+        let path = std::env::var("MOONCAKE_LIBCUDA").unwrap_or_else(|_| "libcuda.so.1".into());
+        Cuda::load(&path)
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
+/// Reads symbol `name` as a function pointer of type `T`.
+///
+/// # Safety
+/// `T` must be the symbol's true C signature.
+unsafe fn sym<T: Copy>(lib: &Library, name: &str) -> Result<T, CudaError> {
+    // SAFETY: the caller gives the true signature; the pointer outlives no library, since
+    // the `Library` is kept in the same `Cuda` for the life of the process.
+    unsafe { lib.get::<T>(name.as_bytes()) }
+        .map(|s| *s)
+        .map_err(|e| CudaError::Unavailable(format!("symbol {name}: {e}")))
+}
+
+impl Cuda {
+    fn load(path: &str) -> Result<Cuda, CudaError> {
+        // SAFETY: loading the NVIDIA driver library runs its initialisers, which are designed
+        // to be dlopen'ed by any process (the CUDA runtime does the same).
+        let lib = unsafe { Library::new(path) }
+            .map_err(|e| CudaError::Unavailable(format!("cannot load {path}: {e}")))?;
+        // SAFETY: each signature below is the driver API's, as declared in cuda.h (the `_v2`
+        // entry points are the 64-bit ones that cuda.h maps the plain names to).
+        let api = unsafe {
+            Api {
+                init: sym(&lib, "cuInit")?,
+                device_get_count: sym(&lib, "cuDeviceGetCount")?,
+                device_get: sym(&lib, "cuDeviceGet")?,
+                primary_ctx_retain: sym(&lib, "cuDevicePrimaryCtxRetain")?,
+                ctx_set_current: sym(&lib, "cuCtxSetCurrent")?,
+                stream_create: sym(&lib, "cuStreamCreate")?,
+                stream_synchronize: sym(&lib, "cuStreamSynchronize")?,
+                mem_alloc: sym(&lib, "cuMemAlloc_v2")?,
+                mem_free: sym(&lib, "cuMemFree_v2")?,
+                memcpy_async: sym(&lib, "cuMemcpyAsync")?,
+                pointer_get_attribute: sym(&lib, "cuPointerGetAttribute")?,
+                get_error_name: sym(&lib, "cuGetErrorName")?,
+                get_error_string: sym(&lib, "cuGetErrorString")?,
+            }
+        };
+        let mut cuda = Cuda {
+            api,
+            devices: 0,
+            ctxs: Mutex::new(HashMap::new()),
+            _lib: lib,
+        };
+        // SAFETY: plain driver calls with valid out-pointers.
+        unsafe {
+            cuda.check("cuInit", (cuda.api.init)(0))
+                .map_err(|e| CudaError::Unavailable(e.to_string()))?;
+            let mut n: c_int = 0;
+            cuda.check("cuDeviceGetCount", (cuda.api.device_get_count)(&mut n))?;
+            cuda.devices = u32::try_from(n).unwrap_or(0);
+        }
+        if cuda.devices == 0 {
+            return Err(CudaError::Unavailable(
+                "the driver sees no CUDA device".into(),
+            ));
+        }
+        Ok(cuda)
+    }
+
+    /// How many CUDA devices the driver sees.
+    pub fn device_count(&self) -> u32 {
+        self.devices
+    }
+
+    fn check(&self, call: &'static str, code: CuResult) -> Result<(), CudaError> {
+        if code == CUDA_SUCCESS {
+            return Ok(());
+        }
+        let text = |f: unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult| {
+            let mut p: *const c_char = std::ptr::null();
+            // SAFETY: the driver writes a pointer to a static NUL-terminated string, or
+            // leaves it null for an unknown code.
+            unsafe {
+                if f(code, &mut p) == CUDA_SUCCESS && !p.is_null() {
+                    CStr::from_ptr(p).to_string_lossy().into_owned()
+                } else {
+                    "unknown".into()
+                }
+            }
+        };
+        Err(CudaError::Call {
+            call,
+            code,
+            name: text(self.api.get_error_name),
+            message: text(self.api.get_error_string),
+        })
+    }
+
+    /// The device whose memory `ptr` points into, or `None` for host memory and pointers CUDA
+    /// does not know.
+    pub fn device_of(&self, ptr: u64) -> Option<u32> {
+        let mut kind: c_uint = 0;
+        let mut ordinal: c_int = -1;
+        // SAFETY: the attribute calls only inspect the address (any value is allowed) and
+        // write one 4-byte value each into the given locals.
+        unsafe {
+            let k = (self.api.pointer_get_attribute)(
+                (&mut kind as *mut c_uint).cast(),
+                CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
+                ptr,
+            );
+            if k != CUDA_SUCCESS || kind != CU_MEMORYTYPE_DEVICE {
+                return None;
+            }
+            let o = (self.api.pointer_get_attribute)(
+                (&mut ordinal as *mut c_int).cast(),
+                CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+                ptr,
+            );
+            if o != CUDA_SUCCESS {
+                return None;
+            }
+        }
+        u32::try_from(ordinal).ok()
+    }
+
+    /// Runs `f` with `device`'s primary context current on this thread and its copy stream,
+    /// holding the context table's lock.
+    fn with_device<R>(
+        &self,
+        device: u32,
+        f: impl FnOnce(CuHandle) -> Result<R, CudaError>,
+    ) -> Result<R, CudaError> {
+        if device >= self.devices {
+            return Err(CudaError::Invalid(format!(
+                "CUDA device {device} does not exist ({} present)",
+                self.devices
+            )));
+        }
+        let mut ctxs = self.ctxs.lock().unwrap_or_else(|p| p.into_inner());
+        let dc = match ctxs.get(&device) {
+            Some(dc) => *dc,
+            None => {
+                let mut dev: CuDevice = 0;
+                let mut ctx: CuHandle = std::ptr::null_mut();
+                let mut stream: CuHandle = std::ptr::null_mut();
+                // SAFETY: valid out-pointers; the primary context is retained for the life of
+                // the process (never released), so the handle stays valid.
+                unsafe {
+                    self.check(
+                        "cuDeviceGet",
+                        (self.api.device_get)(&mut dev, device as c_int),
+                    )?;
+                    self.check(
+                        "cuDevicePrimaryCtxRetain",
+                        (self.api.primary_ctx_retain)(&mut ctx, dev),
+                    )?;
+                    self.check("cuCtxSetCurrent", (self.api.ctx_set_current)(ctx))?;
+                    self.check(
+                        "cuStreamCreate",
+                        (self.api.stream_create)(&mut stream, CU_STREAM_NON_BLOCKING),
+                    )?;
+                }
+                let dc = DeviceCtx { ctx, stream };
+                ctxs.insert(device, dc);
+                dc
+            }
+        };
+        // SAFETY: `dc.ctx` is a retained primary context.
+        self.check("cuCtxSetCurrent", unsafe {
+            (self.api.ctx_set_current)(dc.ctx)
+        })?;
+        f(dc.stream)
+    }
+
+    /// Copies `len` bytes from `src` to `dst` (each host or device memory of the unified
+    /// address space) using `device`'s context, and returns once the bytes have landed.
+    ///
+    /// # Safety
+    /// `[src, +len)` is readable and `[dst, +len)` writable for the whole call (host memory by
+    /// this process, device memory on a device of this process), and nothing else writes
+    /// `dst` meanwhile.
+    pub unsafe fn copy(
+        &self,
+        device: u32,
+        dst: u64,
+        src: u64,
+        len: usize,
+    ) -> Result<(), CudaError> {
+        if len == 0 {
+            return Ok(());
+        }
+        self.with_device(device, |stream| {
+            // SAFETY: the caller guarantees both ranges; the synchronisation below keeps
+            // them in use only until this call returns.
+            unsafe {
+                self.check(
+                    "cuMemcpyAsync",
+                    (self.api.memcpy_async)(dst, src, len, stream),
+                )?;
+                self.check("cuStreamSynchronize", (self.api.stream_synchronize)(stream))
+            }
+        })
+    }
+
+    /// Allocates `len` bytes (> 0) on `device`.
+    pub fn alloc(&'static self, device: u32, len: usize) -> Result<DeviceBuffer, CudaError> {
+        if len == 0 {
+            return Err(CudaError::Invalid("cannot allocate 0 bytes".into()));
+        }
+        let ptr = self.with_device(device, |_| {
+            let mut p: CuDevicePtr = 0;
+            // SAFETY: valid out-pointer, non-zero size.
+            self.check("cuMemAlloc", unsafe { (self.api.mem_alloc)(&mut p, len) })?;
+            Ok(p)
+        })?;
+        Ok(DeviceBuffer {
+            cuda: self,
+            device,
+            ptr,
+            len,
+        })
+    }
+}
+
+/// Device memory owned by this process, freed on drop.
+#[derive(Debug)]
+pub struct DeviceBuffer {
+    cuda: &'static Cuda,
+    device: u32,
+    ptr: u64,
+    len: usize,
+}
+
+impl DeviceBuffer {
+    /// The device address (unified address space).
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: buffers are never empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The device ordinal.
+    pub fn device(&self) -> u32 {
+        self.device
+    }
+
+    fn range(&self, offset: usize, len: usize) -> Result<u64, CudaError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len => Ok(self.ptr + offset as u64),
+            _ => Err(CudaError::Invalid(format!(
+                "range [{offset}, +{len}) outside a device buffer of {} bytes",
+                self.len
+            ))),
+        }
+    }
+
+    /// Copies `src` into the buffer at `offset`.
+    pub fn write(&mut self, offset: usize, src: &[u8]) -> Result<(), CudaError> {
+        let dst = self.range(offset, src.len())?;
+        // SAFETY: `dst` is inside this buffer (checked), `src` a live slice.
+        unsafe {
+            self.cuda
+                .copy(self.device, dst, src.as_ptr() as u64, src.len())
+        }
+    }
+
+    /// Copies bytes at `offset` into `dst`.
+    pub fn read(&self, offset: usize, dst: &mut [u8]) -> Result<(), CudaError> {
+        let src = self.range(offset, dst.len())?;
+        // SAFETY: `src` is inside this buffer (checked), `dst` a live exclusive slice.
+        unsafe {
+            self.cuda
+                .copy(self.device, dst.as_mut_ptr() as u64, src, dst.len())
+        }
+    }
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        let _ = self.cuda.with_device(self.device, |_| {
+            // SAFETY: `ptr` came from cuMemAlloc and is freed once.
+            self.cuda
+                .check("cuMemFree", unsafe { (self.cuda.api.mem_free)(self.ptr) })
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_library_is_a_clear_unavailable_error() {
+        let e = Cuda::load("/nonexistent/libcuda.so.1").unwrap_err();
+        assert!(
+            matches!(e, CudaError::Unavailable(ref m) if m.contains("/nonexistent/libcuda.so.1")),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,213 @@
+//! GPU memory through the engine: registration checks, the memcpy transport between host and
+//! device memory, and the TCP transport staging device bytes on both sides.
+//!
+//! These need a CUDA device and driver; they are ignored elsewhere (run them with
+//! `cargo test -p transfer-engine --test cuda -- --ignored`, or `scripts/gpu-check`).
+
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use transfer_engine::gpu::{cuda, DeviceBuffer};
+use transfer_engine::{
+    gpu, AlignedBuffer, Engine, EngineConfig, Location, MetadataConfig, OpCode, Protocol,
+    SegmentHandle, TransferError, TransferRequest, TransferState, TransferStatus,
+};
+
+const MIB: usize = 1 << 20;
+
+fn engine(stripe: usize) -> Engine {
+    Engine::new(EngineConfig {
+        metadata: MetadataConfig::P2p,
+        protocol: Protocol::Tcp,
+        request_timeout: Duration::from_secs(30),
+        tcp_stripe_size: stripe,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn device(len: usize) -> DeviceBuffer {
+    cuda().expect("a CUDA device").alloc(0, len).unwrap()
+}
+
+fn random(len: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill(&mut v[..]);
+    v
+}
+
+fn read_back(d: &DeviceBuffer) -> Vec<u8> {
+    let mut v = vec![0u8; d.len()];
+    d.read(0, &mut v).unwrap();
+    v
+}
+
+fn register_device(e: &Engine, d: &DeviceBuffer) {
+    // SAFETY: the device buffer outlives the engine's use of it (each test drops the engines
+    // first or unregisters).
+    unsafe { e.register_memory(d.ptr() as *mut u8, d.len(), Location::Cuda(d.device())) }.unwrap();
+}
+
+fn register_host(e: &Engine, b: &mut AlignedBuffer) {
+    // SAFETY: as above.
+    unsafe { e.register_memory(b.as_mut_ptr(), b.len(), Location::Host) }.unwrap();
+}
+
+fn req(op: OpCode, local: u64, target: SegmentHandle, remote: u64, len: usize) -> TransferRequest {
+    TransferRequest {
+        op,
+        local_addr: local,
+        target,
+        target_offset: remote,
+        len: len as u64,
+    }
+}
+
+fn run(e: &Engine, reqs: &[TransferRequest]) -> Vec<TransferStatus> {
+    let b = e.allocate_batch(reqs.len()).unwrap();
+    e.submit(b, reqs).unwrap();
+    let st = e.wait(b).unwrap();
+    e.free_batch(b).unwrap();
+    st
+}
+
+fn all_completed(st: &[TransferStatus], reqs: &[TransferRequest]) {
+    for (i, (s, r)) in st.iter().zip(reqs).enumerate() {
+        assert_eq!(*s, TransferStatus::completed(r.len), "request {i}: {s:?}");
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn cuda_registration_checks_the_range_against_the_driver() {
+    let e = engine(MIB);
+    let d = device(MIB);
+    assert_eq!(gpu::location_of(d.ptr()), Location::Cuda(0));
+    let mut host = AlignedBuffer::new(4096).unwrap();
+    assert_eq!(gpu::location_of(host.addr()), Location::Host);
+    // SAFETY: every registration below is refused or undone before the buffers drop.
+    unsafe {
+        let past_end = e.register_memory(d.ptr() as *mut u8, MIB + 4096, Location::Cuda(0));
+        assert!(
+            matches!(&past_end, Err(TransferError::InvalidArgument(m)) if m.contains("last byte")),
+            "{past_end:?}"
+        );
+        let host_as_gpu = e.register_memory(host.as_mut_ptr(), 4096, Location::Cuda(0));
+        assert!(
+            matches!(&host_as_gpu, Err(TransferError::InvalidArgument(m)) if m.contains("first byte is not device memory")),
+            "{host_as_gpu:?}"
+        );
+        let other = e.register_memory(d.ptr() as *mut u8, MIB, Location::Cuda(7));
+        assert!(other.is_err(), "{other:?}");
+    }
+    register_device(&e, &d);
+    e.unregister_memory(d.ptr() as *mut u8).unwrap();
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn cuda_memcpy_transport_moves_bytes_between_host_and_device_memory() {
+    let e = engine(MIB);
+    let len = 3 * MIB + 123;
+    let mut host = AlignedBuffer::new(len).unwrap();
+    host.as_mut_slice().copy_from_slice(&random(len, 1));
+    let d1 = device(len);
+    let d2 = device(len);
+    register_host(&e, &mut host);
+    register_device(&e, &d1);
+    register_device(&e, &d2);
+    let me = e.open_segment(e.name()).unwrap();
+    // host -> d1 (WRITE), d1 -> d2 (WRITE from device to device), then d2 -> host (READ)
+    // into a zeroed host buffer.
+    let reqs = [req(OpCode::Write, host.addr(), me, d1.ptr(), len)];
+    all_completed(&run(&e, &reqs), &reqs);
+    let reqs = [req(OpCode::Write, d1.ptr(), me, d2.ptr(), len)];
+    all_completed(&run(&e, &reqs), &reqs);
+    let expect = host.as_slice().to_vec();
+    host.as_mut_slice().fill(0);
+    let reqs = [req(OpCode::Read, host.addr(), me, d2.ptr(), len)];
+    all_completed(&run(&e, &reqs), &reqs);
+    assert!(host.as_slice() == expect.as_slice(), "host <- d2 differs");
+    assert!(read_back(&d1) == expect, "d1 differs");
+    drop(e);
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn cuda_tcp_stages_device_memory_on_both_sides() {
+    // A 16 MiB stripe makes single frames larger than the server's 4 MiB staging chunk.
+    let a = engine(16 * MIB);
+    let b = engine(MIB);
+    let len = 9 * MIB + 77;
+    let mut host_a = AlignedBuffer::new(len).unwrap();
+    let dev_a = device(len);
+    let dev_b = device(len);
+    let mut host_b = AlignedBuffer::new(len).unwrap();
+    register_host(&a, &mut host_a);
+    register_device(&a, &dev_a);
+    register_device(&b, &dev_b);
+    register_host(&b, &mut host_b);
+    let seg_b = a.open_segment(b.name()).unwrap();
+
+    // 1. host (a) -> device (b): the server stages into GPU memory, frames above its chunk.
+    let v1 = random(len, 2);
+    host_a.as_mut_slice().copy_from_slice(&v1);
+    let reqs = [req(OpCode::Write, host_a.addr(), seg_b, dev_b.ptr(), len)];
+    all_completed(&run(&a, &reqs), &reqs);
+    assert!(read_back(&dev_b) == v1, "device b after host a -> device b");
+
+    // 2. device (b) -> device (a) by READ, in pieces of random sizes and offsets: the server
+    //    reads GPU memory, the initiator receives into GPU memory.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let mut reqs = Vec::new();
+    let mut off = 0usize;
+    while off < len {
+        let n = rng.random_range(1..=3 * MIB).min(len - off);
+        reqs.push(req(
+            OpCode::Read,
+            dev_a.ptr() + off as u64,
+            seg_b,
+            dev_b.ptr() + off as u64,
+            n,
+        ));
+        off += n;
+    }
+    all_completed(&run(&a, &reqs), &reqs);
+    assert!(
+        read_back(&dev_a) == v1,
+        "device a after device b -> device a"
+    );
+
+    // 3. device (a) -> host (b) by WRITE: the initiator stages GPU bytes before sending.
+    let v2 = random(len, 4);
+    let mut d = dev_a;
+    d.write(0, &v2).unwrap();
+    let reqs = [req(OpCode::Write, d.ptr(), seg_b, host_b.addr(), len)];
+    all_completed(&run(&a, &reqs), &reqs);
+    assert!(
+        host_b.as_slice() == v2.as_slice(),
+        "host b after device a -> host b"
+    );
+
+    // 4. A range past the peer's GPU buffer fails alone; its neighbour completes.
+    let reqs = [
+        req(
+            OpCode::Read,
+            host_a.addr(),
+            seg_b,
+            dev_b.ptr() + len as u64 - 16,
+            32,
+        ),
+        req(OpCode::Read, host_a.addr(), seg_b, dev_b.ptr(), 4096),
+    ];
+    let st = run(&a, &reqs);
+    assert!(
+        matches!(st[0].state, TransferState::Failed(_)),
+        "{:?}",
+        st[0]
+    );
+    assert_eq!(st[1], TransferStatus::completed(4096));
+    assert!(host_a.as_slice()[..4096] == v1[..4096]);
+    drop(a);
+    drop(b);
+}
