@@ -31,6 +31,7 @@ const CU_POINTER_ATTRIBUTE_MEMORY_TYPE: c_int = 2;
 const CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL: c_int = 9;
 const CU_MEMORYTYPE_DEVICE: c_uint = 2;
 const CU_STREAM_NON_BLOCKING: c_uint = 1;
+const CU_MEMHOSTALLOC_PORTABLE: c_uint = 1;
 
 /// Why a CUDA call failed.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -67,15 +68,18 @@ struct Api {
     mem_free: unsafe extern "C" fn(CuDevicePtr) -> CuResult,
     memcpy_async: unsafe extern "C" fn(CuDevicePtr, CuDevicePtr, usize, CuHandle) -> CuResult,
     pointer_get_attribute: unsafe extern "C" fn(*mut c_void, c_int, CuDevicePtr) -> CuResult,
+    mem_host_alloc: unsafe extern "C" fn(*mut *mut c_void, usize, c_uint) -> CuResult,
+    mem_free_host: unsafe extern "C" fn(*mut c_void) -> CuResult,
     get_error_name: unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult,
     get_error_string: unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult,
 }
 
-/// A device's primary context and the private stream copies run on.
-#[derive(Clone, Copy)]
+/// A device's primary context and its idle copy streams.
 struct DeviceCtx {
     ctx: CuHandle,
-    stream: CuHandle,
+    /// Streams not in use by a copy (one is created whenever all are busy, so there are as
+    /// many as copies ever ran at once).
+    idle: Vec<CuHandle>,
 }
 
 // SAFETY: CUDA contexts and streams are process-wide handles that the driver lets any thread
@@ -86,9 +90,8 @@ unsafe impl Send for DeviceCtx {}
 pub struct Cuda {
     api: Api,
     devices: u32,
-    /// Per device: its context and copy stream, created on first use. The lock is held for
-    /// the length of a copy, so that one stream's copies are not interleaved with another
-    /// thread's synchronisation.
+    /// Per device: its context and idle copy streams, created on first use. The lock is held
+    /// only to take or return a stream: copies of different threads run concurrently.
     ctxs: Mutex<HashMap<u32, DeviceCtx>>,
     _lib: Library,
 }
@@ -146,6 +149,8 @@ impl Cuda {
                 mem_free: sym(&lib, "cuMemFree_v2")?,
                 memcpy_async: sym(&lib, "cuMemcpyAsync")?,
                 pointer_get_attribute: sym(&lib, "cuPointerGetAttribute")?,
+                mem_host_alloc: sym(&lib, "cuMemHostAlloc")?,
+                mem_free_host: sym(&lib, "cuMemFreeHost")?,
                 get_error_name: sym(&lib, "cuGetErrorName")?,
                 get_error_string: sym(&lib, "cuGetErrorString")?,
             }
@@ -229,8 +234,8 @@ impl Cuda {
         u32::try_from(ordinal).ok()
     }
 
-    /// Runs `f` with `device`'s primary context current on this thread and its copy stream,
-    /// holding the context table's lock.
+    /// Runs `f` with `device`'s primary context current on this thread and a copy stream
+    /// that no other thread uses meanwhile.
     fn with_device<R>(
         &self,
         device: u32,
@@ -242,40 +247,57 @@ impl Cuda {
                 self.devices
             )));
         }
-        let mut ctxs = self.ctxs.lock().unwrap_or_else(|p| p.into_inner());
-        let dc = match ctxs.get(&device) {
-            Some(dc) => *dc,
-            None => {
-                let mut dev: CuDevice = 0;
-                let mut ctx: CuHandle = std::ptr::null_mut();
-                let mut stream: CuHandle = std::ptr::null_mut();
-                // SAFETY: valid out-pointers; the primary context is retained for the life of
-                // the process (never released), so the handle stays valid.
-                unsafe {
-                    self.check(
-                        "cuDeviceGet",
-                        (self.api.device_get)(&mut dev, device as c_int),
-                    )?;
-                    self.check(
-                        "cuDevicePrimaryCtxRetain",
-                        (self.api.primary_ctx_retain)(&mut ctx, dev),
-                    )?;
-                    self.check("cuCtxSetCurrent", (self.api.ctx_set_current)(ctx))?;
-                    self.check(
-                        "cuStreamCreate",
-                        (self.api.stream_create)(&mut stream, CU_STREAM_NON_BLOCKING),
-                    )?;
+        let (ctx, idle) = {
+            let mut ctxs = self.ctxs.lock().unwrap_or_else(|p| p.into_inner());
+            let dc = match ctxs.entry(device) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let mut dev: CuDevice = 0;
+                    let mut ctx: CuHandle = std::ptr::null_mut();
+                    // SAFETY: valid out-pointers; the primary context is retained for the life
+                    // of the process (never released), so the handle stays valid.
+                    unsafe {
+                        self.check(
+                            "cuDeviceGet",
+                            (self.api.device_get)(&mut dev, device as c_int),
+                        )?;
+                        self.check(
+                            "cuDevicePrimaryCtxRetain",
+                            (self.api.primary_ctx_retain)(&mut ctx, dev),
+                        )?;
+                    }
+                    v.insert(DeviceCtx {
+                        ctx,
+                        idle: Vec::new(),
+                    })
                 }
-                let dc = DeviceCtx { ctx, stream };
-                ctxs.insert(device, dc);
-                dc
+            };
+            (dc.ctx, dc.idle.pop())
+        };
+        // SAFETY: `ctx` is a retained primary context.
+        self.check("cuCtxSetCurrent", unsafe {
+            (self.api.ctx_set_current)(ctx)
+        })?;
+        let stream = match idle {
+            Some(s) => s,
+            None => {
+                let mut s: CuHandle = std::ptr::null_mut();
+                // SAFETY: valid out-pointer, with the device's context current.
+                self.check("cuStreamCreate", unsafe {
+                    (self.api.stream_create)(&mut s, CU_STREAM_NON_BLOCKING)
+                })?;
+                s
             }
         };
-        // SAFETY: `dc.ctx` is a retained primary context.
-        self.check("cuCtxSetCurrent", unsafe {
-            (self.api.ctx_set_current)(dc.ctx)
-        })?;
-        f(dc.stream)
+        let out = f(stream);
+        // A stream whose copy failed may hold an error state: only healthy ones go back.
+        if out.is_ok() {
+            let mut ctxs = self.ctxs.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(dc) = ctxs.get_mut(&device) {
+                dc.idle.push(stream);
+            }
+        }
+        out
     }
 
     /// Copies `len` bytes from `src` to `dst` (each host or device memory of the unified
@@ -292,19 +314,64 @@ impl Cuda {
         src: u64,
         len: usize,
     ) -> Result<(), CudaError> {
-        if len == 0 {
+        // SAFETY: forwarded.
+        unsafe { self.copy_many(device, &[(dst, src, len)]) }
+    }
+
+    /// Runs several copies `(dst, src, len)` on one stream and waits once for all of them
+    /// (with pinned host memory they overlap; each wait costs microseconds).
+    ///
+    /// # Safety
+    /// As for [`Cuda::copy`], for every copy; no copy's `dst` overlaps another's ranges.
+    pub unsafe fn copy_many(
+        &self,
+        device: u32,
+        copies: &[(u64, u64, usize)],
+    ) -> Result<(), CudaError> {
+        if copies.iter().all(|c| c.2 == 0) {
             return Ok(());
         }
         self.with_device(device, |stream| {
-            // SAFETY: the caller guarantees both ranges; the synchronisation below keeps
-            // them in use only until this call returns.
-            unsafe {
-                self.check(
-                    "cuMemcpyAsync",
-                    (self.api.memcpy_async)(dst, src, len, stream),
-                )?;
-                self.check("cuStreamSynchronize", (self.api.stream_synchronize)(stream))
+            for &(dst, src, len) in copies.iter().filter(|c| c.2 > 0) {
+                // SAFETY: the caller guarantees the ranges; the synchronisation below keeps
+                // them in use only until this call returns (also when a later copy fails).
+                let queued = self.check("cuMemcpyAsync", unsafe {
+                    (self.api.memcpy_async)(dst, src, len, stream)
+                });
+                if let Err(e) = queued {
+                    // SAFETY: waits for the copies already queued on our stream.
+                    let _ = unsafe { (self.api.stream_synchronize)(stream) };
+                    return Err(e);
+                }
             }
+            // SAFETY: `stream` is ours for the duration of this call.
+            self.check("cuStreamSynchronize", unsafe {
+                (self.api.stream_synchronize)(stream)
+            })
+        })
+    }
+
+    /// Allocates `len` bytes (> 0) of pinned host memory, usable by every context (copies
+    /// from and to it run at the bus's speed and asynchronously).
+    pub fn alloc_pinned(&'static self, len: usize) -> Result<PinnedBuffer, CudaError> {
+        if len == 0 {
+            return Err(CudaError::Invalid("cannot allocate 0 bytes".into()));
+        }
+        let ptr = self.with_device(0, |_| {
+            let mut p: *mut c_void = std::ptr::null_mut();
+            // SAFETY: valid out-pointer, non-zero size, a context current.
+            self.check("cuMemHostAlloc", unsafe {
+                (self.api.mem_host_alloc)(&mut p, len, CU_MEMHOSTALLOC_PORTABLE)
+            })?;
+            Ok(p.cast::<u8>())
+        })?;
+        // SAFETY: the allocation is `len` writable bytes; zeroing makes every byte initialised
+        // before slices of it are handed out.
+        unsafe { std::ptr::write_bytes(ptr, 0, len) };
+        Ok(PinnedBuffer {
+            cuda: self,
+            ptr,
+            len,
         })
     }
 
@@ -395,6 +462,53 @@ impl Drop for DeviceBuffer {
             // SAFETY: `ptr` came from cuMemAlloc and is freed once.
             self.cuda
                 .check("cuMemFree", unsafe { (self.cuda.api.mem_free)(self.ptr) })
+        });
+    }
+}
+
+/// Pinned (page-locked) host memory owned by this process, freed on drop.
+pub struct PinnedBuffer {
+    cuda: &'static Cuda,
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the buffer is plain host memory owned by this value; `&self` only reads it.
+unsafe impl Send for PinnedBuffer {}
+// SAFETY: as above.
+unsafe impl Sync for PinnedBuffer {}
+
+impl std::fmt::Debug for PinnedBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PinnedBuffer")
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl std::ops::Deref for PinnedBuffer {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `ptr` holds `len` initialised bytes (zeroed at allocation) owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl std::ops::DerefMut for PinnedBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, borrowed exclusively.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for PinnedBuffer {
+    fn drop(&mut self) {
+        let _ = self.cuda.with_device(0, |_| {
+            // SAFETY: `ptr` came from cuMemHostAlloc and is freed once.
+            self.cuda.check("cuMemFreeHost", unsafe {
+                (self.cuda.api.mem_free_host)(self.ptr.cast())
+            })
         });
     }
 }

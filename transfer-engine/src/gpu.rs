@@ -11,8 +11,12 @@
 //! The application finishes writing a GPU buffer (synchronises its stream) before it hands the
 //! buffer to a transfer, and does not touch a buffer a transfer is filling until it completes.
 
-use mooncake_sys::cuda::Cuda;
+use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
+
 pub use mooncake_sys::cuda::{cuda, CudaError, DeviceBuffer};
+use mooncake_sys::cuda::{Cuda, PinnedBuffer};
+use parking_lot::Mutex;
 
 use crate::registry::Region;
 use crate::{Location, TransferError};
@@ -78,16 +82,174 @@ pub fn check_region(region: &Region) -> Result<(), TransferError> {
     Ok(())
 }
 
-/// Copies `len` bytes of device memory at `src` into a new host buffer.
+/// Staging buffers are pinned in sizes that are powers of two, at least this.
+const MIN_STAGING: usize = 64 << 10;
+/// Pinned staging memory kept for reuse at most (pinning costs milliseconds).
+const MAX_POOLED: usize = 256 << 20;
+
+#[derive(Default)]
+struct Pool {
+    by_size: HashMap<usize, Vec<PinnedBuffer>>,
+    bytes: usize,
+}
+
+static POOL: Mutex<Option<Pool>> = Mutex::new(None);
+
+enum Mem {
+    Pinned(PinnedBuffer),
+    Heap(Vec<u8>),
+}
+
+/// Host memory that GPU bytes pass through: pinned when the driver gives it (reused from a
+/// pool), else ordinary heap memory. Dereferences to exactly the length asked for.
+pub struct Staging {
+    mem: Option<Mem>,
+    len: usize,
+}
+
+impl Staging {
+    /// A staging buffer of `len` bytes (contents unspecified but initialised).
+    pub fn new(len: usize) -> Staging {
+        let size = len.next_power_of_two().max(MIN_STAGING);
+        let pooled = POOL.lock().as_mut().and_then(|p| {
+            let b = p.by_size.get_mut(&size)?.pop()?;
+            p.bytes -= size;
+            Some(b)
+        });
+        let mem = match pooled {
+            Some(b) => Mem::Pinned(b),
+            None => match cuda().and_then(|c| c.alloc_pinned(size)) {
+                Ok(b) => Mem::Pinned(b),
+                Err(e) => {
+                    tracing::debug!(error = %e, "pinned staging unavailable; using heap memory");
+                    Mem::Heap(vec![0; len])
+                }
+            },
+        };
+        Staging {
+            mem: Some(mem),
+            len,
+        }
+    }
+}
+
+impl Deref for Staging {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match &self.mem {
+            Some(Mem::Pinned(b)) => &b[..self.len],
+            Some(Mem::Heap(v)) => &v[..self.len],
+            None => &[],
+        }
+    }
+}
+
+impl DerefMut for Staging {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match &mut self.mem {
+            Some(Mem::Pinned(b)) => &mut b[..self.len],
+            Some(Mem::Heap(v)) => &mut v[..self.len],
+            None => &mut [],
+        }
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if let Some(Mem::Pinned(b)) = self.mem.take() {
+            let mut pool = POOL.lock();
+            let p = pool.get_or_insert_with(Pool::default);
+            if p.bytes + b.len() <= MAX_POOLED {
+                p.bytes += b.len();
+                p.by_size.entry(b.len()).or_default().push(b);
+            }
+        }
+    }
+}
+
+/// Copies `len` bytes of device memory at `src` into a new staging buffer.
 ///
 /// # Safety
 /// `[src, +len)` lies in a registered region of device `device`, kept valid while registered.
-pub unsafe fn read_device(device: u32, src: u64, len: usize) -> Result<Vec<u8>, String> {
-    let mut v = vec![0u8; len];
-    // SAFETY: the caller vouches for the device range; `v` is a live exclusive host buffer.
-    unsafe { driver()?.copy(device, v.as_mut_ptr() as u64, src, len) }
-        .map_err(|e| e.to_string())?;
-    Ok(v)
+pub unsafe fn read_device(device: u32, src: u64, len: usize) -> Result<Staging, String> {
+    // SAFETY: forwarded.
+    unsafe { read_device_many(&[(device, src, len)]) }
+        .pop()
+        .unwrap_or_else(|| Err("no copy was made".into()))
+}
+
+/// Copies each `(device, src, len)` into a new staging buffer, one wait per device for all
+/// of its copies; one result per input, in order.
+///
+/// # Safety
+/// As for [`read_device`], for every range.
+pub unsafe fn read_device_many(reads: &[(u32, u64, usize)]) -> Vec<Result<Staging, String>> {
+    let driver = match driver() {
+        Ok(d) => d,
+        Err(e) => return reads.iter().map(|_| Err(e.clone())).collect(),
+    };
+    let mut out: Vec<Staging> = reads.iter().map(|r| Staging::new(r.2)).collect();
+    let mut outcome: HashMap<u32, Result<(), String>> = HashMap::new();
+    let mut devices: Vec<u32> = reads.iter().map(|r| r.0).collect();
+    devices.sort_unstable();
+    devices.dedup();
+    for device in devices {
+        let copies: Vec<(u64, u64, usize)> = reads
+            .iter()
+            .zip(out.iter_mut())
+            .filter(|(r, _)| r.0 == device)
+            .map(|(r, s)| (s.as_mut_ptr() as u64, r.1, r.2))
+            .collect();
+        // SAFETY: the caller vouches for the device ranges; each staging buffer is a live,
+        // exclusively owned host buffer of the copy's length.
+        let r = unsafe { driver.copy_many(device, &copies) }.map_err(|e| e.to_string());
+        outcome.insert(device, r);
+    }
+    reads
+        .iter()
+        .zip(out)
+        .map(|(r, s)| match outcome.get(&r.0) {
+            Some(Ok(())) => Ok(s),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err("no copy was made".into()),
+        })
+        .collect()
+}
+
+/// Copies each `(device, dst, bytes)` to device memory, one wait per device for all of its
+/// copies; one result per input, in order.
+///
+/// # Safety
+/// As for [`write_device`], for every range; the ranges do not overlap.
+pub unsafe fn write_device_many(writes: &[(u32, u64, &[u8])]) -> Vec<Result<(), String>> {
+    let driver = match driver() {
+        Ok(d) => d,
+        Err(e) => return writes.iter().map(|_| Err(e.clone())).collect(),
+    };
+    let mut devices: Vec<u32> = writes.iter().map(|w| w.0).collect();
+    devices.sort_unstable();
+    devices.dedup();
+    let mut outcome: HashMap<u32, Result<(), String>> = HashMap::new();
+    for device in devices {
+        let copies: Vec<(u64, u64, usize)> = writes
+            .iter()
+            .filter(|w| w.0 == device)
+            .map(|w| (w.1, w.2.as_ptr() as u64, w.2.len()))
+            .collect();
+        // SAFETY: the caller vouches for the device ranges; the sources are live host slices.
+        let r = unsafe { driver.copy_many(device, &copies) }.map_err(|e| e.to_string());
+        outcome.insert(device, r);
+    }
+    writes
+        .iter()
+        .map(|w| {
+            outcome
+                .get(&w.0)
+                .cloned()
+                .unwrap_or_else(|| Err("no copy was made".into()))
+        })
+        .collect()
 }
 
 /// Copies `src` into device memory at `dst`.

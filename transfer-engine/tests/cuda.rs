@@ -178,6 +178,16 @@ fn cuda_tcp_stages_device_memory_on_both_sides() {
         "device a after device b -> device a"
     );
 
+    // 2b. One READ of the whole GPU buffer of b into host memory: a single frame larger
+    //     than the server's staging chunk, sent in chunks.
+    host_a.as_mut_slice().fill(0);
+    let reqs = [req(OpCode::Read, host_a.addr(), seg_b, dev_b.ptr(), len)];
+    all_completed(&run(&a, &reqs), &reqs);
+    assert!(
+        host_a.as_slice() == v1.as_slice(),
+        "host a after device b -> host a"
+    );
+
     // 3. device (a) -> host (b) by WRITE: the initiator stages GPU bytes before sending.
     let v2 = random(len, 4);
     let mut d = dev_a;

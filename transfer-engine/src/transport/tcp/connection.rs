@@ -258,32 +258,40 @@ fn write_parts(shared: &Shared, w: &mut Writer, parts: Vec<Part>) {
         next_id,
         out,
     } = w;
-    // Device memory cannot be handed to writev: stage WRITE payloads in host memory first.
-    let mut staged = Vec::new();
-    let mut unstaged = Completions::default();
-    let parts: Vec<Part> = parts
-        .into_iter()
-        .filter_map(|p| match (p.op, p.device) {
-            (OpCode::Write, Some(device)) => {
-                // SAFETY: the engine checked the local range lies in memory registered on this
-                // device, which stays valid while registered; it is only read.
-                match unsafe { gpu::read_device(device, p.local, p.len as usize) } {
-                    Ok(bytes) => {
-                        staged.push(Some(bytes));
-                        Some(p)
-                    }
-                    Err(e) => {
-                        unstaged.finish(p, PartOutcome::Failed(format!("staging GPU memory: {e}")));
-                        None
-                    }
-                }
-            }
-            _ => {
-                staged.push(None);
-                Some(p)
-            }
+    // Device memory cannot be handed to writev: stage WRITE payloads in host memory first,
+    // all of them with one driver wait.
+    let reads: Vec<(usize, (u32, u64, usize))> = parts
+        .iter()
+        .enumerate()
+        .filter_map(|(k, p)| match (p.op, p.device) {
+            (OpCode::Write, Some(device)) => Some((k, (device, p.local, p.len as usize))),
+            _ => None,
         })
         .collect();
+    let mut staged: Vec<Option<Result<gpu::Staging, String>>> =
+        parts.iter().map(|_| None).collect();
+    if !reads.is_empty() {
+        let ranges: Vec<(u32, u64, usize)> = reads.iter().map(|(_, r)| *r).collect();
+        // SAFETY: the engine checked each local range lies in memory registered on its
+        // device, which stays valid while registered; it is only read.
+        let copies = unsafe { gpu::read_device_many(&ranges) };
+        for ((k, _), st) in reads.iter().zip(copies) {
+            staged[*k] = Some(st);
+        }
+    }
+    let mut unstaged = Completions::default();
+    let (parts, staged): (Vec<Part>, Vec<Option<gpu::Staging>>) = parts
+        .into_iter()
+        .zip(staged)
+        .filter_map(|(p, st)| match st {
+            Some(Err(e)) => {
+                unstaged.finish(p, PartOutcome::Failed(format!("staging GPU memory: {e}")));
+                None
+            }
+            Some(Ok(bytes)) => Some((p, Some(bytes))),
+            None => Some((p, None)),
+        })
+        .unzip();
     unstaged.flush();
     let mut ids = Vec::with_capacity(parts.len());
     for (p, staged) in parts.iter().zip(staged) {
@@ -301,7 +309,7 @@ fn write_parts(shared: &Shared, w: &mut Writer, parts: Vec<Part>) {
             len: p.len,
         });
         if let Some(bytes) = staged {
-            out.bytes(bytes);
+            out.staged(bytes);
         } else if p.op == OpCode::Write {
             // SAFETY: the engine checked the local range lies in registered host memory,
             // which stays valid while registered; it is only read.
@@ -339,11 +347,37 @@ fn write_parts(shared: &Shared, w: &mut Writer, parts: Vec<Part>) {
     }
 }
 
+/// Copies received GPU-bound payloads to their devices and finishes their parts.
+fn upload(uploads: &mut Vec<(Part, gpu::Staging)>, done: &mut Completions) {
+    if uploads.is_empty() {
+        return;
+    }
+    let writes: Vec<(u32, u64, &[u8])> = uploads
+        .iter()
+        .map(|(p, st)| (p.device.unwrap_or(0), p.local, &st[..]))
+        .collect();
+    // SAFETY: the engine checked each local range lies in memory registered on its device,
+    // which stays valid and writable while registered; only this thread writes it for this
+    // part, before reporting the part finished.
+    let results = unsafe { gpu::write_device_many(&writes) };
+    for ((part, _), r) in uploads.drain(..).zip(results) {
+        let outcome = match r {
+            Ok(()) => PartOutcome::Done,
+            Err(e) => PartOutcome::Failed(format!("copying into GPU memory: {e}")),
+        };
+        done.finish(part, outcome);
+    }
+}
+
 fn receive_loop(shared: &Shared, stream: TcpStream) {
     let mut reader = FrameReader::new(stream, READ_BUFFER);
     let mut done = Completions::default();
+    // Answers received for GPU memory, copied up together (one driver wait) before their
+    // parts are reported.
+    let mut uploads: Vec<(Part, gpu::Staging)> = Vec::new();
     let reason = loop {
         if !reader.header_buffered() {
+            upload(&mut uploads, &mut done);
             done.flush();
         }
         let raw = match reader.read_header() {
@@ -386,10 +420,9 @@ fn receive_loop(shared: &Shared, stream: TcpStream) {
         }
         match h.kind {
             FrameKind::ReadResp => {
-                let mut staging = Vec::new();
-                let dst = if part.device.is_some() {
-                    staging.resize(part.len as usize, 0);
-                    &mut staging[..]
+                let mut staging = part.device.map(|_| gpu::Staging::new(part.len as usize));
+                let dst = if let Some(st) = staging.as_mut() {
+                    &mut st[..]
                 } else {
                     // SAFETY: the engine checked the local range lies in registered host
                     // memory, which stays valid and writable while registered; only this
@@ -411,17 +444,10 @@ fn receive_loop(shared: &Shared, stream: TcpStream) {
                 if watch {
                     shared.inflight.lock().received();
                 }
-                let outcome = match part.device {
-                    // SAFETY: as for host memory above, on the part's device.
-                    Some(device) => {
-                        match unsafe { gpu::write_device(device, part.local, &staging) } {
-                            Ok(()) => PartOutcome::Done,
-                            Err(e) => PartOutcome::Failed(format!("copying into GPU memory: {e}")),
-                        }
-                    }
-                    None => PartOutcome::Done,
-                };
-                done.finish(part, outcome);
+                match staging {
+                    Some(bytes) => uploads.push((part, bytes)),
+                    None => done.finish(part, PartOutcome::Done),
+                }
             }
             FrameKind::Error => {
                 let mut msg = vec![0u8; h.aux as usize];
@@ -438,6 +464,7 @@ fn receive_loop(shared: &Shared, stream: TcpStream) {
             _ => done.finish(part, PartOutcome::Done),
         }
     };
+    upload(&mut uploads, &mut done);
     done.flush();
     tracing::debug!(peer = %shared.peer, %reason, "data connection ended");
     shared.close(CloseReason::Failed(reason));

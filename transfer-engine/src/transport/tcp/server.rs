@@ -49,6 +49,45 @@ fn refuse(out: &mut OutBatch, h: &Header, mut reason: String) {
     out.bytes(reason.into_bytes());
 }
 
+/// Answers for reads of GPU memory, gathered so that one driver wait stages them all.
+#[derive(Default)]
+struct GpuReads(Vec<(Header, u32)>);
+
+impl GpuReads {
+    /// Stages every gathered read and appends its answer (or its refusal) to `out`.
+    fn stage_into(&mut self, out: &mut OutBatch) {
+        if self.0.is_empty() {
+            return;
+        }
+        let reads: Vec<(u32, u64, usize)> = self
+            .0
+            .iter()
+            .map(|(h, d)| (*d, h.addr, h.len as usize))
+            .collect();
+        // SAFETY: each range was checked to lie inside a region registered on its device,
+        // which its owner keeps valid while registered; it is only read.
+        let staged = unsafe { gpu::read_device_many(&reads) };
+        for ((h, _), st) in self.0.drain(..).zip(staged) {
+            match st {
+                Ok(bytes) => {
+                    out.header(&Header {
+                        kind: FrameKind::ReadResp,
+                        ..h
+                    });
+                    out.staged(bytes);
+                }
+                Err(e) => refuse(out, &h, format!("reading GPU memory: {e}")),
+            }
+        }
+    }
+}
+
+/// Writes `out` (after staging the gathered GPU reads into it).
+fn flush(out: &mut OutBatch, gpu_reads: &mut GpuReads, w: &mut TcpStream) -> io::Result<()> {
+    gpu_reads.stage_into(out);
+    out.write_to(w)
+}
+
 /// Serves one data connection (after its hello) until the peer closes it or breaks the
 /// protocol; returns why it ended.
 pub fn serve(stream: TcpStream, registry: &MemoryRegistry, segment: &str) -> io::Result<()> {
@@ -56,9 +95,10 @@ pub fn serve(stream: TcpStream, registry: &MemoryRegistry, segment: &str) -> io:
     let mut writer = stream.try_clone()?;
     let mut reader = FrameReader::new(stream, READ_BUFFER);
     let mut out = OutBatch::default();
+    let mut gpu_reads = GpuReads::default();
     loop {
-        if !reader.header_buffered() && !out.is_empty() {
-            out.write_to(&mut writer)?;
+        if !reader.header_buffered() && (!out.is_empty() || !gpu_reads.0.is_empty()) {
+            flush(&mut out, &mut gpu_reads, &mut writer)?;
         }
         let Some(raw) = reader.read_header()? else {
             return Ok(());
@@ -75,20 +115,21 @@ pub fn serve(stream: TcpStream, registry: &MemoryRegistry, segment: &str) -> io:
                     // valid while registered; it is only read.
                     unsafe { out.raw(h.addr as *const u8, h.len as usize) };
                 }
+                Ok(Location::Cuda(device)) if h.len <= STAGE_CHUNK => gpu_reads.0.push((h, device)),
                 Ok(Location::Cuda(device)) => {
+                    flush(&mut out, &mut gpu_reads, &mut writer)?;
                     // The first chunk is staged before the header so that a failing copy can
                     // still be answered with an error frame.
-                    let first = h.len.min(STAGE_CHUNK);
                     // SAFETY: the range lies inside a region registered on this device, which
                     // its owner keeps valid while registered; it is only read.
-                    match unsafe { gpu::read_device(device, h.addr, first as usize) } {
+                    match unsafe { gpu::read_device(device, h.addr, STAGE_CHUNK as usize) } {
                         Ok(bytes) => {
                             out.header(&Header {
                                 kind: FrameKind::ReadResp,
                                 ..h
                             });
-                            out.bytes(bytes);
-                            let mut off = first;
+                            out.staged(bytes);
+                            let mut off = STAGE_CHUNK;
                             while off < h.len {
                                 out.write_to(&mut writer)?;
                                 let n = (h.len - off).min(STAGE_CHUNK);
@@ -97,7 +138,7 @@ pub fn serve(stream: TcpStream, registry: &MemoryRegistry, segment: &str) -> io:
                                 let bytes =
                                     unsafe { gpu::read_device(device, h.addr + off, n as usize) }
                                         .map_err(io::Error::other)?;
-                                out.bytes(bytes);
+                                out.staged(bytes);
                                 off += n;
                             }
                         }
@@ -107,9 +148,9 @@ pub fn serve(stream: TcpStream, registry: &MemoryRegistry, segment: &str) -> io:
                 Err(why) => refuse(&mut out, &h, why),
             },
             FrameKind::WriteReq => {
-                if out.raw_bytes() > 0 {
+                if out.raw_bytes() > 0 || !gpu_reads.0.is_empty() {
                     // Queued read answers must leave before this write may change their bytes.
-                    out.write_to(&mut writer)?;
+                    flush(&mut out, &mut gpu_reads, &mut writer)?;
                 }
                 match check(registry, &h, segment) {
                     Ok(Location::Host) => {
@@ -126,7 +167,7 @@ pub fn serve(stream: TcpStream, registry: &MemoryRegistry, segment: &str) -> io:
                         });
                     }
                     Ok(Location::Cuda(device)) => {
-                        let mut staging = vec![0u8; h.len.min(STAGE_CHUNK) as usize];
+                        let mut staging = gpu::Staging::new(h.len.min(STAGE_CHUNK) as usize);
                         let mut copied = Ok(());
                         let mut off = 0;
                         while off < h.len {
@@ -164,8 +205,11 @@ pub fn serve(stream: TcpStream, registry: &MemoryRegistry, segment: &str) -> io:
                 ))
             }
         }
-        if out.pieces() >= MAX_PIECES || out.raw_bytes() >= MAX_QUEUED_BYTES {
-            out.write_to(&mut writer)?;
+        let gpu_bytes: u64 = gpu_reads.0.iter().map(|(h, _)| h.len).sum();
+        if out.pieces() + gpu_reads.0.len() >= MAX_PIECES
+            || out.raw_bytes() + gpu_bytes >= MAX_QUEUED_BYTES
+        {
+            flush(&mut out, &mut gpu_reads, &mut writer)?;
         }
     }
 }

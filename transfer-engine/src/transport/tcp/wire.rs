@@ -247,6 +247,7 @@ impl<R: Read> FrameReader<R> {
 enum Piece {
     Header(usize),
     Bytes(Vec<u8>),
+    Staged(crate::gpu::Staging),
     Raw(*const u8, usize),
 }
 
@@ -273,6 +274,12 @@ impl OutBatch {
     /// Appends owned bytes (error reasons).
     pub fn bytes(&mut self, b: Vec<u8>) {
         self.pieces.push(Piece::Bytes(b));
+    }
+
+    /// Appends GPU bytes staged in host memory (counted as payload).
+    pub fn staged(&mut self, s: crate::gpu::Staging) {
+        self.raw_bytes += s.len() as u64;
+        self.pieces.push(Piece::Staged(s));
     }
 
     /// Appends `len` bytes of memory at `ptr`.
@@ -308,6 +315,7 @@ impl OutBatch {
                 .map(|p| match p {
                     Piece::Header(i) => IoSlice::new(&self.headers[*i]),
                     Piece::Bytes(b) => IoSlice::new(b),
+                    Piece::Staged(s) => IoSlice::new(s),
                     // SAFETY: guaranteed valid by the caller of `raw`.
                     Piece::Raw(ptr, len) => {
                         IoSlice::new(unsafe { std::slice::from_raw_parts(*ptr, *len) })
