@@ -1,0 +1,197 @@
+"""The Python API against an embedded master and a second client holding the pool (TCP).
+
+Run with `scripts/python-test` (builds the extension first). The GPU test runs where PyTorch
+sees a CUDA device and is skipped elsewhere.
+"""
+
+import ctypes
+import threading
+import unittest
+
+import mooncake_rs
+from mooncake_rs import Master, Store, StoreError
+
+MIB = 1 << 20
+
+
+def value(i, n):
+    return bytes((i * 31 + j * 7) & 0xFF for j in range(n))
+
+
+class StoreTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.master = Master()
+        cls.holder = Store(cls.master.address, segment_size=64 * MIB, protocol="tcp")
+        cls.worker = Store(cls.master.address, segment_size=0, protocol="tcp", staging_size=16 * MIB)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.worker.close()
+        cls.holder.close()
+        cls.master.stop()
+
+    def test_put_get_exists_remove_and_errors(self):
+        w = self.worker
+        w.put("single", b"hello")
+        self.assertEqual(w.get("single"), b"hello")
+        self.assertTrue(w.exists("single"))
+        with self.assertRaises(StoreError) as e:
+            w.put("single", b"again")
+        self.assertEqual(e.exception.args[1], "OBJECT_ALREADY_EXISTS")
+        # A read holds a lease (10 s) during which the object may not be replaced or removed.
+        with self.assertRaises(StoreError) as e:
+            w.upsert("single", b"replaced")
+        self.assertEqual(e.exception.args[1], "OBJECT_HAS_LEASE")
+        w.put("fresh", b"v1")
+        w.upsert("fresh", b"v2")
+        self.assertEqual(self.holder.get("fresh"), b"v2")
+        w.put("doomed", b"x")
+        w.remove("doomed")
+        self.assertFalse(w.exists("doomed"))
+        with self.assertRaises(StoreError) as e:
+            w.get("doomed")
+        code, name, message = e.exception.args
+        self.assertEqual(name, "OBJECT_NOT_FOUND")
+        self.assertEqual(mooncake_rs.error_name(code), "OBJECT_NOT_FOUND")
+        self.assertTrue(message)
+
+    def test_batches_give_one_result_per_key(self):
+        w = self.worker
+        keys = [f"b{i}" for i in range(64)]
+        vals = [value(i, 4096 + i) for i in range(64)]
+        self.assertEqual(w.batch_put(keys, vals), [0] * 64)
+        # An empty key, a key already stored and a repeated key fail alone.
+        codes = w.batch_put(["ok-1", "", "b3", "dup", "dup"], [b"a", b"b", b"c", b"d", b"e"])
+        self.assertEqual(codes[0], 0)
+        self.assertEqual(mooncake_rs.error_name(codes[1]), "INVALID_KEY")
+        self.assertEqual(mooncake_rs.error_name(codes[2]), "OBJECT_ALREADY_EXISTS")
+        self.assertEqual(codes[3], 0)
+        self.assertEqual(mooncake_rs.error_name(codes[4]), "INVALID_PARAMS")
+        got = w.batch_get(["b5", "missing", "b63"])
+        self.assertEqual(got, [vals[5], None, vals[63]])
+        with_codes = w.batch_get_codes(["b1", "missing"])
+        self.assertEqual(with_codes[0], (vals[1], 0))
+        self.assertEqual(mooncake_rs.error_name(with_codes[1][1]), "OBJECT_NOT_FOUND")
+        # Fresh keys: a read or an existence check grants a 10 s lease, as in Mooncake, during
+        # which the object cannot be removed.
+        self.assertEqual(w.batch_put(["r0", "r1"], [b"0", b"1"]), [0, 0])
+        self.assertEqual(w.batch_remove(["r0", "r1", "missing"]), [0, 0, -704])
+        self.assertEqual(w.batch_exists(["r0", "b2", "missing"]), [0, 1, 0])
+        with self.assertRaises(ValueError):
+            w.batch_put(["x"], [])
+
+    def test_zero_copy_with_registered_host_memory(self):
+        w = self.worker
+        n = 32
+        block = 16 << 10
+        src = ctypes.create_string_buffer(n * block)
+        dst = ctypes.create_string_buffer(n * block)
+        for i in range(n):
+            ctypes.memmove(ctypes.addressof(src) + i * block, value(i, block), block)
+        sa, da = ctypes.addressof(src), ctypes.addressof(dst)
+        w.register_buffer(sa, n * block)
+        w.register_buffer(da, n * block)
+        try:
+            keys = [f"layer{i // 4}/block{i % 4}" for i in range(n)]
+            self.assertEqual(w.batch_put_from(keys, [sa + i * block for i in range(n)], [block] * n), [block] * n)
+            self.assertEqual(w.batch_get_into(keys, [da + i * block for i in range(n)], [block] * n), [block] * n)
+            self.assertEqual(dst.raw, src.raw)
+            # Outside registered memory: a negative code for that key only.
+            outside = ctypes.create_string_buffer(block)
+            codes = w.batch_get_into(keys[:2], [da, ctypes.addressof(outside)], [block, block])
+            self.assertEqual(codes[0], block)
+            self.assertLess(codes[1], 0)
+            # One object gathered from two ranges, scattered back into two others.
+            self.assertEqual(w.put_from_parts("parts", [sa, sa + 5 * block], [block, block]), 2 * block)
+            self.assertEqual(w.get_into_parts("parts", [da + 7 * block, da], [block, block]), 2 * block)
+            self.assertEqual(dst.raw[7 * block:8 * block], value(0, block))
+            self.assertEqual(dst.raw[:block], value(5, block))
+            self.assertEqual(w.get_into("missing", da, block), -704)
+        finally:
+            w.unregister_buffer(sa)
+            w.unregister_buffer(da)
+
+    def test_threads_share_one_store(self):
+        errors = []
+
+        def work(t):
+            try:
+                for i in range(20):
+                    k = f"t{t}/{i}"
+                    self.worker.put(k, value(t + i, 1000))
+                    if self.worker.get(k) != value(t + i, 1000):
+                        errors.append(k)
+            except Exception as e:  # reported below
+                errors.append(repr(e))
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(errors, [])
+
+    def test_metrics_count_calls(self):
+        self.worker.put("m", b"x")
+        self.worker.get("m")
+        ops = {o["kind"]: o for o in self.worker.metrics()["ops"]}
+        self.assertGreaterEqual(ops["get"]["ops"], 1)
+        self.assertGreaterEqual(ops["put"]["keys"], 1)
+
+    def test_bad_arguments_are_clear_errors(self):
+        with self.assertRaises(ValueError):
+            Store(self.master.address, protocol="carrier-pigeon")
+        with self.assertRaises(StoreError):
+            Store("127.0.0.1:1", segment_size=0)
+        with self.assertRaises(ValueError):
+            self.worker.register_buffer(0, 4096)
+
+
+def cuda_available():
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+@unittest.skipUnless(cuda_available(), "needs PyTorch with a CUDA device")
+class GpuTest(unittest.TestCase):
+    def test_kv_blocks_in_gpu_tensors_round_trip_through_the_pool(self):
+        import torch
+
+        master = Master()
+        holder = Store(master.address, segment_size=256 * MIB, protocol="tcp")
+        worker = Store(master.address, segment_size=0, protocol="tcp")
+        # 32 layers x 8 blocks of 16 tokens x 8 heads x 128 dims, bf16: 32 KiB per block.
+        layers, blocks = 32, 8
+        kv = torch.randn(layers, blocks, 16, 8, 128, device="cuda", dtype=torch.bfloat16)
+        out = torch.zeros_like(kv)
+        torch.cuda.synchronize()
+        nbytes = kv.numel() * kv.element_size()
+        worker.register_buffer(kv.data_ptr(), nbytes)
+        worker.register_buffer(out.data_ptr(), nbytes)
+        block = kv[0, 0].numel() * kv.element_size()
+        keys, src, dst = [], [], []
+        for l in range(layers):
+            for b in range(blocks):
+                keys.append(f"req7/layer{l}/block{b}")
+                src.append(kv[l, b].data_ptr())
+                dst.append(out[l, b].data_ptr())
+        self.assertEqual(worker.batch_put_from(keys, src, [block] * len(keys)), [block] * len(keys))
+        self.assertEqual(worker.batch_get_into(keys, dst, [block] * len(keys)), [block] * len(keys))
+        torch.cuda.synchronize()
+        self.assertTrue(torch.equal(kv, out))
+        # The holder's copying API sees the GPU bytes.
+        self.assertEqual(holder.get(keys[9]), kv[1, 1].cpu().view(torch.uint8).numpy().tobytes())
+        worker.unregister_buffer(kv.data_ptr())
+        worker.unregister_buffer(out.data_ptr())
+        worker.close()
+        holder.close()
+        master.stop()
+
+
+if __name__ == "__main__":
+    unittest.main()
