@@ -185,35 +185,24 @@ pub unsafe fn read_device(device: u32, src: u64, len: usize) -> Result<Staging, 
 /// # Safety
 /// As for [`read_device`], for every range.
 pub unsafe fn read_device_many(reads: &[(u32, u64, usize)]) -> Vec<Result<Staging, String>> {
-    let driver = match driver() {
-        Ok(d) => d,
-        Err(e) => return reads.iter().map(|_| Err(e.clone())).collect(),
-    };
     let mut out: Vec<Staging> = reads.iter().map(|r| Staging::new(r.2)).collect();
-    let mut outcome: HashMap<u32, Result<(), String>> = HashMap::new();
-    let mut devices: Vec<u32> = reads.iter().map(|r| r.0).collect();
-    devices.sort_unstable();
-    devices.dedup();
-    for device in devices {
-        let copies: Vec<(u64, u64, usize)> = reads
-            .iter()
-            .zip(out.iter_mut())
-            .filter(|(r, _)| r.0 == device)
-            .map(|(r, s)| (s.as_mut_ptr() as u64, r.1, r.2))
-            .collect();
-        // SAFETY: the caller vouches for the device ranges; each staging buffer is a live,
-        // exclusively owned host buffer of the copy's length.
-        let r = unsafe { driver.copy_many(device, &copies) }.map_err(|e| e.to_string());
-        outcome.insert(device, r);
-    }
-    reads
+    let copies: Vec<GpuCopy> = reads
         .iter()
-        .zip(out)
-        .map(|(r, s)| match outcome.get(&r.0) {
-            Some(Ok(())) => Ok(s),
-            Some(Err(e)) => Err(e.clone()),
-            None => Err("no copy was made".into()),
+        .zip(out.iter_mut())
+        .map(|(&(device, src, len), s)| GpuCopy {
+            dst: s.as_mut_ptr() as u64,
+            dst_loc: Location::Host,
+            src,
+            src_loc: Location::Cuda(device),
+            len,
         })
+        .collect();
+    // SAFETY: the caller vouches for the device ranges; each staging buffer is a live,
+    // exclusively owned host buffer of its copy's length.
+    let done = unsafe { copy_many(&copies) };
+    out.into_iter()
+        .zip(done)
+        .map(|(s, d)| d.map(|()| s))
         .collect()
 }
 
@@ -223,33 +212,18 @@ pub unsafe fn read_device_many(reads: &[(u32, u64, usize)]) -> Vec<Result<Stagin
 /// # Safety
 /// As for [`write_device`], for every range; the ranges do not overlap.
 pub unsafe fn write_device_many(writes: &[(u32, u64, &[u8])]) -> Vec<Result<(), String>> {
-    let driver = match driver() {
-        Ok(d) => d,
-        Err(e) => return writes.iter().map(|_| Err(e.clone())).collect(),
-    };
-    let mut devices: Vec<u32> = writes.iter().map(|w| w.0).collect();
-    devices.sort_unstable();
-    devices.dedup();
-    let mut outcome: HashMap<u32, Result<(), String>> = HashMap::new();
-    for device in devices {
-        let copies: Vec<(u64, u64, usize)> = writes
-            .iter()
-            .filter(|w| w.0 == device)
-            .map(|w| (w.1, w.2.as_ptr() as u64, w.2.len()))
-            .collect();
-        // SAFETY: the caller vouches for the device ranges; the sources are live host slices.
-        let r = unsafe { driver.copy_many(device, &copies) }.map_err(|e| e.to_string());
-        outcome.insert(device, r);
-    }
-    writes
+    let copies: Vec<GpuCopy> = writes
         .iter()
-        .map(|w| {
-            outcome
-                .get(&w.0)
-                .cloned()
-                .unwrap_or_else(|| Err("no copy was made".into()))
+        .map(|&(device, dst, bytes)| GpuCopy {
+            dst,
+            dst_loc: Location::Cuda(device),
+            src: bytes.as_ptr() as u64,
+            src_loc: Location::Host,
+            len: bytes.len(),
         })
-        .collect()
+        .collect();
+    // SAFETY: the caller vouches for the device ranges; the sources are live host slices.
+    unsafe { copy_many(&copies) }
 }
 
 /// Copies `src` into device memory at `dst`.
@@ -263,22 +237,64 @@ pub unsafe fn write_device(device: u32, dst: u64, src: &[u8]) -> Result<(), Stri
         .map_err(|e| e.to_string())
 }
 
-/// Copies `len` bytes from `src` (at `src_loc`) to `dst` (at `dst_loc`), where at least one
-/// side is device memory.
+/// One copy where at least one side is device memory.
+#[derive(Clone, Copy, Debug)]
+pub struct GpuCopy {
+    /// Destination address.
+    pub dst: u64,
+    /// Where the destination lives.
+    pub dst_loc: Location,
+    /// Source address.
+    pub src: u64,
+    /// Where the source lives.
+    pub src_loc: Location,
+    /// Bytes.
+    pub len: usize,
+}
+
+impl GpuCopy {
+    /// The device whose context runs the copy (the destination's, else the source's).
+    fn device(&self) -> Option<u32> {
+        match (self.dst_loc, self.src_loc) {
+            (Location::Cuda(d), _) | (Location::Host, Location::Cuda(d)) => Some(d),
+            (Location::Host, Location::Host) => None,
+        }
+    }
+}
+
+/// Runs `copies`, one driver wait per device for all of its copies; one result per copy, in
+/// order.
 ///
 /// # Safety
-/// Both ranges lie in registered regions at the given locations, kept valid while registered.
-pub unsafe fn copy(
-    dst: u64,
-    dst_loc: Location,
-    src: u64,
-    src_loc: Location,
-    len: usize,
-) -> Result<(), String> {
-    let device = match (dst_loc, src_loc) {
-        (Location::Cuda(d), _) | (Location::Host, Location::Cuda(d)) => d,
-        (Location::Host, Location::Host) => return Err("no device memory in this copy".into()),
+/// Every range lies in a registered region at its location, kept valid while registered; no
+/// destination overlaps another copy's ranges.
+pub unsafe fn copy_many(copies: &[GpuCopy]) -> Vec<Result<(), String>> {
+    let driver = match driver() {
+        Ok(d) => d,
+        Err(e) => return copies.iter().map(|_| Err(e.clone())).collect(),
     };
-    // SAFETY: the caller vouches for both ranges.
-    unsafe { driver()?.copy(device, dst, src, len) }.map_err(|e| e.to_string())
+    let mut devices: Vec<u32> = copies.iter().filter_map(GpuCopy::device).collect();
+    devices.sort_unstable();
+    devices.dedup();
+    let mut outcome: HashMap<u32, Result<(), String>> = HashMap::new();
+    for device in devices {
+        let batch: Vec<(u64, u64, usize)> = copies
+            .iter()
+            .filter(|c| c.device() == Some(device))
+            .map(|c| (c.dst, c.src, c.len))
+            .collect();
+        // SAFETY: the caller vouches for every range.
+        let r = unsafe { driver.copy_many(device, &batch) }.map_err(|e| e.to_string());
+        outcome.insert(device, r);
+    }
+    copies
+        .iter()
+        .map(|c| match c.device() {
+            Some(d) => outcome
+                .get(&d)
+                .cloned()
+                .unwrap_or_else(|| Err("no copy was made".into())),
+            None => Err("no device memory in this copy".into()),
+        })
+        .collect()
 }

@@ -129,6 +129,43 @@ fn cuda_memcpy_transport_moves_bytes_between_host_and_device_memory() {
     all_completed(&run(&e, &reqs), &reqs);
     assert!(host.as_slice() == expect.as_slice(), "host <- d2 differs");
     assert!(read_back(&d1) == expect, "d1 differs");
+
+    // One batch of many small copies in all directions (one driver wait for the lot): host
+    // pieces into d2 at shuffled places, d1 pieces into d2, d2 pieces back into host; plus a
+    // range past d1's end that fails alone.
+    let piece = 4096 + 3;
+    let v = random(len, 9);
+    host.as_mut_slice().copy_from_slice(&v);
+    let n = 64;
+    let mut reqs = Vec::new();
+    for k in 0..n {
+        let at = ((k * 37) % n) * piece;
+        reqs.push(req(
+            OpCode::Write,
+            host.addr() + at as u64,
+            me,
+            d2.ptr() + at as u64,
+            piece,
+        ));
+    }
+    reqs.push(req(
+        OpCode::Write,
+        host.addr(),
+        me,
+        d1.ptr() + len as u64 - 8,
+        16,
+    ));
+    let st = run(&e, &reqs);
+    all_completed(&st[..n], &reqs[..n]);
+    assert!(
+        matches!(st[n].state, TransferState::Failed(_)),
+        "{:?}",
+        st[n]
+    );
+    assert!(
+        read_back(&d2)[..n * piece] == v[..n * piece],
+        "d2 after the batch"
+    );
     drop(e);
 }
 

@@ -14,7 +14,7 @@ use super::plan::{mr_chunks, KeySpan};
 use super::qp::access;
 use super::wire::RemoteMr;
 use crate::registry::Region;
-use crate::TransferError;
+use crate::{Location, TransferError};
 
 /// One piece of a region with its MR on every device.
 struct Chunk {
@@ -52,8 +52,15 @@ impl MrTable {
                 // region stays valid until unregistered, which deregisters these MRs first.
                 let mr =
                     unsafe { nic.pd.reg_mr(addr as usize, len_usize, access()) }.map_err(|e| {
+                        let hint = match region.location {
+                            Location::Host => "",
+                            Location::Cuda(_) => {
+                                "; a NIC registers GPU memory only with GPUDirect RDMA (load \
+                                 nvidia-peermem), else use the TCP transport, which stages it"
+                            }
+                        };
                         TransferError::Rdma(format!(
-                            "register [{addr:#x}, +{len}) ({:?}) on {}: {e}",
+                            "register [{addr:#x}, +{len}) ({:?}) on {}: {e}{hint}",
                             region.location, nic.dev.name
                         ))
                     })?;

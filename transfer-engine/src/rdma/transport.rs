@@ -23,7 +23,7 @@ use crate::descriptor::SegmentDescriptor;
 use crate::registry::Region;
 use crate::transport::slicing::RequestJoin;
 use crate::transport::{Transport, TransportContext};
-use crate::{TransferError, TransferRequest, TransferStatus};
+use crate::{Location, TransferError, TransferRequest, TransferStatus};
 
 /// How often the watchdog checks deadlines.
 const WATCHDOG_TICK: Duration = Duration::from_millis(20);
@@ -222,6 +222,12 @@ impl Transport for RdmaTransport {
 
     fn register_memory(&self, region: &Region) -> Result<(), TransferError> {
         self.shared.mrs.register(region, &self.shared.nics)
+    }
+
+    /// Every registered region is reachable: GPU memory registers only where the NIC can
+    /// reach it itself (GPUDirect RDMA).
+    fn reaches(&self, _location: Location) -> bool {
+        true
     }
 
     fn unregister_memory(&self, region: &Region) -> Result<(), TransferError> {

@@ -37,18 +37,19 @@ impl Transport for LocalTransport {
         items: Vec<(usize, TransferRequest)>,
         sink: &CompletionSink,
     ) {
+        let mut gpu_copies: Vec<(usize, u64, gpu::GpuCopy)> = Vec::new();
         let results: Vec<_> = self.registry.with(|set| {
             items
                 .into_iter()
-                .map(|(i, r)| {
+                .filter_map(|(i, r)| {
                     let Some(target) = set.find(r.target_offset, r.len) else {
-                        return (
+                        return Some((
                             i,
                             TransferStatus::failed(format!(
                                 "range [{:#x}, +{}) is not inside one registered buffer of this segment",
                                 r.target_offset, r.len
                             )),
-                        );
+                        ));
                     };
                     // The engine checked the local range; its region gives its location.
                     let local = set
@@ -59,15 +60,16 @@ impl Transport for LocalTransport {
                         OpCode::Write => (r.local_addr, local, r.target_offset, target.location),
                     };
                     if src_loc != Location::Host || dst_loc != Location::Host {
-                        // SAFETY: both ranges lie inside registered regions at these
-                        // locations, which their owner keeps valid while registered.
-                        let copied = unsafe {
-                            gpu::copy(dst, dst_loc, src, src_loc, r.len as usize)
+                        // The driver's copies of a batch run together, with one wait.
+                        let copy = gpu::GpuCopy {
+                            dst,
+                            dst_loc,
+                            src,
+                            src_loc,
+                            len: r.len as usize,
                         };
-                        return match copied {
-                            Ok(()) => (i, TransferStatus::completed(r.len)),
-                            Err(e) => (i, TransferStatus::failed(e)),
-                        };
+                        gpu_copies.push((i, r.len, copy));
+                        return None;
                     }
                     // SAFETY: both ranges lie inside registered regions (the engine checked
                     // the local one, the lookup above the target one), which their owner keeps
@@ -75,10 +77,26 @@ impl Transport for LocalTransport {
                     unsafe {
                         std::ptr::copy(src as *const u8, dst as *mut u8, r.len as usize);
                     }
-                    (i, TransferStatus::completed(r.len))
+                    Some((i, TransferStatus::completed(r.len)))
                 })
                 .collect()
         });
+        sink.finish_many(results);
+        if gpu_copies.is_empty() {
+            return;
+        }
+        let copies: Vec<gpu::GpuCopy> = gpu_copies.iter().map(|(_, _, c)| *c).collect();
+        // SAFETY: every range lies inside a region registered at its location (checked
+        // above), which its owner keeps valid while registered.
+        let done = unsafe { gpu::copy_many(&copies) };
+        let results: Vec<_> = gpu_copies
+            .iter()
+            .zip(done)
+            .map(|((i, len, _), d)| match d {
+                Ok(()) => (*i, TransferStatus::completed(*len)),
+                Err(e) => (*i, TransferStatus::failed(e)),
+            })
+            .collect();
         sink.finish_many(results);
     }
 }
