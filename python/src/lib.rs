@@ -7,7 +7,12 @@
 //! error code. The zero-copy calls take raw addresses (`tensor.data_ptr()`,
 //! `ctypes.addressof(...)`) inside buffers registered with `register_buffer`; GPU memory is
 //! recognised through the CUDA driver. `Master` runs an embedded master (tests, one-node
-//! setups); deployments run the `mooncake-master` daemon.
+//! setups); deployments run the `mooncake-master` daemon. `MooncakeDistributedStore` and
+//! `ReplicateConfig` follow Mooncake's Python API (int status codes) for existing connectors.
+
+mod compat;
+
+use std::net::{SocketAddr, ToSocketAddrs};
 
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
@@ -38,7 +43,7 @@ fn raise<T>(r: KeyResult<T>) -> PyResult<T> {
 }
 
 /// Bytes moved, or the negative error code.
-fn code_of(r: &KeyResult<u64>) -> i64 {
+pub(crate) fn code_of(r: &KeyResult<u64>) -> i64 {
     match &r.result {
         Ok(n) => i64::try_from(*n).unwrap_or(i64::MAX),
         Err(e) => i64::from(e.code.code()),
@@ -79,6 +84,55 @@ fn parse_protocol(p: &str) -> PyResult<Protocol> {
     }
 }
 
+/// The engine's listen address from `host`, `host:port`, `ip` or `[v6]:port` (port 0 when
+/// none is given: any free one). Peers connect to it, so it must be routable from them.
+fn listen_addr(local_hostname: &str) -> PyResult<SocketAddr> {
+    let has_port = local_hostname.parse::<SocketAddr>().is_ok()
+        || local_hostname
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.contains(':') && p.parse::<u16>().is_ok());
+    let resolved = if has_port {
+        local_hostname.to_socket_addrs()
+    } else {
+        (local_hostname.trim_matches(['[', ']']), 0).to_socket_addrs()
+    };
+    resolved.ok().and_then(|mut a| a.next()).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "local_hostname {local_hostname:?} does not resolve"
+        ))
+    })
+}
+
+/// Everything a client needs, from the arguments both Python classes take.
+pub(crate) struct ConnectArgs<'a> {
+    pub master: &'a str,
+    pub segment_size: u64,
+    pub staging_size: u64,
+    pub protocol: &'a str,
+    pub local_hostname: Option<&'a str>,
+    pub rdma_devices: &'a str,
+}
+
+impl ConnectArgs<'_> {
+    pub(crate) fn config(&self) -> PyResult<ClientConfig> {
+        let mut cfg = ClientConfig::new(self.master)
+            .segment_size(self.segment_size)
+            .staging_size(self.staging_size)
+            .protocol(parse_protocol(self.protocol)?);
+        if let Some(h) = self.local_hostname.filter(|h| !h.is_empty()) {
+            cfg.engine.listen_addr = listen_addr(h)?;
+        }
+        cfg.engine.rdma.devices = self
+            .rdma_devices
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .map(str::to_string)
+            .collect();
+        Ok(cfg)
+    }
+}
+
 /// A client of the KV-cache pool.
 #[pyclass(frozen, module = "mooncake_rs")]
 struct Store {
@@ -88,9 +142,12 @@ struct Store {
 #[pymethods]
 impl Store {
     /// Connects to the master at `master` (`host:port` or `etcd://h1:2379,h2:2379/<cluster>`)
-    /// and contributes `segment_size` bytes of host memory to the pool (0: none).
+    /// and contributes `segment_size` bytes of host memory to the pool (0: none). Peers reach
+    /// this client at `local_hostname` (default 127.0.0.1: one host only); `rdma_devices`
+    /// ("mlx5_0,mlx5_1"; empty: all) picks the NICs.
     #[new]
-    #[pyo3(signature = (master, segment_size = 64 << 20, staging_size = 64 << 20, protocol = "auto", replica_num = 1, auto_batch = false))]
+    #[pyo3(signature = (master, segment_size = 64 << 20, staging_size = 64 << 20, protocol = "auto", replica_num = 1, auto_batch = false, local_hostname = None, rdma_devices = ""))]
+    #[allow(clippy::too_many_arguments)] // Python keyword arguments
     fn new(
         py: Python<'_>,
         master: &str,
@@ -99,11 +156,18 @@ impl Store {
         protocol: &str,
         replica_num: usize,
         auto_batch: bool,
+        local_hostname: Option<&str>,
+        rdma_devices: &str,
     ) -> PyResult<Self> {
-        let mut cfg = ClientConfig::new(master)
-            .segment_size(segment_size)
-            .staging_size(staging_size)
-            .protocol(parse_protocol(protocol)?);
+        let mut cfg = ConnectArgs {
+            master,
+            segment_size,
+            staging_size,
+            protocol,
+            local_hostname,
+            rdma_devices,
+        }
+        .config()?;
         cfg.replicate = ReplicateConfig {
             replica_num,
             ..cfg.replicate
@@ -377,6 +441,8 @@ fn error_name(code: i32) -> &'static str {
 fn mooncake_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Store>()?;
     m.add_class::<Master>()?;
+    m.add_class::<compat::MooncakeDistributedStore>()?;
+    m.add_class::<compat::ReplicateConfig>()?;
     m.add_function(wrap_pyfunction!(error_name, m)?)?;
     m.add("StoreError", m.py().get_type::<StoreError>())?;
     Ok(())

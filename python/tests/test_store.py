@@ -7,9 +7,10 @@ sees a CUDA device and is skipped elsewhere.
 import ctypes
 import threading
 import unittest
+import warnings
 
 import mooncake_rs
-from mooncake_rs import Master, Store, StoreError
+from mooncake_rs import Master, MooncakeDistributedStore, ReplicateConfig, Store, StoreError
 
 MIB = 1 << 20
 
@@ -146,6 +147,89 @@ class StoreTest(unittest.TestCase):
             Store("127.0.0.1:1", segment_size=0)
         with self.assertRaises(ValueError):
             self.worker.register_buffer(0, 4096)
+
+
+class CompatTest(unittest.TestCase):
+    """Mooncake's Python API (status codes, setup()), as existing connectors call it."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.master = Master()
+        cls.holder = Store(cls.master.address, segment_size=64 * MIB, protocol="tcp")
+        cls.store = MooncakeDistributedStore()
+        rc = cls.store.setup("127.0.0.1", "P2PHANDSHAKE", 0, 16 * MIB, "tcp", "", cls.master.address)
+        assert rc == 0, rc
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.store.close()
+        cls.holder.close()
+        cls.master.stop()
+
+    def test_copying_calls_return_status_codes(self):
+        s = self.store
+        self.assertEqual(s.put("c1", b"one"), 0)
+        self.assertEqual(mooncake_rs.error_name(s.put("c1", b"again")), "OBJECT_ALREADY_EXISTS")
+        self.assertEqual(s.get("c1"), b"one")
+        self.assertEqual(s.get("nope"), b"")
+        self.assertEqual(s.is_exist("c1"), 1)
+        self.assertEqual(s.is_exist("nope"), 0)
+        self.assertEqual(s.put_batch(["c2", "c3"], [b"two", b"three"]), 0)
+        self.assertEqual(s.get_batch(["c3", "nope", "c2"]), [b"three", b"", b"two"])
+        self.assertEqual(s.batch_is_exist(["c2", "nope"]), [1, 0])
+        self.assertEqual(s.put("gone", b"x"), 0)
+        self.assertEqual(s.remove("gone"), 0)
+        self.assertEqual(mooncake_rs.error_name(s.remove("gone")), "OBJECT_NOT_FOUND")
+        cfg = ReplicateConfig()
+        cfg.replica_num = 1
+        cfg.with_soft_pin = True
+        self.assertEqual(s.put("pinned", b"p", cfg), 0)
+        self.assertEqual(self.holder.get("pinned"), b"p")
+
+    def test_zero_copy_calls_and_multi_buffers(self):
+        s = self.store
+        n, block = 8, 8192
+        src = ctypes.create_string_buffer(n * block)
+        dst = ctypes.create_string_buffer(n * block)
+        for i in range(n):
+            ctypes.memmove(ctypes.addressof(src) + i * block, value(i + 100, block), block)
+        sa, da = ctypes.addressof(src), ctypes.addressof(dst)
+        self.assertEqual(s.register_buffer(sa, n * block), 0)
+        self.assertEqual(s.register_buffer(da, n * block), 0)
+        self.assertLess(s.register_buffer(sa + 16, 64), 0)  # overlaps
+        try:
+            keys = [f"z{i}" for i in range(n)]
+            self.assertEqual(s.batch_put_from(keys, [sa + i * block for i in range(n)], [block] * n), [0] * n)
+            self.assertEqual(s.batch_get_into(keys, [da + i * block for i in range(n)], [block] * n), [block] * n)
+            self.assertEqual(dst.raw, src.raw)
+            self.assertEqual(s.put_from("zz", sa, block), 0)
+            self.assertEqual(s.get_into("zz", da + block, block), block)
+            self.assertEqual(s.get_into("nope", da, block), -704)
+            # Two layers per object, gathered then scattered in swapped order.
+            self.assertEqual(
+                s.batch_put_from_multi_buffers(["m0"], [[sa, sa + 2 * block]], [[block, block]]), [0]
+            )
+            self.assertEqual(
+                s.batch_get_into_multi_buffers(["m0"], [[da + 3 * block, da]], [[block, block]]),
+                [2 * block],
+            )
+            self.assertEqual(dst.raw[3 * block:4 * block], value(100, block))
+            self.assertEqual(dst.raw[:block], value(102, block))
+            # Lists that disagree: INVALID_PARAMS for every key, nothing stored.
+            self.assertEqual(s.batch_put_from(["a", "b"], [sa], [block, block]), [-600, -600])
+            self.assertEqual(s.is_exist("a"), 0)
+        finally:
+            self.assertEqual(s.unregister_buffer(sa), 0)
+            self.assertEqual(s.unregister_buffer(da), 0)
+
+    def test_setup_first_and_failed_setup(self):
+        fresh = MooncakeDistributedStore()
+        with self.assertRaises(RuntimeError):
+            fresh.put("k", b"v")
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            self.assertEqual(fresh.setup("127.0.0.1", "", 0, MIB, "tcp", "", "127.0.0.1:1"), -1)
+        self.assertTrue(any("setup failed" in str(x.message) for x in w))
 
 
 def cuda_available():

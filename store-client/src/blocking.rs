@@ -125,6 +125,23 @@ impl BlockingClient {
         self.runtime
             .block_on(self.client.get_into_parts(key, parts))
     }
+    /// See [`Client::batch_put_from_parts`].
+    pub fn batch_put_from_parts<K: AsRef<str>>(
+        &self,
+        items: &[(K, Vec<BufferSlice>)],
+        cfg: &ReplicateConfig,
+    ) -> Vec<KeyResult<u64>> {
+        self.runtime
+            .block_on(self.client.batch_put_from_parts(items, cfg))
+    }
+    /// See [`Client::batch_get_into_parts`].
+    pub fn batch_get_into_parts<K: AsRef<str>>(
+        &self,
+        items: &[(K, Vec<BufferSlice>)],
+    ) -> Vec<KeyResult<u64>> {
+        self.runtime
+            .block_on(self.client.batch_get_into_parts(items))
+    }
     /// See [`Client::batch_put_from`].
     pub fn batch_put_from<K: AsRef<str>>(&self, items: &[(K, BufferSlice)]) -> Vec<KeyResult<u64>> {
         self.runtime.block_on(self.client.batch_put_from(items))

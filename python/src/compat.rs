@@ -1,0 +1,419 @@
+//! Mooncake's Python API (`mooncake.store.MooncakeDistributedStore`, `ReplicateConfig`) on
+//! this client, so that connectors written for it (vLLM, SGLang, LMCache) switch by import.
+//!
+//! Its conventions, kept here: `setup(...)` then calls; status codes instead of exceptions
+//! (0 or bytes moved on success, a negative Mooncake error code on failure); `get` returns
+//! empty bytes for a missing key; a batch whose lists differ in length answers
+//! INVALID_PARAMS for every key. `metadata_server` is accepted and unused: segment
+//! descriptors travel peer to peer (Mooncake's P2PHANDSHAKE mode).
+
+use std::sync::{Arc, RwLock};
+
+use pyo3::exceptions::{PyRuntimeError, PyRuntimeWarning};
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
+use pyo3::types::PyBytes;
+
+use mooncake_master::proto::ErrorCode;
+use store_client::{BlockingClient, BufferSlice, KeyResult};
+
+use crate::ConnectArgs;
+
+const INVALID_PARAMS: i64 = ErrorCode::InvalidParams as i64;
+
+/// Replication of a put (Mooncake's `ReplicateConfig`).
+#[pyclass(module = "mooncake_rs")]
+#[derive(Clone, Debug)]
+pub struct ReplicateConfig {
+    /// Copies to place.
+    #[pyo3(get, set)]
+    replica_num: usize,
+    /// Evict only when nothing else can go.
+    #[pyo3(get, set)]
+    with_soft_pin: bool,
+    /// Never evict.
+    #[pyo3(get, set)]
+    with_hard_pin: bool,
+    /// Segment (`host:port`) to place the first copy in, if it has room.
+    #[pyo3(get, set)]
+    preferred_segment: String,
+}
+
+#[pymethods]
+impl ReplicateConfig {
+    #[new]
+    fn new() -> Self {
+        ReplicateConfig {
+            replica_num: 1,
+            with_soft_pin: false,
+            with_hard_pin: false,
+            preferred_segment: String::new(),
+        }
+    }
+}
+
+impl ReplicateConfig {
+    fn to_store(cfg: Option<&Self>) -> store_client::ReplicateConfig {
+        let c = cfg.cloned().unwrap_or_else(Self::new);
+        store_client::ReplicateConfig {
+            replica_num: c.replica_num.max(1),
+            preferred_segments: if c.preferred_segment.is_empty() {
+                Vec::new()
+            } else {
+                vec![c.preferred_segment]
+            },
+            soft_pin: c.with_soft_pin,
+            hard_pin: c.with_hard_pin,
+        }
+    }
+}
+
+/// Status of a put: 0 or the negative code.
+fn put_code(r: &KeyResult<u64>) -> i64 {
+    match &r.result {
+        Ok(_) => 0,
+        Err(e) => i64::from(e.code.code()),
+    }
+}
+
+/// Status of a read: bytes read or the negative code.
+fn read_code(r: &KeyResult<u64>) -> i64 {
+    crate::code_of(r)
+}
+
+fn unit_code(r: &KeyResult<()>) -> i64 {
+    match &r.result {
+        Ok(()) => 0,
+        Err(e) => i64::from(e.code.code()),
+    }
+}
+
+/// Per key one buffer or several: `(key, ranges)` items, or `None` when the lists disagree.
+fn items(
+    keys: &[String],
+    ptrs: &[Vec<u64>],
+    sizes: &[Vec<u64>],
+) -> Option<Vec<(String, Vec<BufferSlice>)>> {
+    if keys.len() != ptrs.len() || keys.len() != sizes.len() {
+        return None;
+    }
+    keys.iter()
+        .zip(ptrs.iter().zip(sizes))
+        .map(|(k, (p, s))| {
+            (p.len() == s.len()).then(|| {
+                let parts = p
+                    .iter()
+                    .zip(s)
+                    .map(|(&a, &n)| BufferSlice::new(a, n))
+                    .collect();
+                (k.clone(), parts)
+            })
+        })
+        .collect()
+}
+
+fn singletons(v: Vec<u64>) -> Vec<Vec<u64>> {
+    v.into_iter().map(|x| vec![x]).collect()
+}
+
+/// Mooncake's store client API.
+#[pyclass(frozen, module = "mooncake_rs")]
+pub struct MooncakeDistributedStore {
+    client: RwLock<Option<Arc<BlockingClient>>>,
+}
+
+impl MooncakeDistributedStore {
+    fn client(&self) -> PyResult<Arc<BlockingClient>> {
+        self.client
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| PyRuntimeError::new_err("call setup() first"))
+    }
+
+    fn put_many(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        ptrs: Vec<Vec<u64>>,
+        sizes: Vec<Vec<u64>>,
+        config: Option<&ReplicateConfig>,
+    ) -> PyResult<Vec<i64>> {
+        let client = self.client()?;
+        let Some(items) = items(&keys, &ptrs, &sizes) else {
+            return Ok(vec![INVALID_PARAMS; keys.len()]);
+        };
+        let cfg = ReplicateConfig::to_store(config);
+        let r = py.detach(|| client.batch_put_from_parts(&items, &cfg));
+        Ok(r.iter().map(put_code).collect())
+    }
+
+    fn get_many(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        ptrs: Vec<Vec<u64>>,
+        sizes: Vec<Vec<u64>>,
+    ) -> PyResult<Vec<i64>> {
+        let client = self.client()?;
+        let Some(items) = items(&keys, &ptrs, &sizes) else {
+            return Ok(vec![INVALID_PARAMS; keys.len()]);
+        };
+        let r = py.detach(|| client.batch_get_into_parts(&items));
+        Ok(r.iter().map(read_code).collect())
+    }
+}
+
+#[pymethods]
+impl MooncakeDistributedStore {
+    #[new]
+    fn new() -> Self {
+        MooncakeDistributedStore {
+            client: RwLock::new(None),
+        }
+    }
+
+    /// Connects: peers reach this client at `local_hostname`; it contributes
+    /// `global_segment_size` bytes to the pool and stages copying calls through
+    /// `local_buffer_size` bytes. 0 on success, else -1 with a warning saying why.
+    #[pyo3(signature = (local_hostname, metadata_server, global_segment_size = 3200 << 20, local_buffer_size = 512 << 20, protocol = "tcp", rdma_devices = "", master_server_addr = "127.0.0.1:50051"))]
+    #[allow(clippy::too_many_arguments)] // Mooncake's signature
+    fn setup(
+        &self,
+        py: Python<'_>,
+        local_hostname: &str,
+        metadata_server: &str,
+        global_segment_size: u64,
+        local_buffer_size: u64,
+        protocol: &str,
+        rdma_devices: &str,
+        master_server_addr: &str,
+    ) -> PyResult<i64> {
+        let _ = metadata_server;
+        let args = ConnectArgs {
+            master: master_server_addr,
+            segment_size: global_segment_size,
+            staging_size: local_buffer_size,
+            protocol,
+            local_hostname: Some(local_hostname),
+            rdma_devices,
+        };
+        let connected = args.config().and_then(|cfg| {
+            py.detach(|| BlockingClient::connect(cfg))
+                .map_err(|e| PyRuntimeError::new_err(e.to_string()))
+        });
+        match connected {
+            Ok(c) => {
+                *self.client.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(c));
+                Ok(0)
+            }
+            Err(e) => {
+                let why = format!("MooncakeDistributedStore.setup failed: {e}");
+                PyErr::warn(
+                    py,
+                    &py.get_type::<PyRuntimeWarning>(),
+                    &std::ffi::CString::new(why).unwrap_or_default(),
+                    1,
+                )?;
+                Ok(-1)
+            }
+        }
+    }
+
+    /// 0, or a negative code.
+    #[pyo3(signature = (key, value, config = None))]
+    fn put(
+        &self,
+        py: Python<'_>,
+        key: &str,
+        value: PyBackedBytes,
+        config: Option<PyRef<'_, ReplicateConfig>>,
+    ) -> PyResult<i64> {
+        let client = self.client()?;
+        let cfg = ReplicateConfig::to_store(config.as_deref());
+        let r = py.detach(|| client.batch_put_with(&[(key, &value[..])], &cfg));
+        Ok(r.first().map_or(INVALID_PARAMS, put_code))
+    }
+
+    /// 0 if every key was stored, else the first failing key's code.
+    #[pyo3(signature = (keys, values, config = None))]
+    fn put_batch(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        values: Vec<PyBackedBytes>,
+        config: Option<PyRef<'_, ReplicateConfig>>,
+    ) -> PyResult<i64> {
+        let client = self.client()?;
+        if keys.len() != values.len() {
+            return Ok(INVALID_PARAMS);
+        }
+        let cfg = ReplicateConfig::to_store(config.as_deref());
+        let items: Vec<(&str, &[u8])> = keys
+            .iter()
+            .map(String::as_str)
+            .zip(values.iter().map(|v| &v[..]))
+            .collect();
+        let r = py.detach(|| client.batch_put_with(&items, &cfg));
+        Ok(r.iter().map(put_code).find(|&c| c < 0).unwrap_or(0))
+    }
+
+    /// The bytes, or empty bytes when the key cannot be read.
+    fn get<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Bound<'py, PyBytes>> {
+        let client = self.client()?;
+        let r = py.detach(|| client.get(key));
+        Ok(PyBytes::new(py, r.value().map_or(&[][..], Vec::as_slice)))
+    }
+
+    /// Per key the bytes, or empty bytes.
+    fn get_batch<'py>(
+        &self,
+        py: Python<'py>,
+        keys: Vec<String>,
+    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let client = self.client()?;
+        let r = py.detach(|| client.batch_get(&keys));
+        Ok(r.iter()
+            .map(|r| PyBytes::new(py, r.value().map_or(&[][..], Vec::as_slice)))
+            .collect())
+    }
+
+    /// 1 if the key exists, 0 if not, or a negative code.
+    fn is_exist(&self, py: Python<'_>, key: &str) -> PyResult<i64> {
+        Ok(self
+            .batch_is_exist(py, vec![key.to_string()])?
+            .first()
+            .copied()
+            .unwrap_or(INVALID_PARAMS))
+    }
+
+    /// Per key: 1, 0 or a negative code.
+    fn batch_is_exist(&self, py: Python<'_>, keys: Vec<String>) -> PyResult<Vec<i64>> {
+        let client = self.client()?;
+        let r = py.detach(|| client.batch_exists(&keys));
+        Ok(r.iter()
+            .map(|r| match &r.result {
+                Ok(b) => i64::from(*b),
+                Err(e) => i64::from(e.code.code()),
+            })
+            .collect())
+    }
+
+    /// 0, or a negative code.
+    fn remove(&self, py: Python<'_>, key: &str) -> PyResult<i64> {
+        let client = self.client()?;
+        Ok(unit_code(&py.detach(|| client.remove(key))))
+    }
+
+    /// 0, or a negative code (INVALID_PARAMS for a null or overlapping range).
+    fn register_buffer(&self, py: Python<'_>, buffer_ptr: u64, size: usize) -> PyResult<i64> {
+        let client = self.client()?;
+        if buffer_ptr == 0 {
+            return Ok(INVALID_PARAMS);
+        }
+        // SAFETY: Mooncake's contract for this call, which its callers follow: the range is
+        // memory of this process that stays allocated until unregistered.
+        let r = py.detach(|| unsafe { client.register_buffer(buffer_ptr as *mut u8, size) });
+        Ok(if r.is_ok() { 0 } else { INVALID_PARAMS })
+    }
+
+    /// 0, or a negative code.
+    fn unregister_buffer(&self, py: Python<'_>, buffer_ptr: u64) -> PyResult<i64> {
+        let client = self.client()?;
+        let r = py.detach(|| client.unregister_buffer(buffer_ptr as *mut u8));
+        Ok(if r.is_ok() { 0 } else { INVALID_PARAMS })
+    }
+
+    /// 0, or a negative code.
+    #[pyo3(signature = (key, buffer_ptr, size, config = None))]
+    fn put_from(
+        &self,
+        py: Python<'_>,
+        key: String,
+        buffer_ptr: u64,
+        size: u64,
+        config: Option<PyRef<'_, ReplicateConfig>>,
+    ) -> PyResult<i64> {
+        let r = self.put_many(
+            py,
+            vec![key],
+            vec![vec![buffer_ptr]],
+            vec![vec![size]],
+            config.as_deref(),
+        )?;
+        Ok(r.first().copied().unwrap_or(INVALID_PARAMS))
+    }
+
+    /// Bytes read, or a negative code.
+    fn get_into(&self, py: Python<'_>, key: String, buffer_ptr: u64, size: u64) -> PyResult<i64> {
+        let r = self.get_many(py, vec![key], vec![vec![buffer_ptr]], vec![vec![size]])?;
+        Ok(r.first().copied().unwrap_or(INVALID_PARAMS))
+    }
+
+    /// Per key 0 or a negative code.
+    #[pyo3(signature = (keys, buffer_ptrs, sizes, config = None))]
+    fn batch_put_from(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        buffer_ptrs: Vec<u64>,
+        sizes: Vec<u64>,
+        config: Option<PyRef<'_, ReplicateConfig>>,
+    ) -> PyResult<Vec<i64>> {
+        self.put_many(
+            py,
+            keys,
+            singletons(buffer_ptrs),
+            singletons(sizes),
+            config.as_deref(),
+        )
+    }
+
+    /// Per key bytes read or a negative code.
+    fn batch_get_into(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        buffer_ptrs: Vec<u64>,
+        sizes: Vec<u64>,
+    ) -> PyResult<Vec<i64>> {
+        self.get_many(py, keys, singletons(buffer_ptrs), singletons(sizes))
+    }
+
+    /// Each object gathered from several registered ranges: per key 0 or a negative code.
+    #[pyo3(signature = (keys, all_buffer_ptrs, all_sizes, config = None))]
+    fn batch_put_from_multi_buffers(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        all_buffer_ptrs: Vec<Vec<u64>>,
+        all_sizes: Vec<Vec<u64>>,
+        config: Option<PyRef<'_, ReplicateConfig>>,
+    ) -> PyResult<Vec<i64>> {
+        self.put_many(py, keys, all_buffer_ptrs, all_sizes, config.as_deref())
+    }
+
+    /// Each object scattered into several registered ranges: per key bytes or a negative code.
+    fn batch_get_into_multi_buffers(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        all_buffer_ptrs: Vec<Vec<u64>>,
+        all_sizes: Vec<Vec<u64>>,
+    ) -> PyResult<Vec<i64>> {
+        self.get_many(py, keys, all_buffer_ptrs, all_sizes)
+    }
+
+    /// Unmounts and disconnects; 0.
+    fn close(&self, py: Python<'_>) -> i64 {
+        let client = self
+            .client
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(c) = client {
+            py.detach(|| c.close());
+        }
+        0
+    }
+}
