@@ -276,6 +276,38 @@ class GpuTest(unittest.TestCase):
         holder.close()
         master.stop()
 
+    def test_layerwise_blocks_through_the_mooncake_api(self):
+        """vLLM's layout: one KV tensor per layer; one object per block gathers that block
+        from every layer (batch_put_from_multi_buffers), scattered back likewise."""
+        import torch
+
+        master = Master()
+        holder = Store(master.address, segment_size=256 * MIB, protocol="tcp")
+        store = MooncakeDistributedStore()
+        self.assertEqual(store.setup("127.0.0.1", "P2PHANDSHAKE", 0, 64 * MIB, "tcp", "", master.address), 0)
+        layers, blocks = 16, 12
+        src = [torch.randn(2, blocks, 16, 4, 64, device="cuda", dtype=torch.float16) for _ in range(layers)]
+        dst = [torch.zeros_like(t) for t in src]
+        torch.cuda.synchronize()
+        for t in src + dst:
+            self.assertEqual(store.register_buffer(t.data_ptr(), t.numel() * t.element_size()), 0)
+        # Per layer and block: the K and V halves are two ranges.
+        part = src[0][0, 0].numel() * src[0].element_size()
+        keys = [f"seq3/block{b}" for b in range(blocks)]
+        ptrs = [[t[kv, b].data_ptr() for t in src for kv in (0, 1)] for b in range(blocks)]
+        back = [[t[kv, b].data_ptr() for t in dst for kv in (0, 1)] for b in range(blocks)]
+        sizes = [[part] * (2 * layers) for _ in range(blocks)]
+        self.assertEqual(store.batch_put_from_multi_buffers(keys, ptrs, sizes), [0] * blocks)
+        self.assertEqual(store.batch_get_into_multi_buffers(keys, back, sizes), [2 * layers * part] * blocks)
+        torch.cuda.synchronize()
+        for a, b in zip(src, dst):
+            self.assertTrue(torch.equal(a, b))
+        for t in src + dst:
+            self.assertEqual(store.unregister_buffer(t.data_ptr()), 0)
+        store.close()
+        holder.close()
+        master.stop()
+
 
 if __name__ == "__main__":
     unittest.main()
