@@ -53,6 +53,8 @@ impl ReplicateConfig {
 }
 
 impl ReplicateConfig {
+    /// Taken by value from Python (a copy), so no borrow of the Python object is held while
+    /// a call runs without the GIL.
     fn to_store(cfg: Option<&Self>) -> store_client::ReplicateConfig {
         let c = cfg.cloned().unwrap_or_else(Self::new);
         store_client::ReplicateConfig {
@@ -227,10 +229,10 @@ impl MooncakeDistributedStore {
         py: Python<'_>,
         key: &str,
         value: PyBackedBytes,
-        config: Option<PyRef<'_, ReplicateConfig>>,
+        config: Option<ReplicateConfig>,
     ) -> PyResult<i64> {
         let client = self.client()?;
-        let cfg = ReplicateConfig::to_store(config.as_deref());
+        let cfg = ReplicateConfig::to_store(config.as_ref());
         let r = py.detach(|| client.batch_put_with(&[(key, &value[..])], &cfg));
         Ok(r.first().map_or(INVALID_PARAMS, put_code))
     }
@@ -242,13 +244,13 @@ impl MooncakeDistributedStore {
         py: Python<'_>,
         keys: Vec<String>,
         values: Vec<PyBackedBytes>,
-        config: Option<PyRef<'_, ReplicateConfig>>,
+        config: Option<ReplicateConfig>,
     ) -> PyResult<i64> {
         let client = self.client()?;
         if keys.len() != values.len() {
             return Ok(INVALID_PARAMS);
         }
-        let cfg = ReplicateConfig::to_store(config.as_deref());
+        let cfg = ReplicateConfig::to_store(config.as_ref());
         let items: Vec<(&str, &[u8])> = keys
             .iter()
             .map(String::as_str)
@@ -332,14 +334,14 @@ impl MooncakeDistributedStore {
         key: String,
         buffer_ptr: u64,
         size: u64,
-        config: Option<PyRef<'_, ReplicateConfig>>,
+        config: Option<ReplicateConfig>,
     ) -> PyResult<i64> {
         let r = self.put_many(
             py,
             vec![key],
             vec![vec![buffer_ptr]],
             vec![vec![size]],
-            config.as_deref(),
+            config.as_ref(),
         )?;
         Ok(r.first().copied().unwrap_or(INVALID_PARAMS))
     }
@@ -358,14 +360,14 @@ impl MooncakeDistributedStore {
         keys: Vec<String>,
         buffer_ptrs: Vec<u64>,
         sizes: Vec<u64>,
-        config: Option<PyRef<'_, ReplicateConfig>>,
+        config: Option<ReplicateConfig>,
     ) -> PyResult<Vec<i64>> {
         self.put_many(
             py,
             keys,
             singletons(buffer_ptrs),
             singletons(sizes),
-            config.as_deref(),
+            config.as_ref(),
         )
     }
 
@@ -388,9 +390,9 @@ impl MooncakeDistributedStore {
         keys: Vec<String>,
         all_buffer_ptrs: Vec<Vec<u64>>,
         all_sizes: Vec<Vec<u64>>,
-        config: Option<PyRef<'_, ReplicateConfig>>,
+        config: Option<ReplicateConfig>,
     ) -> PyResult<Vec<i64>> {
-        self.put_many(py, keys, all_buffer_ptrs, all_sizes, config.as_deref())
+        self.put_many(py, keys, all_buffer_ptrs, all_sizes, config.as_ref())
     }
 
     /// Each object scattered into several registered ranges: per key bytes or a negative code.

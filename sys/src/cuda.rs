@@ -29,7 +29,11 @@ type CuHandle = *mut c_void;
 const CUDA_SUCCESS: CuResult = 0;
 const CU_POINTER_ATTRIBUTE_MEMORY_TYPE: c_int = 2;
 const CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL: c_int = 9;
+const CU_POINTER_ATTRIBUTE_RANGE_START_ADDR: c_int = 11;
+const CU_POINTER_ATTRIBUTE_RANGE_SIZE: c_int = 12;
 const CU_MEMORYTYPE_DEVICE: c_uint = 2;
+/// What the driver answers for an address it did not allocate (plain host memory).
+const CUDA_ERROR_INVALID_VALUE: CuResult = 1;
 const CU_STREAM_NON_BLOCKING: c_uint = 1;
 const CU_MEMHOSTALLOC_PORTABLE: c_uint = 1;
 
@@ -61,7 +65,9 @@ struct Api {
     device_get_count: unsafe extern "C" fn(*mut c_int) -> CuResult,
     device_get: unsafe extern "C" fn(*mut CuDevice, c_int) -> CuResult,
     primary_ctx_retain: unsafe extern "C" fn(*mut CuHandle, CuDevice) -> CuResult,
-    ctx_set_current: unsafe extern "C" fn(CuHandle) -> CuResult,
+    ctx_push_current: unsafe extern "C" fn(CuHandle) -> CuResult,
+    ctx_pop_current: unsafe extern "C" fn(*mut CuHandle) -> CuResult,
+    stream_destroy: unsafe extern "C" fn(CuHandle) -> CuResult,
     stream_create: unsafe extern "C" fn(*mut CuHandle, c_uint) -> CuResult,
     stream_synchronize: unsafe extern "C" fn(CuHandle) -> CuResult,
     mem_alloc: unsafe extern "C" fn(*mut CuDevicePtr, usize) -> CuResult,
@@ -142,7 +148,9 @@ impl Cuda {
                 device_get_count: sym(&lib, "cuDeviceGetCount")?,
                 device_get: sym(&lib, "cuDeviceGet")?,
                 primary_ctx_retain: sym(&lib, "cuDevicePrimaryCtxRetain")?,
-                ctx_set_current: sym(&lib, "cuCtxSetCurrent")?,
+                ctx_push_current: sym(&lib, "cuCtxPushCurrent_v2")?,
+                ctx_pop_current: sym(&lib, "cuCtxPopCurrent_v2")?,
+                stream_destroy: sym(&lib, "cuStreamDestroy_v2")?,
                 stream_create: sym(&lib, "cuStreamCreate")?,
                 stream_synchronize: sym(&lib, "cuStreamSynchronize")?,
                 mem_alloc: sym(&lib, "cuMemAlloc_v2")?,
@@ -184,8 +192,13 @@ impl Cuda {
 
     fn check(&self, call: &'static str, code: CuResult) -> Result<(), CudaError> {
         if code == CUDA_SUCCESS {
-            return Ok(());
+            Ok(())
+        } else {
+            Err(self.error(call, code))
         }
+    }
+
+    fn error(&self, call: &'static str, code: CuResult) -> CudaError {
         let text = |f: unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult| {
             let mut p: *const c_char = std::ptr::null();
             // SAFETY: the driver writes a pointer to a static NUL-terminated string, or
@@ -198,40 +211,64 @@ impl Cuda {
                 }
             }
         };
-        Err(CudaError::Call {
+        CudaError::Call {
             call,
             code,
             name: text(self.api.get_error_name),
             message: text(self.api.get_error_string),
-        })
+        }
     }
 
-    /// The device whose memory `ptr` points into, or `None` for host memory and pointers CUDA
-    /// does not know.
-    pub fn device_of(&self, ptr: u64) -> Option<u32> {
-        let mut kind: c_uint = 0;
-        let mut ordinal: c_int = -1;
-        // SAFETY: the attribute calls only inspect the address (any value is allowed) and
-        // write one 4-byte value each into the given locals.
-        unsafe {
-            let k = (self.api.pointer_get_attribute)(
-                (&mut kind as *mut c_uint).cast(),
-                CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
-                ptr,
-            );
-            if k != CUDA_SUCCESS || kind != CU_MEMORYTYPE_DEVICE {
-                return None;
-            }
-            let o = (self.api.pointer_get_attribute)(
-                (&mut ordinal as *mut c_int).cast(),
-                CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
-                ptr,
-            );
-            if o != CUDA_SUCCESS {
-                return None;
-            }
+    /// Reads one pointer attribute into `T` (a 4- or 8-byte value).
+    fn attribute<T: Default>(&self, attr: c_int, ptr: u64) -> Result<T, CuResult> {
+        let mut v = T::default();
+        // SAFETY: the attribute call only inspects the address (any value is allowed) and
+        // writes one value of the attribute's type, which the callers match with `T`.
+        let r = unsafe { (self.api.pointer_get_attribute)((&mut v as *mut T).cast(), attr, ptr) };
+        if r == CUDA_SUCCESS {
+            Ok(v)
+        } else {
+            Err(r)
         }
-        u32::try_from(ordinal).ok()
+    }
+
+    /// The device whose memory `ptr` points into: `Ok(None)` for host memory (also pinned or
+    /// managed memory, which the host reaches) and addresses the driver did not allocate; an
+    /// error when the driver cannot tell.
+    pub fn memory_of(&self, ptr: u64) -> Result<Option<u32>, CudaError> {
+        let kind = match self.attribute::<c_uint>(CU_POINTER_ATTRIBUTE_MEMORY_TYPE, ptr) {
+            Ok(k) => k,
+            Err(CUDA_ERROR_INVALID_VALUE) => return Ok(None),
+            Err(code) => return Err(self.error("cuPointerGetAttribute", code)),
+        };
+        if kind != CU_MEMORYTYPE_DEVICE {
+            return Ok(None);
+        }
+        let ordinal = self
+            .attribute::<c_int>(CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, ptr)
+            .map_err(|code| self.error("cuPointerGetAttribute", code))?;
+        u32::try_from(ordinal)
+            .map(Some)
+            .map_err(|_| CudaError::Invalid(format!("the driver gave device ordinal {ordinal}")))
+    }
+
+    /// The device whose memory `ptr` points into, or `None` (see [`Cuda::memory_of`]; an
+    /// undecidable pointer counts as not device memory here).
+    pub fn device_of(&self, ptr: u64) -> Option<u32> {
+        self.memory_of(ptr).ok().flatten()
+    }
+
+    /// The device allocation holding `ptr`: `(device, start, size)`, or `None` if `ptr` is
+    /// not device memory.
+    pub fn allocation_of(&self, ptr: u64) -> Option<(u32, u64, u64)> {
+        let device = self.device_of(ptr)?;
+        let start = self
+            .attribute::<u64>(CU_POINTER_ATTRIBUTE_RANGE_START_ADDR, ptr)
+            .ok()?;
+        let size = self
+            .attribute::<usize>(CU_POINTER_ATTRIBUTE_RANGE_SIZE, ptr)
+            .ok()?;
+        Some((device, start, size as u64))
     }
 
     /// Runs `f` with `device`'s primary context current on this thread and a copy stream
@@ -274,30 +311,53 @@ impl Cuda {
             };
             (dc.ctx, dc.idle.pop())
         };
+        // The caller's current context (PyTorch's, say) is pushed down, not replaced, and
+        // restored on the way out.
         // SAFETY: `ctx` is a retained primary context.
-        self.check("cuCtxSetCurrent", unsafe {
-            (self.api.ctx_set_current)(ctx)
-        })?;
-        let stream = match idle {
-            Some(s) => s,
+        if let Err(e) = self.check("cuCtxPushCurrent", unsafe {
+            (self.api.ctx_push_current)(ctx)
+        }) {
+            if let Some(s) = idle {
+                self.return_stream(device, s);
+            }
+            return Err(e);
+        }
+        let out = match idle {
+            Some(s) => Ok(s),
             None => {
                 let mut s: CuHandle = std::ptr::null_mut();
                 // SAFETY: valid out-pointer, with the device's context current.
                 self.check("cuStreamCreate", unsafe {
                     (self.api.stream_create)(&mut s, CU_STREAM_NON_BLOCKING)
-                })?;
-                s
-            }
-        };
-        let out = f(stream);
-        // A stream whose copy failed may hold an error state: only healthy ones go back.
-        if out.is_ok() {
-            let mut ctxs = self.ctxs.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(dc) = ctxs.get_mut(&device) {
-                dc.idle.push(stream);
+                })
+                .map(|()| s)
             }
         }
+        .and_then(|stream| {
+            let out = f(stream);
+            if out.is_ok() {
+                self.return_stream(device, stream);
+            } else {
+                // A stream whose work failed may carry the error: wait for it, then drop it.
+                // SAFETY: `stream` is ours and no other thread uses it.
+                unsafe {
+                    let _ = (self.api.stream_synchronize)(stream);
+                    let _ = (self.api.stream_destroy)(stream);
+                }
+            }
+            out
+        });
+        let mut popped: CuHandle = std::ptr::null_mut();
+        // SAFETY: pops the context pushed above, on the same thread.
+        let _ = unsafe { (self.api.ctx_pop_current)(&mut popped) };
         out
+    }
+
+    fn return_stream(&self, device: u32, stream: CuHandle) {
+        let mut ctxs = self.ctxs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(dc) = ctxs.get_mut(&device) {
+            dc.idle.push(stream);
+        }
     }
 
     /// Copies `len` bytes from `src` to `dst` (each host or device memory of the unified
@@ -353,11 +413,11 @@ impl Cuda {
 
     /// Allocates `len` bytes (> 0) of pinned host memory, usable by every context (copies
     /// from and to it run at the bus's speed and asynchronously).
-    pub fn alloc_pinned(&'static self, len: usize) -> Result<PinnedBuffer, CudaError> {
+    pub fn alloc_pinned(&'static self, device: u32, len: usize) -> Result<PinnedBuffer, CudaError> {
         if len == 0 {
             return Err(CudaError::Invalid("cannot allocate 0 bytes".into()));
         }
-        let ptr = self.with_device(0, |_| {
+        let ptr = self.with_device(device, |_| {
             let mut p: *mut c_void = std::ptr::null_mut();
             // SAFETY: valid out-pointer, non-zero size, a context current.
             self.check("cuMemHostAlloc", unsafe {
@@ -370,6 +430,7 @@ impl Cuda {
         unsafe { std::ptr::write_bytes(ptr, 0, len) };
         Ok(PinnedBuffer {
             cuda: self,
+            device,
             ptr,
             len,
         })
@@ -469,6 +530,8 @@ impl Drop for DeviceBuffer {
 /// Pinned (page-locked) host memory owned by this process, freed on drop.
 pub struct PinnedBuffer {
     cuda: &'static Cuda,
+    /// The device whose context allocated it (the memory itself is usable from every one).
+    device: u32,
     ptr: *mut u8,
     len: usize,
 }
@@ -504,7 +567,7 @@ impl std::ops::DerefMut for PinnedBuffer {
 
 impl Drop for PinnedBuffer {
     fn drop(&mut self) {
-        let _ = self.cuda.with_device(0, |_| {
+        let _ = self.cuda.with_device(self.device, |_| {
             // SAFETY: `ptr` came from cuMemHostAlloc and is freed once.
             self.cuda.check("cuMemFreeHost", unsafe {
                 (self.cuda.api.mem_free_host)(self.ptr.cast())

@@ -40,15 +40,29 @@ pub fn device_of(ptr: u64) -> Option<u32> {
     cuda().ok()?.device_of(ptr)
 }
 
-/// Where the memory at `ptr` lives: on the CUDA device the driver names, else the host. The
-/// first call loads the driver (fails fast on hosts without one; the outcome is kept).
-pub fn location_of(ptr: u64) -> Location {
-    device_of(ptr).map_or(Location::Host, Location::Cuda)
+/// Where the memory at `ptr` lives: on the CUDA device the driver names, else the host (also
+/// on hosts without CUDA). The first call loads the driver (fails fast on hosts without one;
+/// the outcome is kept). An error when the driver is there but cannot tell: registering such
+/// memory as host memory could hand a device address to a socket or a CPU copy.
+pub fn location_of(ptr: u64) -> Result<Location, TransferError> {
+    let Ok(cuda) = cuda() else {
+        return Ok(Location::Host);
+    };
+    match cuda.memory_of(ptr) {
+        Ok(Some(d)) => Ok(Location::Cuda(d)),
+        Ok(None) => Ok(Location::Host),
+        Err(e) => Err(TransferError::InvalidArgument(format!(
+            "cannot tell whether {ptr:#x} is GPU memory: {e}"
+        ))),
+    }
 }
 
-/// Refuses a region claimed to be on a device unless the driver agrees for its first and its
-/// last byte (a device allocation is contiguous, so a range whose ends lie in one allocation
-/// is wholly inside it).
+/// Most device allocations one registration may span.
+const MAX_SPANNED_ALLOCATIONS: usize = 1 << 16;
+
+/// Refuses a region claimed to be on a device unless the driver places every byte of it in
+/// device allocations of that device with no gap between them (one allocation, or adjacent
+/// mappings of one reserved range).
 pub fn check_region(region: &Region) -> Result<(), TransferError> {
     let Location::Cuda(device) = region.location else {
         return Ok(());
@@ -61,25 +75,40 @@ pub fn check_region(region: &Region) -> Result<(), TransferError> {
             "cannot register memory of CUDA device {device}: {e}"
         ))
     })?;
-    let last = region.addr.saturating_add(region.len - 1);
-    for (what, at) in [("first", region.addr), ("last", last)] {
-        match cuda.device_of(at) {
-            Some(d) if d == device => {}
-            Some(d) => {
-                return Err(TransferError::InvalidArgument(format!(
-                    "memory [{:#x}, +{}) registered as CUDA device {device}: its {what} byte is on device {d}",
-                    region.addr, region.len
-                )))
-            }
-            None => {
-                return Err(TransferError::InvalidArgument(format!(
-                    "memory [{:#x}, +{}) registered as CUDA device {device}: its {what} byte is not device memory",
-                    region.addr, region.len
-                )))
-            }
+    let refuse = |why: String| {
+        TransferError::InvalidArgument(format!(
+            "memory [{:#x}, +{}) registered as CUDA device {device}: {why}",
+            region.addr, region.len
+        ))
+    };
+    let end = region.addr.saturating_add(region.len);
+    let mut at = region.addr;
+    for _ in 0..MAX_SPANNED_ALLOCATIONS {
+        let (d, start, size) = cuda.allocation_of(at).ok_or_else(|| {
+            let what = if at == region.addr {
+                "its first byte"
+            } else {
+                "a byte inside it"
+            };
+            refuse(format!("{what} ({at:#x}) is not device memory"))
+        })?;
+        if d != device {
+            return Err(refuse(format!("byte {at:#x} is on device {d}")));
         }
+        let next = start.saturating_add(size);
+        if next <= at {
+            return Err(refuse(format!(
+                "the driver reports an empty allocation at {at:#x}"
+            )));
+        }
+        if next >= end {
+            return Ok(());
+        }
+        at = next;
     }
-    Ok(())
+    Err(refuse(format!(
+        "it spans more than {MAX_SPANNED_ALLOCATIONS} allocations"
+    )))
 }
 
 /// Staging buffers are pinned in sizes that are powers of two, at least this.
@@ -108,8 +137,10 @@ pub struct Staging {
 }
 
 impl Staging {
-    /// A staging buffer of `len` bytes (contents unspecified but initialised).
-    pub fn new(len: usize) -> Staging {
+    /// A staging buffer of `len` bytes for copies with `device` (contents unspecified but
+    /// initialised). Pinned memory is allocated under that device's context, so a process
+    /// working with one GPU never creates a context on another.
+    pub fn new(device: u32, len: usize) -> Staging {
         let size = len.next_power_of_two().max(MIN_STAGING);
         let pooled = POOL.lock().as_mut().and_then(|p| {
             let b = p.by_size.get_mut(&size)?.pop()?;
@@ -118,7 +149,7 @@ impl Staging {
         });
         let mem = match pooled {
             Some(b) => Mem::Pinned(b),
-            None => match cuda().and_then(|c| c.alloc_pinned(size)) {
+            None => match cuda().and_then(|c| c.alloc_pinned(device, size)) {
                 Ok(b) => Mem::Pinned(b),
                 Err(e) => {
                     tracing::debug!(error = %e, "pinned staging unavailable; using heap memory");
@@ -185,7 +216,7 @@ pub unsafe fn read_device(device: u32, src: u64, len: usize) -> Result<Staging, 
 /// # Safety
 /// As for [`read_device`], for every range.
 pub unsafe fn read_device_many(reads: &[(u32, u64, usize)]) -> Vec<Result<Staging, String>> {
-    let mut out: Vec<Staging> = reads.iter().map(|r| Staging::new(r.2)).collect();
+    let mut out: Vec<Staging> = reads.iter().map(|r| Staging::new(r.0, r.2)).collect();
     let copies: Vec<GpuCopy> = reads
         .iter()
         .zip(out.iter_mut())

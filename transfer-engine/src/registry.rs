@@ -100,7 +100,9 @@ pub struct MemoryRegistry {
 impl MemoryRegistry {
     /// Adds a region (see [`RegionSet::insert`]).
     pub fn insert(&self, region: Region) -> Result<(), TransferError> {
-        self.inner.write().insert(region)?;
+        // The count changes under the write lock: whoever finds the region also sees it.
+        let mut set = self.inner.write();
+        set.insert(region)?;
         if region.location != Location::Host {
             self.devices.fetch_add(1, Ordering::AcqRel);
         }
@@ -109,7 +111,8 @@ impl MemoryRegistry {
 
     /// Removes the region starting at `addr`.
     pub fn remove(&self, addr: u64) -> Result<Region, TransferError> {
-        let region = self.inner.write().remove(addr)?;
+        let mut set = self.inner.write();
+        let region = set.remove(addr)?;
         if region.location != Location::Host {
             self.devices.fetch_sub(1, Ordering::AcqRel);
         }

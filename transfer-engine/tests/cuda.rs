@@ -82,24 +82,29 @@ fn all_completed(st: &[TransferStatus], reqs: &[TransferRequest]) {
 fn cuda_registration_checks_the_range_against_the_driver() {
     let e = engine(MIB);
     let d = device(MIB);
-    assert_eq!(gpu::location_of(d.ptr()), Location::Cuda(0));
+    assert_eq!(gpu::location_of(d.ptr()).unwrap(), Location::Cuda(0));
     let mut host = AlignedBuffer::new(4096).unwrap();
-    assert_eq!(gpu::location_of(host.addr()), Location::Host);
+    assert_eq!(gpu::location_of(host.addr()).unwrap(), Location::Host);
     // SAFETY: every registration below is refused or undone before the buffers drop.
     unsafe {
         let past_end = e.register_memory(d.ptr() as *mut u8, MIB + 4096, Location::Cuda(0));
         assert!(
-            matches!(&past_end, Err(TransferError::InvalidArgument(m)) if m.contains("last byte")),
+            matches!(&past_end, Err(TransferError::InvalidArgument(m)) if m.contains("is not device memory")),
             "{past_end:?}"
         );
         let host_as_gpu = e.register_memory(host.as_mut_ptr(), 4096, Location::Cuda(0));
         assert!(
-            matches!(&host_as_gpu, Err(TransferError::InvalidArgument(m)) if m.contains("first byte is not device memory")),
+            matches!(&host_as_gpu, Err(TransferError::InvalidArgument(m))
+                if m.contains("first byte") && m.contains("not device memory")),
             "{host_as_gpu:?}"
         );
         let other = e.register_memory(d.ptr() as *mut u8, MIB, Location::Cuda(7));
         assert!(other.is_err(), "{other:?}");
     }
+    // A range inside one allocation is fine.
+    // SAFETY: unregistered below, before `d` drops.
+    unsafe { e.register_memory((d.ptr() + 4096) as *mut u8, 8192, Location::Cuda(0)) }.unwrap();
+    e.unregister_memory((d.ptr() + 4096) as *mut u8).unwrap();
     register_device(&e, &d);
     e.unregister_memory(d.ptr() as *mut u8).unwrap();
 }
@@ -155,12 +160,19 @@ fn cuda_memcpy_transport_moves_bytes_between_host_and_device_memory() {
         d1.ptr() + len as u64 - 8,
         16,
     ));
+    // Overlapping source and destination in one GPU buffer: refused, not handed to the driver.
+    reqs.push(req(OpCode::Write, d1.ptr(), me, d1.ptr() + 16, 64));
     let st = run(&e, &reqs);
     all_completed(&st[..n], &reqs[..n]);
     assert!(
         matches!(st[n].state, TransferState::Failed(_)),
         "{:?}",
         st[n]
+    );
+    assert!(
+        matches!(&st[n + 1].state, TransferState::Failed(m) if m.contains("overlap")),
+        "{:?}",
+        st[n + 1]
     );
     assert!(
         read_back(&d2)[..n * piece] == v[..n * piece],

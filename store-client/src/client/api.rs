@@ -217,7 +217,13 @@ impl Client {
     /// [`Client::unregister_buffer`] returns; peers read and write it during calls using it.
     pub unsafe fn register_buffer(&self, ptr: *mut u8, len: usize) -> Result<(), ClientError> {
         self.inner.buffers.write().insert(ptr as u64, len as u64)?;
-        let location = transfer_engine::gpu::location_of(ptr as u64);
+        let location = match transfer_engine::gpu::location_of(ptr as u64) {
+            Ok(l) => l,
+            Err(e) => {
+                self.inner.buffers.write().remove(ptr as u64);
+                return Err(e.into());
+            }
+        };
         // SAFETY: forwarded from this function's contract.
         if let Err(e) = unsafe { self.inner.engine.register_memory(ptr, len, location) } {
             self.inner.buffers.write().remove(ptr as u64);

@@ -60,6 +60,14 @@ impl Transport for LocalTransport {
                         OpCode::Write => (r.local_addr, local, r.target_offset, target.location),
                     };
                     if src_loc != Location::Host || dst_loc != Location::Host {
+                        if src < dst.saturating_add(r.len) && dst < src.saturating_add(r.len) {
+                            return Some((
+                                i,
+                                TransferStatus::failed(
+                                    "source and destination overlap: the GPU driver copies only disjoint ranges",
+                                ),
+                            ));
+                        }
                         // The driver's copies of a batch run together, with one wait.
                         let copy = gpu::GpuCopy {
                             dst,

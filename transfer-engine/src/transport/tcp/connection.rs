@@ -420,7 +420,7 @@ fn receive_loop(shared: &Shared, stream: TcpStream) {
         }
         match h.kind {
             FrameKind::ReadResp => {
-                let mut staging = part.device.map(|_| gpu::Staging::new(part.len as usize));
+                let mut staging = part.device.map(|d| gpu::Staging::new(d, part.len as usize));
                 let dst = if let Some(st) = staging.as_mut() {
                     &mut st[..]
                 } else {

@@ -167,7 +167,8 @@ pub fn serve(stream: TcpStream, registry: &MemoryRegistry, segment: &str) -> io:
                         });
                     }
                     Ok(Location::Cuda(device)) => {
-                        let mut staging = gpu::Staging::new(h.len.min(STAGE_CHUNK) as usize);
+                        let mut staging =
+                            gpu::Staging::new(device, h.len.min(STAGE_CHUNK) as usize);
                         let mut copied = Ok(());
                         let mut off = 0;
                         while off < h.len {
