@@ -24,7 +24,7 @@ use transfer_engine::AlignedBuffer;
 
 pub use holder::{run_holder, HolderArgs};
 
-use cells::CellRun;
+use cells::{CellRun, GpuBufs};
 use holder::HolderProcess;
 use reference::Pattern;
 use report::{Check, EngineRead, Report, Row};
@@ -37,6 +37,10 @@ pub struct Args {
     /// embedded master.
     #[arg(long)]
     master: Option<String>,
+    /// Keep the zero-copy calls' buffers (put_from / get_into and their batch forms) in GPU
+    /// memory (CUDA device 0); every byte is still verified on the host.
+    #[arg(long)]
+    gpu: bool,
     /// Pool-holding child processes to start (0 with --master: use the deployment's pool).
     #[arg(long, default_value_t = 1)]
     holders: usize,
@@ -200,6 +204,22 @@ async fn bench(
         client.register_buffer(src.as_mut_ptr(), src.len())?;
         client.register_buffer(dst.as_mut_ptr(), dst.len())?;
     }
+    let mut gpu = if args.gpu {
+        let cuda = transfer_engine::gpu::cuda()?;
+        let g = GpuBufs {
+            src: cuda.alloc(0, biggest as usize)?,
+            dst: cuda.alloc(0, biggest as usize)?,
+        };
+        // SAFETY: both allocations live until the end of this function and are unregistered
+        // first.
+        unsafe {
+            client.register_buffer(g.src.ptr() as *mut u8, g.src.len())?;
+            client.register_buffer(g.dst.ptr() as *mut u8, g.dst.len())?;
+        }
+        Some(g)
+    } else {
+        None
+    };
     let replicate = ReplicateConfig {
         replica_num: args.replicas,
         ..Default::default()
@@ -238,6 +258,9 @@ async fn bench(
         {
             data::fill(ci as u64 + 1, i as u64, chunk);
         }
+        if let Some(g) = gpu.as_mut() {
+            g.src.write(0, &src.as_slice()[..bytes])?;
+        }
         progress.set_message(format!("{} B x {}", cell.value_size, cell.batch));
         let mut reference: Option<(usize, u64)> = None;
         let mut run = CellRun {
@@ -250,6 +273,7 @@ async fn bench(
             replicate: &replicate,
             cell,
             keys: n,
+            gpu: gpu.as_mut(),
         };
         let cell_rows = run
             .run(|_| {
@@ -280,6 +304,10 @@ async fn bench(
     progress.finish_and_clear();
     client.unregister_buffer(src.as_mut_ptr())?;
     client.unregister_buffer(dst.as_mut_ptr())?;
+    if let Some(g) = &gpu {
+        client.unregister_buffer(g.src.ptr() as *mut u8)?;
+        client.unregister_buffer(g.dst.ptr() as *mut u8)?;
+    }
     client.close().await;
     let checks = checks(&rows, engine_read.as_ref());
     Ok(Report {

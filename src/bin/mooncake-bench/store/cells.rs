@@ -6,10 +6,19 @@
 use std::time::{Duration, Instant};
 
 use store_client::{BufferSlice, Client, KeyResult, ReplicateConfig};
+use transfer_engine::gpu::DeviceBuffer;
 use transfer_engine::AlignedBuffer;
 
 use super::report::{Measured, Row};
 use super::sizes::Cell;
+
+/// GPU buffers for the zero-copy calls (`--gpu`), laid out like `src` / `dst`.
+pub struct GpuBufs {
+    /// Holds a copy of `src`.
+    pub src: DeviceBuffer,
+    /// Zero-copy reads land here.
+    pub dst: DeviceBuffer,
+}
 
 /// Everything a cell needs.
 pub struct CellRun<'a> {
@@ -24,6 +33,8 @@ pub struct CellRun<'a> {
     pub replicate: &'a ReplicateConfig,
     pub cell: Cell,
     pub keys: usize,
+    /// With `--gpu`: the zero-copy calls use these instead of `src` / `dst`.
+    pub gpu: Option<&'a mut GpuBufs>,
 }
 
 /// Accumulates calls of one row.
@@ -79,8 +90,14 @@ impl CellRun<'_> {
         &self.src.as_slice()[i * s..(i + 1) * s]
     }
 
-    fn slice(buf: &AlignedBuffer, i: usize, s: u64) -> BufferSlice {
-        BufferSlice::new(buf.addr() + i as u64 * s, s)
+    fn slice(base: u64, i: usize, s: u64) -> BufferSlice {
+        BufferSlice::new(base + i as u64 * s, s)
+    }
+
+    /// Object `i` in the zero-copy source (GPU memory with `--gpu`).
+    fn src_slice(&self, i: usize, s: u64) -> BufferSlice {
+        let base = self.gpu.as_ref().map_or(self.src.addr(), |g| g.src.ptr());
+        Self::slice(base, i, s)
     }
 
     fn chunks(&self) -> Vec<std::ops::Range<usize>> {
@@ -182,7 +199,7 @@ impl CellRun<'_> {
         for r in self.chunks() {
             let items: Vec<(String, BufferSlice)> = r
                 .clone()
-                .map(|i| (self.key("pf", i), Self::slice(self.src, i, s)))
+                .map(|i| (self.key("pf", i), self.src_slice(i, s)))
                 .collect();
             let t = Instant::now();
             let res = if self.cell.batch == 1 {
@@ -200,12 +217,18 @@ impl CellRun<'_> {
         let mut acc = Acc::new();
         let s = self.cell.value_size;
         let bytes = self.keys * s as usize;
+        let dst_base = self.gpu.as_ref().map_or(self.dst.addr(), |g| g.dst.ptr());
         for _ in 0..self.read_rounds {
             self.dst.as_mut_slice()[..bytes].fill(0);
+            if let Some(g) = self.gpu.as_mut() {
+                if g.dst.write(0, &self.dst.as_slice()[..bytes]).is_err() {
+                    acc.m.verified = false;
+                }
+            }
             for r in self.chunks() {
                 let items: Vec<(String, BufferSlice)> = r
                     .clone()
-                    .map(|i| (self.key("pf", i), Self::slice(self.dst, i, s)))
+                    .map(|i| (self.key("pf", i), Self::slice(dst_base, i, s)))
                     .collect();
                 let t = Instant::now();
                 let res = if self.cell.batch == 1 {
@@ -215,6 +238,15 @@ impl CellRun<'_> {
                 };
                 acc.call(t.elapsed(), items.len(), s * items.len() as u64);
                 acc.check(&res, |_, n| *n == s);
+            }
+            if let Some(g) = self.gpu.as_ref() {
+                // The bytes read into GPU memory come back to the host for the check.
+                if g.dst
+                    .read(0, &mut self.dst.as_mut_slice()[..bytes])
+                    .is_err()
+                {
+                    acc.m.verified = false;
+                }
             }
             if self.dst.as_slice()[..bytes] != self.src.as_slice()[..bytes] {
                 acc.m.verified = false;
@@ -243,7 +275,7 @@ impl CellRun<'_> {
         let s = self.cell.value_size;
         // Objects written only to be removed (never read, so no read lease delays removal).
         let items: Vec<(String, BufferSlice)> = (0..self.keys)
-            .map(|i| (self.key("rm", i), Self::slice(self.src, i, s)))
+            .map(|i| (self.key("rm", i), self.src_slice(i, s)))
             .collect();
         let mut acc = Acc::new();
         for chunk in items.chunks(256) {
