@@ -245,6 +245,9 @@ impl Engine {
             let _ = local.transport.unregister_memory(&region);
             return Err(e);
         }
+        if let Location::Cuda(device) = location {
+            crate::gpu::prewarm(device);
+        }
         Ok(())
     }
 
