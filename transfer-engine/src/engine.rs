@@ -245,7 +245,8 @@ impl Engine {
             let _ = local.transport.unregister_memory(&region);
             return Err(e);
         }
-        if let Location::Cuda(device) = location {
+        // Only TCP stages GPU bytes through host memory (RDMA reaches them directly).
+        if let (Location::Cuda(device), Protocol::Tcp) = (location, self.protocol()) {
             crate::gpu::prewarm(device);
         }
         Ok(())
