@@ -78,11 +78,6 @@ fn put_code(r: &KeyResult<u64>) -> i64 {
     }
 }
 
-/// Status of a read: bytes read or the negative code.
-fn read_code(r: &KeyResult<u64>) -> i64 {
-    crate::code_of(r)
-}
-
 fn unit_code(r: &KeyResult<()>) -> i64 {
     match &r.result {
         Ok(()) => 0,
@@ -162,7 +157,7 @@ impl MooncakeDistributedStore {
             return Ok(vec![INVALID_PARAMS; keys.len()]);
         };
         let r = py.detach(|| client.batch_get_into_parts(&items));
-        Ok(r.iter().map(read_code).collect())
+        Ok(r.iter().map(crate::code_of).collect())
     }
 }
 

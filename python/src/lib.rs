@@ -65,6 +65,17 @@ fn slices(ptrs: &[u64], sizes: &[u64]) -> PyResult<Vec<BufferSlice>> {
         .collect())
 }
 
+/// One `(key, slice)` per key from parallel lists, refused unless all three agree in length.
+fn keyed_slices<'k>(
+    keys: &'k [String],
+    ptrs: &[u64],
+    sizes: &[u64],
+) -> PyResult<Vec<(&'k str, BufferSlice)>> {
+    same_len("addresses", keys.len(), ptrs.len())?;
+    let bufs = slices(ptrs, sizes)?;
+    Ok(keys.iter().map(String::as_str).zip(bufs).collect())
+}
+
 fn same_len(what: &str, a: usize, b: usize) -> PyResult<()> {
     if a == b {
         Ok(())
@@ -338,9 +349,7 @@ impl Store {
         ptrs: Vec<u64>,
         sizes: Vec<u64>,
     ) -> PyResult<Vec<i64>> {
-        same_len("addresses", keys.len(), ptrs.len())?;
-        let bufs = slices(&ptrs, &sizes)?;
-        let items: Vec<(&str, BufferSlice)> = keys.iter().map(String::as_str).zip(bufs).collect();
+        let items = keyed_slices(&keys, &ptrs, &sizes)?;
         let r = py.detach(|| self.client.batch_put_from(&items));
         Ok(r.iter().map(code_of).collect())
     }
@@ -353,9 +362,7 @@ impl Store {
         ptrs: Vec<u64>,
         sizes: Vec<u64>,
     ) -> PyResult<Vec<i64>> {
-        same_len("addresses", keys.len(), ptrs.len())?;
-        let bufs = slices(&ptrs, &sizes)?;
-        let items: Vec<(&str, BufferSlice)> = keys.iter().map(String::as_str).zip(bufs).collect();
+        let items = keyed_slices(&keys, &ptrs, &sizes)?;
         let r = py.detach(|| self.client.batch_get_into(&items));
         Ok(r.iter().map(code_of).collect())
     }

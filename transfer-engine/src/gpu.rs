@@ -35,11 +35,6 @@ pub fn reachable(location: Location) -> bool {
     }
 }
 
-/// The device `ptr` points into, if it is device memory this process can use.
-pub fn device_of(ptr: u64) -> Option<u32> {
-    cuda().ok()?.device_of(ptr)
-}
-
 /// Where the memory at `ptr` lives: on the CUDA device the driver names, else the host (also
 /// on hosts without CUDA). The first call loads the driver (fails fast on hosts without one;
 /// the outcome is kept). An error when the driver is there but cannot tell: registering such

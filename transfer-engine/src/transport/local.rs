@@ -37,6 +37,7 @@ impl Transport for LocalTransport {
         items: Vec<(usize, TransferRequest)>,
         sink: &CompletionSink,
     ) {
+        let devices = self.registry.has_device_memory();
         let mut gpu_copies: Vec<(usize, u64, gpu::GpuCopy)> = Vec::new();
         let results: Vec<_> = self.registry.with(|set| {
             items
@@ -51,10 +52,14 @@ impl Transport for LocalTransport {
                             )),
                         ));
                     };
-                    // The engine checked the local range; its region gives its location.
-                    let local = set
-                        .find(r.local_addr, r.len)
-                        .map_or(Location::Host, |l| l.location);
+                    // The engine checked the local range; its region gives its location (no
+                    // second lookup while only host memory is registered).
+                    let local = if devices {
+                        set.find(r.local_addr, r.len)
+                            .map_or(Location::Host, |l| l.location)
+                    } else {
+                        Location::Host
+                    };
                     let (src, src_loc, dst, dst_loc) = match r.op {
                         OpCode::Read => (r.target_offset, target.location, r.local_addr, local),
                         OpCode::Write => (r.local_addr, local, r.target_offset, target.location),

@@ -251,6 +251,38 @@ fn send_loop(shared: &Shared, rx: Receiver<Vec<Part>>) {
     }
 }
 
+/// Copies the payloads of WRITE parts from GPU memory into host staging (writev cannot read
+/// device memory), all with one driver wait; parts whose copy failed are finished as failed.
+/// Returns the parts to send, each with its staged payload if it has one.
+fn stage_gpu_writes(parts: Vec<Part>) -> (Vec<Part>, Vec<Option<gpu::Staging>>) {
+    let (gpu_writes, mut ready): (Vec<Part>, Vec<Part>) = parts
+        .into_iter()
+        .partition(|p| p.op == OpCode::Write && p.device.is_some());
+    let mut staged: Vec<Option<gpu::Staging>> = ready.iter().map(|_| None).collect();
+    if gpu_writes.is_empty() {
+        return (ready, staged);
+    }
+    let ranges: Vec<(u32, u64, usize)> = gpu_writes
+        .iter()
+        .filter_map(|p| p.device.map(|d| (d, p.local, p.len as usize)))
+        .collect();
+    // SAFETY: the engine checked each local range lies in memory registered on its device,
+    // which stays valid while registered; it is only read.
+    let copies = unsafe { gpu::read_device_many(&ranges) };
+    let mut failed = Completions::default();
+    for (p, copy) in gpu_writes.into_iter().zip(copies) {
+        match copy {
+            Ok(bytes) => {
+                ready.push(p);
+                staged.push(Some(bytes));
+            }
+            Err(e) => failed.finish(p, PartOutcome::Failed(format!("staging GPU memory: {e}"))),
+        }
+    }
+    failed.flush();
+    (ready, staged)
+}
+
 /// Records `parts` in the in-flight table and writes their frames with one `writev`.
 fn write_parts(shared: &Shared, w: &mut Writer, parts: Vec<Part>) {
     let Writer {
@@ -258,41 +290,7 @@ fn write_parts(shared: &Shared, w: &mut Writer, parts: Vec<Part>) {
         next_id,
         out,
     } = w;
-    // Device memory cannot be handed to writev: stage WRITE payloads in host memory first,
-    // all of them with one driver wait.
-    let reads: Vec<(usize, (u32, u64, usize))> = parts
-        .iter()
-        .enumerate()
-        .filter_map(|(k, p)| match (p.op, p.device) {
-            (OpCode::Write, Some(device)) => Some((k, (device, p.local, p.len as usize))),
-            _ => None,
-        })
-        .collect();
-    let mut staged: Vec<Option<Result<gpu::Staging, String>>> =
-        parts.iter().map(|_| None).collect();
-    if !reads.is_empty() {
-        let ranges: Vec<(u32, u64, usize)> = reads.iter().map(|(_, r)| *r).collect();
-        // SAFETY: the engine checked each local range lies in memory registered on its
-        // device, which stays valid while registered; it is only read.
-        let copies = unsafe { gpu::read_device_many(&ranges) };
-        for ((k, _), st) in reads.iter().zip(copies) {
-            staged[*k] = Some(st);
-        }
-    }
-    let mut unstaged = Completions::default();
-    let (parts, staged): (Vec<Part>, Vec<Option<gpu::Staging>>) = parts
-        .into_iter()
-        .zip(staged)
-        .filter_map(|(p, st)| match st {
-            Some(Err(e)) => {
-                unstaged.finish(p, PartOutcome::Failed(format!("staging GPU memory: {e}")));
-                None
-            }
-            Some(Ok(bytes)) => Some((p, Some(bytes))),
-            None => Some((p, None)),
-        })
-        .unzip();
-    unstaged.flush();
+    let (parts, staged) = stage_gpu_writes(parts);
     let mut ids = Vec::with_capacity(parts.len());
     for (p, staged) in parts.iter().zip(staged) {
         *next_id += 1;

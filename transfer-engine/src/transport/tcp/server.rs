@@ -51,23 +51,37 @@ fn refuse(out: &mut OutBatch, h: &Header, mut reason: String) {
 
 /// Answers for reads of GPU memory, gathered so that one driver wait stages them all.
 #[derive(Default)]
-struct GpuReads(Vec<(Header, u32)>);
+struct GpuReads {
+    reads: Vec<(Header, u32)>,
+    /// Payload bytes of `reads`.
+    bytes: u64,
+}
 
 impl GpuReads {
+    fn push(&mut self, h: Header, device: u32) {
+        self.bytes += h.len;
+        self.reads.push((h, device));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.reads.is_empty()
+    }
+
     /// Stages every gathered read and appends its answer (or its refusal) to `out`.
     fn stage_into(&mut self, out: &mut OutBatch) {
-        if self.0.is_empty() {
+        if self.reads.is_empty() {
             return;
         }
+        self.bytes = 0;
         let reads: Vec<(u32, u64, usize)> = self
-            .0
+            .reads
             .iter()
             .map(|(h, d)| (*d, h.addr, h.len as usize))
             .collect();
         // SAFETY: each range was checked to lie inside a region registered on its device,
         // which its owner keeps valid while registered; it is only read.
         let staged = unsafe { gpu::read_device_many(&reads) };
-        for ((h, _), st) in self.0.drain(..).zip(staged) {
+        for ((h, _), st) in self.reads.drain(..).zip(staged) {
             match st {
                 Ok(bytes) => {
                     out.header(&Header {
@@ -97,7 +111,7 @@ pub fn serve(stream: TcpStream, registry: &MemoryRegistry, segment: &str) -> io:
     let mut out = OutBatch::default();
     let mut gpu_reads = GpuReads::default();
     loop {
-        if !reader.header_buffered() && (!out.is_empty() || !gpu_reads.0.is_empty()) {
+        if !reader.header_buffered() && (!out.is_empty() || !gpu_reads.is_empty()) {
             flush(&mut out, &mut gpu_reads, &mut writer)?;
         }
         let Some(raw) = reader.read_header()? else {
@@ -115,7 +129,7 @@ pub fn serve(stream: TcpStream, registry: &MemoryRegistry, segment: &str) -> io:
                     // valid while registered; it is only read.
                     unsafe { out.raw(h.addr as *const u8, h.len as usize) };
                 }
-                Ok(Location::Cuda(device)) if h.len <= STAGE_CHUNK => gpu_reads.0.push((h, device)),
+                Ok(Location::Cuda(device)) if h.len <= STAGE_CHUNK => gpu_reads.push(h, device),
                 Ok(Location::Cuda(device)) => {
                     flush(&mut out, &mut gpu_reads, &mut writer)?;
                     // The first chunk is staged before the header so that a failing copy can
@@ -148,7 +162,7 @@ pub fn serve(stream: TcpStream, registry: &MemoryRegistry, segment: &str) -> io:
                 Err(why) => refuse(&mut out, &h, why),
             },
             FrameKind::WriteReq => {
-                if out.raw_bytes() > 0 || !gpu_reads.0.is_empty() {
+                if out.raw_bytes() > 0 || !gpu_reads.is_empty() {
                     // Queued read answers must leave before this write may change their bytes.
                     flush(&mut out, &mut gpu_reads, &mut writer)?;
                 }
@@ -206,9 +220,8 @@ pub fn serve(stream: TcpStream, registry: &MemoryRegistry, segment: &str) -> io:
                 ))
             }
         }
-        let gpu_bytes: u64 = gpu_reads.0.iter().map(|(h, _)| h.len).sum();
-        if out.pieces() + gpu_reads.0.len() >= MAX_PIECES
-            || out.raw_bytes() + gpu_bytes >= MAX_QUEUED_BYTES
+        if out.pieces() + gpu_reads.reads.len() >= MAX_PIECES
+            || out.raw_bytes() + gpu_reads.bytes >= MAX_QUEUED_BYTES
         {
             flush(&mut out, &mut gpu_reads, &mut writer)?;
         }
