@@ -5,9 +5,11 @@
 //! - `cq_events`: arming a completion queue and sleeping on its completion channel.
 //! - `cuda`: the CUDA driver API (dlopen'ed at run time): pointer attributes, copies, device
 //!   allocations.
+//! - `host_memory`: anonymous mappings for pools and staging buffers (outside the heap).
 
 /// ibverbs, re-exported from `sideway` (dlopen'ed at run time).
 pub use sideway as verbs;
 
 pub mod cq_events;
 pub mod cuda;
+pub mod host_memory;

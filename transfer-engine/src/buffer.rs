@@ -1,7 +1,9 @@
-//! Page-aligned owned host memory, for pools and staging buffers.
+//! Page-aligned owned host memory, for pools and staging buffers: an anonymous mapping of its
+//! own (see `mooncake_sys::host_memory` for why not the heap).
 
-use std::alloc::Layout;
 use std::ptr::NonNull;
+
+use mooncake_sys::host_memory;
 
 use crate::TransferError;
 
@@ -14,43 +16,40 @@ use crate::TransferError;
 /// ```
 pub struct AlignedBuffer {
     ptr: NonNull<u8>,
-    layout: Layout,
+    len: usize,
 }
 
-// SAFETY: the buffer exclusively owns its allocation; access goes through &self/&mut self.
+// SAFETY: the buffer exclusively owns its mapping; access goes through &self/&mut self.
 unsafe impl Send for AlignedBuffer {}
 // SAFETY: shared access only hands out shared slices / raw pointers.
 unsafe impl Sync for AlignedBuffer {}
 
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if size > 0 {
-        size as usize
-    } else {
-        4096
-    }
-}
-
 impl AlignedBuffer {
-    /// Allocates `len` zeroed bytes aligned to the page size.
+    /// Maps `len` zeroed bytes aligned to the page size; pages are faulted in on first touch.
     pub fn new(len: usize) -> Result<Self, TransferError> {
+        Self::map(len, false)
+    }
+
+    /// Like [`Self::new`], with every page faulted in now, so that the data path (a peer's
+    /// WRITE landing in a pool, a staging copy) never waits on a page fault. Pools and staging
+    /// buffers use this; registering with an RDMA NIC pins every page anyway.
+    pub fn populated(len: usize) -> Result<Self, TransferError> {
+        Self::map(len, true)
+    }
+
+    fn map(len: usize, populate: bool) -> Result<Self, TransferError> {
         if len == 0 {
             return Err(TransferError::InvalidArgument(
                 "AlignedBuffer length must be > 0".into(),
             ));
         }
-        let layout = Layout::from_size_align(len, page_size())
-            .map_err(|e| TransferError::InvalidArgument(format!("buffer of {len} bytes: {e}")))?;
-        // SAFETY: layout has non-zero size.
-        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
-        let ptr = NonNull::new(raw).ok_or_else(|| {
+        let ptr = host_memory::map(len, populate).map_err(|e| {
             TransferError::Io(std::io::Error::new(
-                std::io::ErrorKind::OutOfMemory,
-                format!("cannot allocate {len} bytes"),
+                e.kind(),
+                format!("cannot map {len} bytes: {e}"),
             ))
         })?;
-        Ok(AlignedBuffer { ptr, layout })
+        Ok(AlignedBuffer { ptr, len })
     }
 
     /// Start of the buffer.
@@ -70,7 +69,7 @@ impl AlignedBuffer {
 
     /// Length in bytes.
     pub fn len(&self) -> usize {
-        self.layout.size()
+        self.len
     }
 
     /// Always false (zero-length buffers are refused).
@@ -81,20 +80,20 @@ impl AlignedBuffer {
     /// The bytes.
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: ptr is valid for len initialised bytes for the lifetime of self.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
     /// The bytes, writable.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: ptr is valid for len bytes and &mut self gives exclusive access.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 
 impl Drop for AlignedBuffer {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with exactly this layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+        // SAFETY: mapped in `map` with exactly this length; `self` is its only owner.
+        unsafe { host_memory::unmap(self.ptr, self.len) }
     }
 }
 
@@ -102,7 +101,7 @@ impl std::fmt::Debug for AlignedBuffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AlignedBuffer")
             .field("addr", &self.ptr)
-            .field("len", &self.layout.size())
+            .field("len", &self.len)
             .finish()
     }
 }
@@ -114,11 +113,19 @@ mod tests {
     #[test]
     fn aligned_and_zeroed() {
         let mut b = AlignedBuffer::new(10_000).unwrap();
-        assert_eq!(b.as_ptr() as usize % page_size(), 0);
+        assert_eq!(b.as_ptr() as usize % host_memory::page_size(), 0);
         assert_eq!(b.len(), 10_000);
         assert!(b.as_slice().iter().all(|&x| x == 0));
         b.as_mut_slice()[9_999] = 1;
         assert_eq!(b.as_slice()[9_999], 1);
+    }
+
+    #[test]
+    fn populated_is_zeroed_and_writable() {
+        let mut b = AlignedBuffer::populated(1 << 20).unwrap();
+        assert!(b.as_slice().iter().all(|&x| x == 0));
+        b.as_mut_slice()[(1 << 20) - 1] = 3;
+        assert_eq!(b.as_slice()[(1 << 20) - 1], 3);
     }
 
     #[test]

@@ -103,7 +103,7 @@ impl Client {
                 reason: e.to_string(),
             })?;
         let engine = Engine::new(config.engine.clone())?;
-        let staging_buf = AlignedBuffer::new(config.staging_size as usize)?;
+        let staging_buf = AlignedBuffer::populated(config.staging_size as usize)?;
         // SAFETY: the staging buffer is owned by `Inner` and unregistered in `Inner::drop`
         // before it is freed.
         unsafe {
@@ -116,7 +116,7 @@ impl Client {
         let staging = Arc::new(Staging::new(staging_buf));
         let id = uuid::Uuid::new_v4();
         let mounted = if config.segment_size > 0 {
-            let buffer = match AlignedBuffer::new(config.segment_size as usize) {
+            let buffer = match AlignedBuffer::populated(config.segment_size as usize) {
                 Ok(b) => b,
                 Err(e) => {
                     let _ = engine.unregister_memory(staging.addr() as *mut u8);
