@@ -13,6 +13,8 @@
 
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 pub use mooncake_sys::cuda::{cuda, CudaError, DeviceBuffer};
 use mooncake_sys::cuda::{Cuda, PinnedBuffer};
@@ -106,6 +108,56 @@ pub fn check_region(region: &Region) -> Result<(), TransferError> {
     )))
 }
 
+/// Process-wide counters of the GPU staging path (for benchmarks and diagnosis).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuStats {
+    /// Pinned staging buffers allocated (pool misses).
+    pub pinned_allocs: u64,
+    /// Time spent allocating them, µs.
+    pub pinned_alloc_us: u64,
+    /// Groups of copies run with one driver wait.
+    pub copy_groups: u64,
+    /// Copies in those groups.
+    pub copies: u64,
+    /// Bytes copied.
+    pub copy_bytes: u64,
+    /// Time from queueing a group to the end of its wait, µs.
+    pub copy_us: u64,
+}
+
+impl GpuStats {
+    /// Counts since `earlier`.
+    pub fn since(&self, earlier: &GpuStats) -> GpuStats {
+        GpuStats {
+            pinned_allocs: self.pinned_allocs - earlier.pinned_allocs,
+            pinned_alloc_us: self.pinned_alloc_us - earlier.pinned_alloc_us,
+            copy_groups: self.copy_groups - earlier.copy_groups,
+            copies: self.copies - earlier.copies,
+            copy_bytes: self.copy_bytes - earlier.copy_bytes,
+            copy_us: self.copy_us - earlier.copy_us,
+        }
+    }
+}
+
+static STATS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+
+fn count(i: usize, v: u64) {
+    STATS[i].fetch_add(v, Ordering::Relaxed);
+}
+
+/// The counters so far.
+pub fn stats() -> GpuStats {
+    let v = |i: usize| STATS[i].load(Ordering::Relaxed);
+    GpuStats {
+        pinned_allocs: v(0),
+        pinned_alloc_us: v(1),
+        copy_groups: v(2),
+        copies: v(3),
+        copy_bytes: v(4),
+        copy_us: v(5),
+    }
+}
+
 /// Staging buffers are pinned in sizes that are powers of two, at least this.
 const MIN_STAGING: usize = 64 << 10;
 /// Pinned staging memory kept for reuse at most (pinning costs milliseconds).
@@ -144,13 +196,19 @@ impl Staging {
         });
         let mem = match pooled {
             Some(b) => Mem::Pinned(b),
-            None => match cuda().and_then(|c| c.alloc_pinned(device, size)) {
-                Ok(b) => Mem::Pinned(b),
-                Err(e) => {
-                    tracing::debug!(error = %e, "pinned staging unavailable; using heap memory");
-                    Mem::Heap(vec![0; len])
+            None => {
+                let t = Instant::now();
+                let pinned = cuda().and_then(|c| c.alloc_pinned(device, size));
+                count(0, 1);
+                count(1, t.elapsed().as_micros() as u64);
+                match pinned {
+                    Ok(b) => Mem::Pinned(b),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "pinned staging unavailable; using heap memory");
+                        Mem::Heap(vec![0; len])
+                    }
                 }
-            },
+            }
         };
         Staging {
             mem: Some(mem),
@@ -195,11 +253,11 @@ impl Drop for Staging {
 }
 
 /// Pinned staging made ready per device before its first transfer: (buffer size, count),
-/// 66 MiB in all, enough for a 64 MiB batch striped in 1 MiB parts. Pinning costs time in
-/// proportion to the bytes, which a cold pool would otherwise charge to the first large GPU
+/// 82 MiB in all, enough for a 64 MiB batch striped in 1 MiB parts and for the 4 MiB receive
+/// arenas of a pool of 4 TCP connections. Pinning costs time in proportion to the bytes, which a cold pool would otherwise charge to the first large GPU
 /// transfers (measured on an H200 host with `mooncake-bench store --gpu`: batch_put_from of
 /// 1 MiB x 64 ran at 0.24 of the host-memory rate with no warm-up, 0.53 with 32 MiB).
-const PREWARM: [(usize, usize); 2] = [(1 << 20, 64), (MIN_STAGING, 32)];
+const PREWARM: [(usize, usize); 3] = [(1 << 20, 64), (MIN_STAGING, 32), (4 << 20, 4)];
 
 /// Fills the staging pool for `device` once per process (later calls return at once).
 pub fn prewarm(device: u32) {
@@ -283,9 +341,10 @@ pub unsafe fn write_device_many(writes: &[(u32, u64, &[u8])]) -> Vec<Result<(), 
 /// `[dst, +src.len())` lies in a registered region of device `device`, kept valid and
 /// writable by transfers while registered.
 pub unsafe fn write_device(device: u32, dst: u64, src: &[u8]) -> Result<(), String> {
-    // SAFETY: the caller vouches for the device range; `src` is a live host slice.
-    unsafe { driver()?.copy(device, dst, src.as_ptr() as u64, src.len()) }
-        .map_err(|e| e.to_string())
+    // SAFETY: forwarded.
+    unsafe { write_device_many(&[(device, dst, src)]) }
+        .pop()
+        .unwrap_or_else(|| Err("no copy was made".into()))
 }
 
 /// One copy where at least one side is device memory.
@@ -334,8 +393,13 @@ pub unsafe fn copy_many(copies: &[GpuCopy]) -> Vec<Result<(), String>> {
             .filter(|c| c.device() == Some(device))
             .map(|c| (c.dst, c.src, c.len))
             .collect();
+        let t = Instant::now();
         // SAFETY: the caller vouches for every range.
         let r = unsafe { driver.copy_many(device, &batch) }.map_err(|e| e.to_string());
+        count(2, 1);
+        count(3, batch.len() as u64);
+        count(4, batch.iter().map(|c| c.2 as u64).sum());
+        count(5, t.elapsed().as_micros() as u64);
         outcome.insert(device, r);
     }
     copies

@@ -270,3 +270,136 @@ fn cuda_tcp_stages_device_memory_on_both_sides() {
     drop(a);
     drop(b);
 }
+
+/// Pieces of `len` bytes in total: sizes from 1 byte to 160 KiB, each local piece right after
+/// the previous one except every seventh (a gap, which splits a run), each remote piece at a
+/// shuffled place of the same layout. Returns (local offset, remote offset, len).
+fn scattered_pieces(len: usize, seed: u64) -> Vec<(usize, usize, usize)> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut sizes = Vec::new();
+    let mut used = 0;
+    while used < len {
+        let n = if rng.random_bool(0.7) {
+            64 << 10
+        } else {
+            rng.random_range(1..=160 << 10)
+        }
+        .min(len - used);
+        sizes.push(n);
+        used += n;
+    }
+    let mut local = Vec::new();
+    let mut at = 0;
+    for (i, &n) in sizes.iter().enumerate() {
+        local.push(at);
+        at += n + if i % 7 == 6 { 4096 } else { 0 };
+    }
+    // Remote places: the same sizes laid out in a shuffled order.
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.random_range(0..=i));
+    }
+    let mut remote = vec![0; sizes.len()];
+    let mut r = 0;
+    for &i in &order {
+        remote[i] = r;
+        r += sizes[i];
+    }
+    (0..sizes.len())
+        .map(|i| (local[i], remote[i], sizes[i]))
+        .collect()
+}
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn cuda_tcp_merges_adjacent_gpu_ranges_and_keeps_every_byte() {
+    // Many small pieces, mostly adjacent in GPU memory: READ answers are received into the
+    // connection's arena and copied up per run (more than one arena's worth, so it refills
+    // mid-batch); WRITE payloads and the server's answers to READs of its GPU memory are
+    // staged per run. Every byte is checked.
+    let a = engine(MIB);
+    let b = engine(MIB);
+    let len = 11 * MIB + 333;
+    let span = 2 * len; // room for the gaps
+    let pieces = scattered_pieces(len, 7);
+    let dev_a = device(span);
+    let dev_b = device(span);
+    let mut host_a = AlignedBuffer::new(len).unwrap();
+    let mut host_b = AlignedBuffer::new(len).unwrap();
+    register_device(&a, &dev_a);
+    register_host(&a, &mut host_a);
+    register_device(&b, &dev_b);
+    register_host(&b, &mut host_b);
+    let seg_b = a.open_segment(b.name()).unwrap();
+
+    // 1. READ from host memory of b into GPU memory of a.
+    let v = random(len, 11);
+    host_b.as_mut_slice().copy_from_slice(&v);
+    let reqs: Vec<TransferRequest> = pieces
+        .iter()
+        .map(|&(l, r, n)| {
+            req(
+                OpCode::Read,
+                dev_a.ptr() + l as u64,
+                seg_b,
+                host_b.addr() + r as u64,
+                n,
+            )
+        })
+        .collect();
+    all_completed(&run(&a, &reqs), &reqs);
+    let got = read_back(&dev_a);
+    for &(l, r, n) in &pieces {
+        assert!(
+            got[l..l + n] == v[r..r + n],
+            "READ piece at local {l}, remote {r}, {n} bytes"
+        );
+    }
+
+    // 2. WRITE from GPU memory of a (now holding the pieces) into host memory of b.
+    host_b.as_mut_slice().fill(0);
+    let reqs: Vec<TransferRequest> = pieces
+        .iter()
+        .map(|&(l, r, n)| {
+            req(
+                OpCode::Write,
+                dev_a.ptr() + l as u64,
+                seg_b,
+                host_b.addr() + r as u64,
+                n,
+            )
+        })
+        .collect();
+    all_completed(&run(&a, &reqs), &reqs);
+    assert!(
+        host_b.as_slice() == v.as_slice(),
+        "host b after the GPU WRITEs"
+    );
+
+    // 3. READ from GPU memory of b, adjacent there (the server stages per run), into
+    //    shuffled places in host memory of a.
+    let w = random(span, 12);
+    let mut d = dev_b;
+    d.write(0, &w).unwrap();
+    let reqs: Vec<TransferRequest> = pieces
+        .iter()
+        .map(|&(l, r, n)| {
+            req(
+                OpCode::Read,
+                host_a.addr() + r as u64,
+                seg_b,
+                d.ptr() + l as u64,
+                n,
+            )
+        })
+        .collect();
+    all_completed(&run(&a, &reqs), &reqs);
+    for &(l, r, n) in &pieces {
+        assert!(
+            host_a.as_slice()[r..r + n] == w[l..l + n],
+            "served GPU READ piece at remote {l}, local {r}, {n} bytes"
+        );
+    }
+    drop(a);
+    drop(b);
+}

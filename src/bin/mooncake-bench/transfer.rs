@@ -320,8 +320,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     continue;
                 }
                 done_batches.push(batch);
+                let gpu_before = transfer_engine::gpu::stats();
                 let (r, hot) =
                     measure_cell(&setup, baseline_addr.as_deref(), op, block, batch, duration)?;
+                if args.gpu {
+                    let g = transfer_engine::gpu::stats().since(&gpu_before);
+                    eprintln!(
+                        "  gpu staging, {} {} x {batch}: {} pinned allocs ({} us), {} copy groups of {:.1} copies, {:.1} MiB, {} us waiting ({:.1} us per group)",
+                        r.op,
+                        sizes::show(block),
+                        g.pinned_allocs,
+                        g.pinned_alloc_us,
+                        g.copy_groups,
+                        g.copies as f64 / g.copy_groups.max(1) as f64,
+                        g.copy_bytes as f64 / (1 << 20) as f64,
+                        g.copy_us,
+                        g.copy_us as f64 / g.copy_groups.max(1) as f64,
+                    );
+                }
                 match op {
                     OpCode::Write => sink.merge(hot),
                     OpCode::Read => source.merge(hot),

@@ -20,8 +20,9 @@ use parking_lot::Mutex;
 use crate::batch::CompletionSink;
 use crate::transport::inflight::{CloseReason, InFlight};
 use crate::transport::slicing::{whole_status, PartOutcome, RequestJoin};
+use crate::transport::tcp::gpu_staging::{stage_reads, Slot, Staged, Uploads};
 use crate::transport::tcp::wire::{hello, ConnKind, FrameKind, FrameReader, Header, OutBatch};
-use crate::{gpu, OpCode, TransferStatus};
+use crate::{OpCode, TransferStatus};
 
 /// Parts gathered into one `writev` at most.
 const MAX_PARTS_PER_WRITE: usize = 1024;
@@ -252,13 +253,14 @@ fn send_loop(shared: &Shared, rx: Receiver<Vec<Part>>) {
 }
 
 /// Copies the payloads of WRITE parts from GPU memory into host staging (writev cannot read
-/// device memory), all with one driver wait; parts whose copy failed are finished as failed.
-/// Returns the parts to send, each with its staged payload if it has one.
-fn stage_gpu_writes(parts: Vec<Part>) -> (Vec<Part>, Vec<Option<gpu::Staging>>) {
+/// device memory), adjacent ranges with one copy and all with one driver wait; parts whose copy
+/// failed are finished as failed. Returns the parts to send, each with its staged payload if it
+/// has one.
+fn stage_gpu_writes(parts: Vec<Part>) -> (Vec<Part>, Vec<Option<Staged>>) {
     let (gpu_writes, mut ready): (Vec<Part>, Vec<Part>) = parts
         .into_iter()
         .partition(|p| p.op == OpCode::Write && p.device.is_some());
-    let mut staged: Vec<Option<gpu::Staging>> = ready.iter().map(|_| None).collect();
+    let mut staged: Vec<Option<Staged>> = ready.iter().map(|_| None).collect();
     if gpu_writes.is_empty() {
         return (ready, staged);
     }
@@ -268,7 +270,7 @@ fn stage_gpu_writes(parts: Vec<Part>) -> (Vec<Part>, Vec<Option<gpu::Staging>>) 
         .collect();
     // SAFETY: the engine checked each local range lies in memory registered on its device,
     // which stays valid while registered; it is only read.
-    let copies = unsafe { gpu::read_device_many(&ranges) };
+    let copies = unsafe { stage_reads(&ranges) };
     let mut failed = Completions::default();
     for (p, copy) in gpu_writes.into_iter().zip(copies) {
         match copy {
@@ -307,7 +309,7 @@ fn write_parts(shared: &Shared, w: &mut Writer, parts: Vec<Part>) {
             len: p.len,
         });
         if let Some(bytes) = staged {
-            out.staged(bytes);
+            out.staged_slice(bytes);
         } else if p.op == OpCode::Write {
             // SAFETY: the engine checked the local range lies in registered host memory,
             // which stays valid while registered; it is only read.
@@ -345,37 +347,15 @@ fn write_parts(shared: &Shared, w: &mut Writer, parts: Vec<Part>) {
     }
 }
 
-/// Copies received GPU-bound payloads to their devices and finishes their parts.
-fn upload(uploads: &mut Vec<(Part, gpu::Staging)>, done: &mut Completions) {
-    if uploads.is_empty() {
-        return;
-    }
-    let writes: Vec<(u32, u64, &[u8])> = uploads
-        .iter()
-        .map(|(p, st)| (p.device.unwrap_or(0), p.local, &st[..]))
-        .collect();
-    // SAFETY: the engine checked each local range lies in memory registered on its device,
-    // which stays valid and writable while registered; only this thread writes it for this
-    // part, before reporting the part finished.
-    let results = unsafe { gpu::write_device_many(&writes) };
-    for ((part, _), r) in uploads.drain(..).zip(results) {
-        let outcome = match r {
-            Ok(()) => PartOutcome::Done,
-            Err(e) => PartOutcome::Failed(format!("copying into GPU memory: {e}")),
-        };
-        done.finish(part, outcome);
-    }
-}
-
 fn receive_loop(shared: &Shared, stream: TcpStream) {
     let mut reader = FrameReader::new(stream, READ_BUFFER);
     let mut done = Completions::default();
     // Answers received for GPU memory, copied up together (one driver wait) before their
     // parts are reported.
-    let mut uploads: Vec<(Part, gpu::Staging)> = Vec::new();
+    let mut uploads = Uploads::default();
     let reason = loop {
         if !reader.header_buffered() {
-            upload(&mut uploads, &mut done);
+            uploads.flush(&mut |p, o| done.finish(p, o));
             done.flush();
         }
         let raw = match reader.read_header() {
@@ -418,9 +398,14 @@ fn receive_loop(shared: &Shared, stream: TcpStream) {
         }
         match h.kind {
             FrameKind::ReadResp => {
-                let mut staging = part.device.map(|d| gpu::Staging::new(d, part.len as usize));
-                let dst = if let Some(st) = staging.as_mut() {
-                    &mut st[..]
+                let mut slot = part
+                    .device
+                    .map(|d| uploads.slot(d, part.len as usize, &mut |p, o| done.finish(p, o)));
+                let dst = if let Some(slot) = slot.as_mut() {
+                    match slot {
+                        Slot::Arena(at) => uploads.arena_bytes(*at, part.len as usize),
+                        Slot::Own(st) => &mut st[..],
+                    }
                 } else {
                     // SAFETY: the engine checked the local range lies in registered host
                     // memory, which stays valid and writable while registered; only this
@@ -442,8 +427,8 @@ fn receive_loop(shared: &Shared, stream: TcpStream) {
                 if watch {
                     shared.inflight.lock().received();
                 }
-                match staging {
-                    Some(bytes) => uploads.push((part, bytes)),
+                match slot {
+                    Some(slot) => uploads.landed(part, slot),
                     None => done.finish(part, PartOutcome::Done),
                 }
             }
@@ -462,7 +447,7 @@ fn receive_loop(shared: &Shared, stream: TcpStream) {
             _ => done.finish(part, PartOutcome::Done),
         }
     };
-    upload(&mut uploads, &mut done);
+    uploads.flush(&mut |p, o| done.finish(p, o));
     done.flush();
     tracing::debug!(peer = %shared.peer, %reason, "data connection ended");
     shared.close(CloseReason::Failed(reason));

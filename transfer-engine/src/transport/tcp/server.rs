@@ -9,6 +9,7 @@ use std::io;
 use std::net::TcpStream;
 
 use crate::registry::MemoryRegistry;
+use crate::transport::tcp::gpu_staging::stage_reads;
 use crate::transport::tcp::wire::{FrameKind, FrameReader, Header, OutBatch, MAX_ERROR_LEN};
 use crate::{gpu, Location};
 
@@ -80,7 +81,7 @@ impl GpuReads {
             .collect();
         // SAFETY: each range was checked to lie inside a region registered on its device,
         // which its owner keeps valid while registered; it is only read.
-        let staged = unsafe { gpu::read_device_many(&reads) };
+        let staged = unsafe { stage_reads(&reads) };
         for ((h, _), st) in self.reads.drain(..).zip(staged) {
             match st {
                 Ok(bytes) => {
@@ -88,7 +89,7 @@ impl GpuReads {
                         kind: FrameKind::ReadResp,
                         ..h
                     });
-                    out.staged(bytes);
+                    out.staged_slice(bytes);
                 }
                 Err(e) => refuse(out, &h, format!("reading GPU memory: {e}")),
             }

@@ -248,6 +248,7 @@ enum Piece {
     Header(usize),
     Bytes(Vec<u8>),
     Staged(crate::gpu::Staging),
+    StagedSlice(super::gpu_staging::Staged),
     Raw(*const u8, usize),
 }
 
@@ -280,6 +281,12 @@ impl OutBatch {
     pub fn staged(&mut self, s: crate::gpu::Staging) {
         self.raw_bytes += s.len() as u64;
         self.pieces.push(Piece::Staged(s));
+    }
+
+    /// Appends GPU bytes staged as part of a run (counted as payload).
+    pub fn staged_slice(&mut self, s: super::gpu_staging::Staged) {
+        self.raw_bytes += s.bytes().len() as u64;
+        self.pieces.push(Piece::StagedSlice(s));
     }
 
     /// Appends `len` bytes of memory at `ptr`.
@@ -316,6 +323,7 @@ impl OutBatch {
                     Piece::Header(i) => IoSlice::new(&self.headers[*i]),
                     Piece::Bytes(b) => IoSlice::new(b),
                     Piece::Staged(s) => IoSlice::new(s),
+                    Piece::StagedSlice(s) => IoSlice::new(s.bytes()),
                     // SAFETY: guaranteed valid by the caller of `raw`.
                     Piece::Raw(ptr, len) => {
                         IoSlice::new(unsafe { std::slice::from_raw_parts(*ptr, *len) })
