@@ -155,15 +155,12 @@ async fn wait_for_signal() -> anyhow::Result<&'static str> {
 }
 
 fn main() -> anyhow::Result<()> {
-    // Batches of keys and replica lists come and go all day: keep freed heap pages (see there).
-    let heap_tuned = mooncake_sys::host_memory::tune_heap_for_batches();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    tracing::debug!(heap_tuned, "glibc heap tuning");
     let args = Args::parse();
     let cfg = config(&args)?;
     let mut rt = tokio::runtime::Builder::new_multi_thread();

@@ -15,8 +15,9 @@ pub struct ClientConfig {
     /// the leader.
     pub master_addr: String,
     /// Bytes of host memory this client contributes to the pool (0 = contribute nothing).
-    /// Mapped and faulted in at connect (like the staging buffer), so that peers' writes
-    /// never wait on page faults and a host short of memory fails at start, not mid-run.
+    /// Mapped and faulted in at connect, like the staging buffer (best effort), so that peers'
+    /// writes do not wait on page faults; this commits the memory at once and takes time in
+    /// proportion to the size.
     pub segment_size: u64,
     /// The client's own transfer engine (protocol, listen address, metadata, timeouts).
     pub engine: EngineConfig,

@@ -1,5 +1,5 @@
-//! Anonymous private mappings for pools and staging buffers, and the heap tuning binaries
-//! apply at start.
+//! Anonymous private mappings for pools and staging buffers, and the glibc heap tuning
+//! binaries may apply at start (both raw libc calls).
 //!
 //! Registered memory is mapped straight from the kernel, not taken from the process's heap:
 //! its lifetime is the segment's, and the heap allocator (glibc's, or a global allocator such
@@ -20,10 +20,11 @@ pub fn page_size() -> usize {
     }
 }
 
-/// Maps `len` bytes of zeroed, page-aligned, private anonymous memory. With `populate`, every
-/// page is faulted in now (as registering it with an RDMA NIC would), so that the data path
-/// never stops on a page fault; the kernel does that best effort and may leave pages out
-/// under memory pressure.
+/// Maps `len` bytes of zeroed, page-aligned, private anonymous memory. With `populate`, the
+/// kernel faults the pages in now (as registering with an RDMA NIC would), so that the data
+/// path does not stop on page faults; it does so best effort (pages it cannot get now are
+/// faulted later, and a host short of memory may meet the OOM killer here rather than an
+/// error).
 pub fn map(len: usize, populate: bool) -> io::Result<NonNull<u8>> {
     if len == 0 {
         return Err(io::Error::new(
@@ -70,11 +71,12 @@ pub unsafe fn unmap(ptr: NonNull<u8>, len: usize) {
 /// call at start (a library must not change its host's allocator). Returns whether it applied
 /// (false off glibc).
 ///
-/// glibc hands the freed top of its heap back to the kernel once 128 KiB of it are free and
-/// maps each chunk from 128 KiB up on its own: a copying batch_get frees megabytes of values at
-/// once, so the next batch faulted every page in again, which halved batch_get of both 1024 x
-/// 4 KiB and 64 x 1 MiB (`mooncake-bench store`). Now freed memory up to 256 MiB stays in the
-/// heap, and chunks below 32 MiB come from it.
+/// Sets the trim threshold to 256 MiB (freed memory at the top of a heap stays mapped until
+/// that much is free, per arena) and the mmap threshold to 32 MiB, glibc's maximum (chunks below
+/// it come from the heap, whose freed pages are reused, instead of fresh mappings); both also
+/// stop glibc's own adjustment of these thresholds. Without it, a copying batch_get's values
+/// freed at once could be handed back to the kernel and faulted in again by the next batch
+/// (measurements in the README, "Host memory").
 pub fn tune_heap_for_batches() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

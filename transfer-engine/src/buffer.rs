@@ -30,9 +30,11 @@ impl AlignedBuffer {
         Self::map(len, false)
     }
 
-    /// Like [`Self::new`], with every page faulted in now, so that the data path (a peer's
-    /// WRITE landing in a pool, a staging copy) never waits on a page fault. Pools and staging
-    /// buffers use this; registering with an RDMA NIC pins every page anyway.
+    /// Like [`Self::new`], with the pages faulted in now (best effort, see
+    /// `mooncake_sys::host_memory::map`), so that the data path (a peer's WRITE landing in a
+    /// pool, a staging copy) does not wait on page faults. Pools and staging buffers use this;
+    /// registering with an RDMA NIC pins every page anyway. Costs time in proportion to the
+    /// length (about a second per few GiB) and commits the memory at once.
     pub fn populated(len: usize) -> Result<Self, TransferError> {
         Self::map(len, true)
     }

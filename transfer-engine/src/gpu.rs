@@ -111,9 +111,9 @@ pub fn check_region(region: &Region) -> Result<(), TransferError> {
 /// Process-wide counters of the GPU staging path (for benchmarks and diagnosis).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GpuStats {
-    /// Pinned staging buffers allocated (pool misses).
+    /// Pinning attempts (staging pool misses), including ones that fell back to heap memory.
     pub pinned_allocs: u64,
-    /// Time spent allocating them, µs.
+    /// Time spent on them, µs.
     pub pinned_alloc_us: u64,
     /// Groups of copies run with one driver wait.
     pub copy_groups: u64,
@@ -253,10 +253,12 @@ impl Drop for Staging {
 }
 
 /// Pinned staging made ready per device before its first transfer: (buffer size, count),
-/// 82 MiB in all, enough for a 64 MiB batch striped in 1 MiB parts and for the 4 MiB receive
-/// arenas of a pool of 4 TCP connections. Pinning costs time in proportion to the bytes, which a cold pool would otherwise charge to the first large GPU
-/// transfers (measured on an H200 host with `mooncake-bench store --gpu`: batch_put_from of
-/// 1 MiB x 64 ran at 0.24 of the host-memory rate with no warm-up, 0.53 with 32 MiB).
+/// 82 MiB in all: a 64 MiB batch striped in 1 MiB parts, and the 4 MiB receive arenas of
+/// 4 TCP connections streaming GPU-bound answers at once (each connection holds its arena
+/// only during such a burst). Pinning costs time in proportion to the bytes, which a cold
+/// pool would otherwise charge to the first large GPU transfers (measured on an H200 host
+/// with `mooncake-bench store --gpu`: batch_put_from of 1 MiB x 64 ran at 0.24 of the
+/// host-memory rate with no warm-up, 0.53 with 32 MiB).
 const PREWARM: [(usize, usize); 3] = [(1 << 20, 64), (MIN_STAGING, 32), (4 << 20, 4)];
 
 /// Fills the staging pool for `device` once per process (later calls return at once).

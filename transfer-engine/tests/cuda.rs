@@ -16,11 +16,16 @@ use transfer_engine::{
 const MIB: usize = 1 << 20;
 
 fn engine(stripe: usize) -> Engine {
+    engine_with(stripe, EngineConfig::default().tcp_connections_per_peer)
+}
+
+fn engine_with(stripe: usize, connections: usize) -> Engine {
     Engine::new(EngineConfig {
         metadata: MetadataConfig::P2p,
         protocol: Protocol::Tcp,
         request_timeout: Duration::from_secs(30),
         tcp_stripe_size: stripe,
+        tcp_connections_per_peer: connections,
         ..Default::default()
     })
     .unwrap()
@@ -184,8 +189,9 @@ fn cuda_memcpy_transport_moves_bytes_between_host_and_device_memory() {
 #[test]
 #[ignore = "needs a CUDA device"]
 fn cuda_tcp_stages_device_memory_on_both_sides() {
-    // A 16 MiB stripe makes single frames larger than the server's 4 MiB staging chunk.
-    let a = engine(16 * MIB);
+    // A 16 MiB stripe over one connection makes single frames larger than the server's 4 MiB
+    // staging chunk and the initiator's 4 MiB receive arena.
+    let a = engine_with(16 * MIB, 1);
     let b = engine(MIB);
     let len = 9 * MIB + 77;
     let mut host_a = AlignedBuffer::new(len).unwrap();
@@ -313,11 +319,11 @@ fn scattered_pieces(len: usize, seed: u64) -> Vec<(usize, usize, usize)> {
 #[test]
 #[ignore = "needs a CUDA device"]
 fn cuda_tcp_merges_adjacent_gpu_ranges_and_keeps_every_byte() {
-    // Many small pieces, mostly adjacent in GPU memory: READ answers are received into the
-    // connection's arena and copied up per run (more than one arena's worth, so it refills
-    // mid-batch); WRITE payloads and the server's answers to READs of its GPU memory are
-    // staged per run. Every byte is checked.
-    let a = engine(MIB);
+    // Many small pieces, mostly adjacent in GPU memory, over one connection: READ answers are
+    // received into the connection's arena and copied up per run (more than two arenas'
+    // worth, so it refills mid-batch); WRITE payloads and the server's answers to READs of
+    // its GPU memory are staged per run. Every byte is checked.
+    let a = engine_with(16 * MIB, 1);
     let b = engine(MIB);
     let len = 11 * MIB + 333;
     let span = 2 * len; // room for the gaps
@@ -355,6 +361,21 @@ fn cuda_tcp_merges_adjacent_gpu_ranges_and_keeps_every_byte() {
             "READ piece at local {l}, remote {r}, {n} bytes"
         );
     }
+
+    // 1b. One READ larger than the receive arena: staged on its own.
+    let big = 5 * MIB + 3;
+    let reqs = [req(
+        OpCode::Read,
+        dev_a.ptr() + (span - big) as u64,
+        seg_b,
+        host_b.addr(),
+        big,
+    )];
+    all_completed(&run(&a, &reqs), &reqs);
+    assert!(
+        read_back(&dev_a)[span - big..] == v[..big],
+        "one READ above the arena into GPU memory"
+    );
 
     // 2. WRITE from GPU memory of a (now holding the pieces) into host memory of b.
     host_b.as_mut_slice().fill(0);

@@ -253,7 +253,7 @@ fn send_loop(shared: &Shared, rx: Receiver<Vec<Part>>) {
 }
 
 /// Copies the payloads of WRITE parts from GPU memory into host staging (writev cannot read
-/// device memory), adjacent ranges with one copy and all with one driver wait; parts whose copy
+/// device memory), adjacent ranges with one copy and one driver wait per device; parts whose copy
 /// failed are finished as failed. Returns the parts to send, each with its staged payload if it
 /// has one.
 fn stage_gpu_writes(parts: Vec<Part>) -> (Vec<Part>, Vec<Option<Staged>>) {
@@ -350,12 +350,12 @@ fn write_parts(shared: &Shared, w: &mut Writer, parts: Vec<Part>) {
 fn receive_loop(shared: &Shared, stream: TcpStream) {
     let mut reader = FrameReader::new(stream, READ_BUFFER);
     let mut done = Completions::default();
-    // Answers received for GPU memory, copied up together (one driver wait) before their
-    // parts are reported.
+    // Answers received for GPU memory, copied up together (one driver wait per device) before
+    // their parts are reported.
     let mut uploads = Uploads::default();
     let reason = loop {
         if !reader.header_buffered() {
-            uploads.flush(&mut |p, o| done.finish(p, o));
+            uploads.flush_idle(&mut |p, o| done.finish(p, o));
             done.flush();
         }
         let raw = match reader.read_header() {
@@ -447,7 +447,7 @@ fn receive_loop(shared: &Shared, stream: TcpStream) {
             _ => done.finish(part, PartOutcome::Done),
         }
     };
-    uploads.flush(&mut |p, o| done.finish(p, o));
+    uploads.flush_idle(&mut |p, o| done.finish(p, o));
     done.flush();
     tracing::debug!(peer = %shared.peer, %reason, "data connection ended");
     shared.close(CloseReason::Failed(reason));
