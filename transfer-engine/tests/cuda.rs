@@ -316,6 +316,22 @@ fn scattered_pieces(len: usize, seed: u64) -> Vec<(usize, usize, usize)> {
         .collect()
 }
 
+/// One request per piece; `at(local offset, remote offset)` gives its (local, remote) address.
+fn piece_reqs(
+    pieces: &[(usize, usize, usize)],
+    op: OpCode,
+    target: SegmentHandle,
+    at: impl Fn(u64, u64) -> (u64, u64),
+) -> Vec<TransferRequest> {
+    pieces
+        .iter()
+        .map(|&(l, r, n)| {
+            let (local, remote) = at(l as u64, r as u64);
+            req(op, local, target, remote, n)
+        })
+        .collect()
+}
+
 #[test]
 #[ignore = "needs a CUDA device"]
 fn cuda_tcp_merges_adjacent_gpu_ranges_and_keeps_every_byte() {
@@ -341,18 +357,9 @@ fn cuda_tcp_merges_adjacent_gpu_ranges_and_keeps_every_byte() {
     // 1. READ from host memory of b into GPU memory of a.
     let v = random(len, 11);
     host_b.as_mut_slice().copy_from_slice(&v);
-    let reqs: Vec<TransferRequest> = pieces
-        .iter()
-        .map(|&(l, r, n)| {
-            req(
-                OpCode::Read,
-                dev_a.ptr() + l as u64,
-                seg_b,
-                host_b.addr() + r as u64,
-                n,
-            )
-        })
-        .collect();
+    let reqs = piece_reqs(&pieces, OpCode::Read, seg_b, |l, r| {
+        (dev_a.ptr() + l, host_b.addr() + r)
+    });
     all_completed(&run(&a, &reqs), &reqs);
     let got = read_back(&dev_a);
     for &(l, r, n) in &pieces {
@@ -379,18 +386,9 @@ fn cuda_tcp_merges_adjacent_gpu_ranges_and_keeps_every_byte() {
 
     // 2. WRITE from GPU memory of a (now holding the pieces) into host memory of b.
     host_b.as_mut_slice().fill(0);
-    let reqs: Vec<TransferRequest> = pieces
-        .iter()
-        .map(|&(l, r, n)| {
-            req(
-                OpCode::Write,
-                dev_a.ptr() + l as u64,
-                seg_b,
-                host_b.addr() + r as u64,
-                n,
-            )
-        })
-        .collect();
+    let reqs = piece_reqs(&pieces, OpCode::Write, seg_b, |l, r| {
+        (dev_a.ptr() + l, host_b.addr() + r)
+    });
     all_completed(&run(&a, &reqs), &reqs);
     assert!(
         host_b.as_slice() == v.as_slice(),
@@ -402,18 +400,9 @@ fn cuda_tcp_merges_adjacent_gpu_ranges_and_keeps_every_byte() {
     let w = random(span, 12);
     let mut d = dev_b;
     d.write(0, &w).unwrap();
-    let reqs: Vec<TransferRequest> = pieces
-        .iter()
-        .map(|&(l, r, n)| {
-            req(
-                OpCode::Read,
-                host_a.addr() + r as u64,
-                seg_b,
-                d.ptr() + l as u64,
-                n,
-            )
-        })
-        .collect();
+    let reqs = piece_reqs(&pieces, OpCode::Read, seg_b, |l, r| {
+        (host_a.addr() + r, d.ptr() + l)
+    });
     all_completed(&run(&a, &reqs), &reqs);
     for &(l, r, n) in &pieces {
         assert!(
