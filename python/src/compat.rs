@@ -113,6 +113,60 @@ fn singletons(v: Vec<u64>) -> Vec<Vec<u64>> {
     v.into_iter().map(|x| vec![x]).collect()
 }
 
+/// Where each fragment of Mooncake's buffer-major `get_into_ranges` goes: for buffer `i`, key
+/// `j`, fragment `k`, the index of its item in the flat list, or `None` when the shapes of
+/// that entry (or of its whole buffer) disagree.
+type RangeSlots = Vec<Vec<Vec<Option<usize>>>>;
+
+/// Flattens `get_into_ranges`' nested arguments into `(key, object offset, destination)`
+/// items, one per fragment.
+fn range_items(
+    buffer_ptrs: &[u64],
+    all_keys: &[Vec<String>],
+    all_dst_offsets: &[Vec<Vec<u64>>],
+    all_src_offsets: &[Vec<Vec<u64>>],
+    all_sizes: &[Vec<Vec<u64>>],
+) -> (Vec<(String, u64, BufferSlice)>, RangeSlots) {
+    let mut items = Vec::new();
+    let mut slots = Vec::with_capacity(buffer_ptrs.len());
+    for (i, &ptr) in buffer_ptrs.iter().enumerate() {
+        let keys = all_keys.get(i).map_or(&[][..], Vec::as_slice);
+        let (dst, src, size) = (
+            all_dst_offsets.get(i),
+            all_src_offsets.get(i),
+            all_sizes.get(i),
+        );
+        let buffer_ok = [dst, src, size]
+            .iter()
+            .all(|v| v.is_some_and(|v| v.len() == keys.len()));
+        let mut per_key = Vec::with_capacity(keys.len());
+        for (j, key) in keys.iter().enumerate() {
+            let frags = match (dst, src, size) {
+                (Some(d), Some(s), Some(z)) if buffer_ok => (&d[j], &s[j], &z[j]),
+                _ => {
+                    per_key.push(vec![None]);
+                    continue;
+                }
+            };
+            let (d, s, z) = frags;
+            if d.len() != s.len() || d.len() != z.len() {
+                per_key.push(vec![None; d.len().max(s.len()).max(z.len()).max(1)]);
+                continue;
+            }
+            let mut per_frag = Vec::with_capacity(d.len());
+            for k in 0..d.len() {
+                per_frag.push(ptr.checked_add(d[k]).map(|at| {
+                    items.push((key.clone(), s[k], BufferSlice::new(at, z[k])));
+                    items.len() - 1
+                }));
+            }
+            per_key.push(per_frag);
+        }
+        slots.push(per_key);
+    }
+    (items, slots)
+}
+
 /// Mooncake's store client API.
 #[pyclass(frozen, module = "mooncake_rs")]
 pub struct MooncakeDistributedStore {
@@ -399,6 +453,48 @@ impl MooncakeDistributedStore {
         all_sizes: Vec<Vec<u64>>,
     ) -> PyResult<Vec<i64>> {
         self.get_many(py, keys, all_buffer_ptrs, all_sizes)
+    }
+
+    /// Byte ranges of objects into registered buffers, buffer-major as in Mooncake: fragment
+    /// `k` of key `j` of buffer `i` reads `all_sizes[i][j][k]` bytes of `all_keys[i][j]` from
+    /// `all_src_offsets[i][j][k]` into `buffer_ptrs[i] + all_dst_offsets[i][j][k]`. One replica
+    /// lookup and one transfer batch for all. Per fragment: bytes read or a negative code
+    /// (entries whose shapes disagree: INVALID_PARAMS).
+    fn get_into_ranges(
+        &self,
+        py: Python<'_>,
+        buffer_ptrs: Vec<u64>,
+        all_keys: Vec<Vec<String>>,
+        all_dst_offsets: Vec<Vec<Vec<u64>>>,
+        all_src_offsets: Vec<Vec<Vec<u64>>>,
+        all_sizes: Vec<Vec<Vec<u64>>>,
+    ) -> PyResult<Vec<Vec<Vec<i64>>>> {
+        let client = self.client()?;
+        let (items, slots) = range_items(
+            &buffer_ptrs,
+            &all_keys,
+            &all_dst_offsets,
+            &all_src_offsets,
+            &all_sizes,
+        );
+        let r = py.detach(|| client.batch_get_ranges(&items));
+        Ok(slots
+            .iter()
+            .map(|per_key| {
+                per_key
+                    .iter()
+                    .map(|frags| {
+                        frags
+                            .iter()
+                            .map(|slot| {
+                                slot.and_then(|x| r.get(x))
+                                    .map_or(INVALID_PARAMS, crate::code_of)
+                            })
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect())
     }
 
     /// Unmounts and disconnects; 0.

@@ -222,6 +222,48 @@ class CompatTest(unittest.TestCase):
             self.assertEqual(s.unregister_buffer(sa), 0)
             self.assertEqual(s.unregister_buffer(da), 0)
 
+    def test_get_into_ranges_fragments_of_several_keys(self):
+        s = self.store
+        k1, k2 = bytes(range(40)), bytes(range(100, 140))
+        self.assertEqual(s.put_batch(["rk1", "rk2"], [k1, k2]), 0)
+        b0, b1 = ctypes.create_string_buffer(32), ctypes.create_string_buffer(32)
+        p0, p1 = ctypes.addressof(b0), ctypes.addressof(b1)
+        self.assertEqual(s.register_buffer(p0, 32), 0)
+        self.assertEqual(s.register_buffer(p1, 32), 0)
+        try:
+            # Buffer 0: rk1[1:5] -> 0, rk1[30:33] -> 20, rk2[2:7] -> 8;
+            # buffer 1: rk2[0:6] -> 4, rk1[10:14] -> 16.
+            r = s.get_into_ranges(
+                [p0, p1],
+                [["rk1", "rk2"], ["rk2", "rk1"]],
+                [[[0, 20], [8]], [[4], [16]]],
+                [[[1, 30], [2]], [[0], [10]]],
+                [[[4, 3], [5]], [[6], [4]]],
+            )
+            self.assertEqual(r, [[[4, 3], [5]], [[6], [4]]])
+            self.assertEqual(b0.raw[0:4], k1[1:5])
+            self.assertEqual(b0.raw[20:23], k1[30:33])
+            self.assertEqual(b0.raw[8:13], k2[2:7])
+            self.assertEqual(b1.raw[4:10], k2[0:6])
+            self.assertEqual(b1.raw[16:20], k1[10:14])
+            # Per fragment: a missing key, a range past the object, a fragment whose lists
+            # disagree; the good fragment beside them still lands.
+            r = s.get_into_ranges(
+                [p0],
+                [["nope", "rk1", "rk2", "rk1"]],
+                [[[0], [4], [0, 1], [24]]],
+                [[[0], [38], [0], [0]]],
+                [[[4], [4], [1], [8]]],
+            )
+            self.assertEqual(r[0][0], [-704])
+            self.assertEqual(r[0][1], [-600])
+            self.assertEqual(r[0][2], [-600, -600])
+            self.assertEqual(r[0][3], [8])
+            self.assertEqual(b0.raw[24:32], k1[0:8])
+        finally:
+            self.assertEqual(s.unregister_buffer(p0), 0)
+            self.assertEqual(s.unregister_buffer(p1), 0)
+
     def test_setup_first_and_failed_setup(self):
         fresh = MooncakeDistributedStore()
         with self.assertRaises(RuntimeError):

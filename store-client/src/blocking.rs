@@ -142,6 +142,13 @@ impl BlockingClient {
         self.runtime
             .block_on(self.client.batch_get_into_parts(items))
     }
+    /// See [`Client::batch_get_ranges`].
+    pub fn batch_get_ranges<K: AsRef<str>>(
+        &self,
+        items: &[(K, u64, BufferSlice)],
+    ) -> Vec<KeyResult<u64>> {
+        self.runtime.block_on(self.client.batch_get_ranges(items))
+    }
     /// See [`Client::batch_put_from`].
     pub fn batch_put_from<K: AsRef<str>>(&self, items: &[(K, BufferSlice)]) -> Vec<KeyResult<u64>> {
         self.runtime.block_on(self.client.batch_put_from(items))

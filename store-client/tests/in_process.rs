@@ -154,6 +154,59 @@ async fn zero_copy_with_multi_buffer_layers_and_invalid_buffers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranged_reads_get_their_own_bytes_and_errors() {
+    let (_m, _holder, reader) = cluster(false).await;
+    let a = value(1, 10_000);
+    let b = value(2, 300);
+    let put = reader.batch_put(&[("ra", &a[..]), ("rb", &b[..])]).await;
+    assert!(put.iter().all(|r| r.is_ok()), "{put:?}");
+    let mut dst = vec![0u8; 32 << 10];
+    // SAFETY: the vector outlives the client's use of it and is unregistered below.
+    unsafe { reader.register_buffer(dst.as_mut_ptr(), dst.len()).unwrap() };
+    let d = dst.as_ptr() as u64;
+    let outside = vec![0u8; 64];
+    let items = vec![
+        ("ra", 1, BufferSlice::new(d, 4)),              // head of a
+        ("ra", 9_000, BufferSlice::new(d + 100, 1000)), // its last 1000 bytes
+        ("rb", 2, BufferSlice::new(d + 50, 5)),         // another key, into the gap
+        ("ra", 0, BufferSlice::new(d + 2000, 10_000)),  // all of a
+        ("ra", 9_999, BufferSlice::new(d + 20_000, 2)), // runs past the end
+        ("ra", 5, BufferSlice::new(d + 20_100, 0)),     // empty
+        ("missing", 0, BufferSlice::new(d + 20_200, 8)),
+        ("rb", 0, BufferSlice::of(&outside)), // not registered
+    ];
+    let got = reader.batch_get_ranges(&items).await;
+    let lens: Vec<Option<u64>> = got.iter().map(|r| r.value().copied()).collect();
+    assert_eq!(
+        lens,
+        vec![
+            Some(4),
+            Some(1000),
+            Some(5),
+            Some(10_000),
+            None,
+            None,
+            None,
+            None
+        ],
+        "{got:?}"
+    );
+    assert_eq!(got[4].code(), ErrorCode::InvalidParams);
+    assert_eq!(got[5].code(), ErrorCode::InvalidParams);
+    assert_eq!(got[6].code(), ErrorCode::ObjectNotFound);
+    assert_eq!(got[7].code(), ErrorCode::InvalidParams);
+    assert_eq!(&dst[..4], &a[1..5]);
+    assert_eq!(&dst[100..1100], &a[9_000..10_000]);
+    assert_eq!(&dst[50..55], &b[2..7]);
+    assert_eq!(&dst[2000..12_000], &a[..]);
+    assert!(
+        dst[20_000..20_300].iter().all(|&x| x == 0),
+        "failed ranges wrote nothing"
+    );
+    reader.unregister_buffer(dst.as_mut_ptr()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_batched_single_calls_each_get_their_own_result() {
     let (_m, _holder, reader) = cluster(true).await;
     let reader = Arc::new(reader);

@@ -436,7 +436,36 @@ impl Client {
             .iter()
             .map(|(_, p)| ReadDst::Parts(p.clone()))
             .collect();
-        let (r, retries) = self.read_many(&keys, dsts).await;
+        self.read_many_into(&keys, dsts, started).await
+    }
+
+    /// Reads byte ranges of objects into registered buffers as one batch (one replica lookup,
+    /// one transfer batch): item `(key, offset, dst)` reads `dst.len` bytes of `key` from byte
+    /// `offset` into `dst`. A key may appear in many items; each item gets its own result
+    /// (bytes read, or why not: the key is missing, the range is empty or runs past the
+    /// object, `dst` is not registered).
+    pub async fn batch_get_ranges<K: AsRef<str>>(
+        &self,
+        items: &[(K, u64, BufferSlice)],
+    ) -> Vec<KeyResult<u64>> {
+        let started = Instant::now();
+        let keys: Vec<&str> = items.iter().map(|(k, _, _)| k.as_ref()).collect();
+        let dsts = items
+            .iter()
+            .map(|&(_, offset, dst)| ReadDst::Range { offset, dst })
+            .collect();
+        self.read_many_into(&keys, dsts, started).await
+    }
+
+    /// Zero-copy batch reads (`dsts` are caller buffers): bytes moved per key, recorded as
+    /// one batch_get_into.
+    async fn read_many_into(
+        &self,
+        keys: &[&str],
+        dsts: Vec<ReadDst>,
+        started: Instant,
+    ) -> Vec<KeyResult<u64>> {
+        let (r, retries) = self.read_many(keys, dsts).await;
         let r: Vec<KeyResult<u64>> = r
             .into_iter()
             .map(|k| KeyResult {
@@ -479,6 +508,13 @@ impl Client {
                 .buffers
                 .read()
                 .check_all(parts)
+                .err()
+                .map(|m| KeyError::new(ErrorCode::InvalidParams, m)),
+            ReadDst::Range { dst, .. } => self
+                .inner
+                .buffers
+                .read()
+                .check_all(std::slice::from_ref(dst))
                 .err()
                 .map(|m| KeyError::new(ErrorCode::InvalidParams, m)),
             ReadDst::Copy => None,

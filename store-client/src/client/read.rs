@@ -32,6 +32,13 @@ pub(crate) enum ReadDst {
     Copy,
     /// Scattered over registered caller buffers.
     Parts(Vec<BufferSlice>),
+    /// `dst.len` bytes of the object from byte `offset` on, into one registered buffer.
+    Range {
+        /// First byte of the object to read.
+        offset: u64,
+        /// Where the bytes go (and how many).
+        dst: BufferSlice,
+    },
 }
 
 /// What a successful read produced.
@@ -116,6 +123,36 @@ impl Inner {
                 }
             };
             let len = replicas.first().map_or(0, |r| r.len);
+            // A ranged read is the read of a smaller object: the same replicas, each moved to
+            // the range.
+            let (replicas, len) = match &dst {
+                ReadDst::Range { offset, dst: d } => {
+                    match offset.checked_add(d.len).filter(|&end| end <= len) {
+                        Some(_) if d.len > 0 => (
+                            replicas
+                                .into_iter()
+                                .map(|r| ReplicaDescriptor {
+                                    addr: r.addr.saturating_add(*offset),
+                                    len: d.len,
+                                    ..r
+                                })
+                                .collect(),
+                            d.len,
+                        ),
+                        _ => {
+                            results[i] = Some(Err(KeyError::new(
+                                ErrorCode::InvalidParams,
+                                format!(
+                                    "range [{offset}, +{}) is empty or outside the {len}-byte object {:?}",
+                                    d.len, keys[i]
+                                ),
+                            )));
+                            continue;
+                        }
+                    }
+                }
+                _ => (replicas, len),
+            };
             let cursor = ReplicaCursor::new(&replicas, local.as_deref());
             if cursor.readable() == 0 {
                 results[i] = Some(Err(KeyError::new(
@@ -146,6 +183,10 @@ impl Inner {
                     }
                     direct.push(Target { parts, ..target });
                 }
+                ReadDst::Range { dst, .. } => direct.push(Target {
+                    parts: vec![dst],
+                    ..target
+                }),
                 ReadDst::Copy => copy.push(target),
             }
         }
