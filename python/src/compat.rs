@@ -114,52 +114,72 @@ fn singletons(v: Vec<u64>) -> Vec<Vec<u64>> {
 }
 
 /// Where each fragment of Mooncake's buffer-major `get_into_ranges` goes: for buffer `i`, key
-/// `j`, fragment `k`, the index of its item in the flat list, or `None` when the shapes of
-/// that entry (or of its whole buffer) disagree.
+/// `j`, fragment `k`, the index of its item in the flat list, or `None` when it cannot be read
+/// (the shapes of its call, buffer or key disagree, or it does not fit its buffer).
 type RangeSlots = Vec<Vec<Vec<Option<usize>>>>;
 
 /// Flattens `get_into_ranges`' nested arguments into `(key, object offset, destination)`
-/// items, one per fragment.
+/// items, one per fragment. `room(ptr)` is how many bytes the registered buffer holding `ptr`
+/// has from `ptr` on (None: not registered); a fragment must fit there, as Mooncake checks it
+/// against its destination buffer. Mismatched top-level lists fail every fragment.
 fn range_items(
     buffer_ptrs: &[u64],
     all_keys: &[Vec<String>],
     all_dst_offsets: &[Vec<Vec<u64>>],
     all_src_offsets: &[Vec<Vec<u64>>],
     all_sizes: &[Vec<Vec<u64>>],
+    room: impl Fn(u64) -> Option<u64>,
 ) -> (Vec<(String, u64, BufferSlice)>, RangeSlots) {
+    let n = all_keys.len();
+    let call_ok = [
+        buffer_ptrs.len(),
+        all_dst_offsets.len(),
+        all_src_offsets.len(),
+        all_sizes.len(),
+    ]
+    .iter()
+    .all(|&l| l == n);
+    // Shaped like the keys (fragments counted from the destination offsets where given).
+    let failed = |i: usize| -> Vec<Vec<Option<usize>>> {
+        let frags = all_dst_offsets.get(i);
+        (0..all_keys[i].len())
+            .map(|j| vec![None; frags.and_then(|f| f.get(j)).map_or(1, |f| f.len().max(1))])
+            .collect()
+    };
     let mut items = Vec::new();
-    let mut slots = Vec::with_capacity(buffer_ptrs.len());
-    for (i, &ptr) in buffer_ptrs.iter().enumerate() {
-        let keys = all_keys.get(i).map_or(&[][..], Vec::as_slice);
-        let (dst, src, size) = (
+    let mut slots = Vec::with_capacity(n);
+    for (i, keys) in all_keys.iter().enumerate() {
+        let (Some(&ptr), Some(dst), Some(src), Some(size)) = (
+            buffer_ptrs.get(i),
             all_dst_offsets.get(i),
             all_src_offsets.get(i),
             all_sizes.get(i),
-        );
-        let buffer_ok = [dst, src, size]
-            .iter()
-            .all(|v| v.is_some_and(|v| v.len() == keys.len()));
+        ) else {
+            slots.push(failed(i));
+            continue;
+        };
+        let room = room(ptr);
+        if !call_ok || room.is_none() || [dst.len(), src.len(), size.len()] != [keys.len(); 3] {
+            slots.push(failed(i));
+            continue;
+        }
+        let room = room.unwrap_or(0);
         let mut per_key = Vec::with_capacity(keys.len());
         for (j, key) in keys.iter().enumerate() {
-            let frags = match (dst, src, size) {
-                (Some(d), Some(s), Some(z)) if buffer_ok => (&d[j], &s[j], &z[j]),
-                _ => {
-                    per_key.push(vec![None]);
-                    continue;
-                }
-            };
-            let (d, s, z) = frags;
+            let (d, s, z) = (&dst[j], &src[j], &size[j]);
             if d.len() != s.len() || d.len() != z.len() {
-                per_key.push(vec![None; d.len().max(s.len()).max(z.len()).max(1)]);
+                per_key.push(vec![None; d.len().max(1)]);
                 continue;
             }
-            let mut per_frag = Vec::with_capacity(d.len());
-            for k in 0..d.len() {
-                per_frag.push(ptr.checked_add(d[k]).map(|at| {
-                    items.push((key.clone(), s[k], BufferSlice::new(at, z[k])));
-                    items.len() - 1
-                }));
-            }
+            let per_frag = (0..d.len())
+                .map(|k| {
+                    let fits = d[k].checked_add(z[k]).is_some_and(|end| end <= room);
+                    fits.then(|| {
+                        items.push((key.clone(), s[k], BufferSlice::new(ptr + d[k], z[k])));
+                        items.len() - 1
+                    })
+                })
+                .collect();
             per_key.push(per_frag);
         }
         slots.push(per_key);
@@ -458,8 +478,11 @@ impl MooncakeDistributedStore {
     /// Byte ranges of objects into registered buffers, buffer-major as in Mooncake: fragment
     /// `k` of key `j` of buffer `i` reads `all_sizes[i][j][k]` bytes of `all_keys[i][j]` from
     /// `all_src_offsets[i][j][k]` into `buffer_ptrs[i] + all_dst_offsets[i][j][k]`. One replica
-    /// lookup and one transfer batch for all. Per fragment: bytes read or a negative code
-    /// (entries whose shapes disagree: INVALID_PARAMS).
+    /// lookup of the distinct keys and one transfer batch for all. Per fragment: bytes read
+    /// (0 for an empty range inside the object) or a negative code: INVALID_PARAMS where the
+    /// shapes disagree (every fragment when the top-level lists do), where `buffer_ptrs[i]` is
+    /// not registered or the fragment does not fit in its buffer, or the range runs past the
+    /// object.
     fn get_into_ranges(
         &self,
         py: Python<'_>,
@@ -476,6 +499,11 @@ impl MooncakeDistributedStore {
             &all_dst_offsets,
             &all_src_offsets,
             &all_sizes,
+            |ptr| {
+                client
+                    .registered_buffer_containing(ptr)
+                    .map(|b| b.addr + b.len - ptr)
+            },
         );
         let r = py.detach(|| client.batch_get_ranges(&items));
         Ok(slots

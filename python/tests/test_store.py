@@ -246,20 +246,24 @@ class CompatTest(unittest.TestCase):
             self.assertEqual(b0.raw[8:13], k2[2:7])
             self.assertEqual(b1.raw[4:10], k2[0:6])
             self.assertEqual(b1.raw[16:20], k1[10:14])
-            # Per fragment: a missing key, a range past the object, a fragment whose lists
-            # disagree; the good fragment beside them still lands.
+            # Per fragment: a missing key, a range past the object, lists that disagree, a
+            # fragment past the end of its buffer, an empty one; the good fragment beside them
+            # still lands.
             r = s.get_into_ranges(
                 [p0],
-                [["nope", "rk1", "rk2", "rk1"]],
-                [[[0], [4], [0, 1], [24]]],
-                [[[0], [38], [0], [0]]],
-                [[[4], [4], [1], [8]]],
+                [["nope", "rk1", "rk2", "rk1", "rk2"]],
+                [[[0], [4], [0, 1], [24, 30], [5]]],
+                [[[0], [38], [0], [0, 0], [40]]],
+                [[[4], [4], [1], [8, 4], [0]]],
             )
-            self.assertEqual(r[0][0], [-704])
-            self.assertEqual(r[0][1], [-600])
-            self.assertEqual(r[0][2], [-600, -600])
-            self.assertEqual(r[0][3], [8])
+            self.assertEqual(r, [[[-704], [-600], [-600, -600], [8, -600], [0]]])
             self.assertEqual(b0.raw[24:32], k1[0:8])
+            # Top-level lists that disagree: every fragment fails, shaped like the keys.
+            r = s.get_into_ranges([p0, p1], [["rk1"], ["rk2", "rk1"]], [[[0, 4]]], [[[0, 4]]], [[[4, 4]]])
+            self.assertEqual(r, [[[-600, -600]], [[-600], [-600]]])
+            # A buffer that is not registered.
+            r = s.get_into_ranges([p0 + 4096 * 1024], [["rk1"]], [[[0]]], [[[0]]], [[[4]]])
+            self.assertEqual(r, [[[-600]]])
         finally:
             self.assertEqual(s.unregister_buffer(p0), 0)
             self.assertEqual(s.unregister_buffer(p1), 0)

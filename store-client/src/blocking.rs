@@ -107,6 +107,10 @@ impl BlockingClient {
     pub fn unregister_buffer(&self, ptr: *mut u8) -> Result<(), ClientError> {
         self.client.unregister_buffer(ptr)
     }
+    /// See [`Client::registered_buffer_containing`].
+    pub fn registered_buffer_containing(&self, addr: u64) -> Option<BufferSlice> {
+        self.client.registered_buffer_containing(addr)
+    }
     /// See [`Client::put_from`].
     pub fn put_from(&self, key: &str, buf: BufferSlice) -> KeyResult<u64> {
         self.runtime.block_on(self.client.put_from(key, buf))

@@ -95,6 +95,12 @@ impl RegisteredBuffers {
         }
     }
 
+    /// The registered buffer that contains byte `addr`, if any.
+    pub fn containing(&self, addr: u64) -> Option<BufferSlice> {
+        let (&a, &l) = self.by_addr.range(..=addr).next_back()?;
+        (addr < a + l).then(|| BufferSlice::new(a, l))
+    }
+
     /// Checks every slice of one key; the error message names the first offender.
     pub fn check_all(&self, slices: &[BufferSlice]) -> Result<(), String> {
         match slices.iter().find(|s| !self.contains(**s)) {
@@ -115,6 +121,18 @@ pub fn total_len(slices: &[BufferSlice]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn containing_finds_the_buffer_of_an_address() {
+        let mut r = RegisteredBuffers::default();
+        r.insert(1000, 100).unwrap();
+        r.insert(1200, 50).unwrap();
+        assert_eq!(r.containing(1000), Some(BufferSlice::new(1000, 100)));
+        assert_eq!(r.containing(1099), Some(BufferSlice::new(1000, 100)));
+        assert_eq!(r.containing(1100), None);
+        assert_eq!(r.containing(999), None);
+        assert_eq!(r.containing(1249), Some(BufferSlice::new(1200, 50)));
+    }
 
     #[test]
     fn slices_must_lie_inside_one_buffer() {

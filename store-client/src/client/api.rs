@@ -244,6 +244,11 @@ impl Client {
         Ok(())
     }
 
+    /// The registered buffer that contains byte `addr`, if any.
+    pub fn registered_buffer_containing(&self, addr: u64) -> Option<BufferSlice> {
+        self.inner.buffers.read().containing(addr)
+    }
+
     /// Stores the bytes of a registered buffer under `key` without copying them.
     pub async fn put_from(&self, key: &str, buf: BufferSlice) -> KeyResult<u64> {
         self.put_from_parts(key, &[buf]).await
@@ -439,11 +444,12 @@ impl Client {
         self.read_many_into(&keys, dsts, started).await
     }
 
-    /// Reads byte ranges of objects into registered buffers as one batch (one replica lookup,
-    /// one transfer batch): item `(key, offset, dst)` reads `dst.len` bytes of `key` from byte
-    /// `offset` into `dst`. A key may appear in many items; each item gets its own result
-    /// (bytes read, or why not: the key is missing, the range is empty or runs past the
-    /// object, `dst` is not registered).
+    /// Reads byte ranges of objects into registered buffers as one batch (one replica lookup
+    /// of the distinct keys, one transfer batch, further ones only to retry on other
+    /// replicas): item `(key, offset, dst)` reads `dst.len` bytes of `key` from byte `offset`
+    /// into `dst`. A key may appear in many items; each item gets its own result: bytes read
+    /// (0 for an empty range inside the object), or why not (the key is missing, the range
+    /// runs past the object, `dst` is not inside one registered buffer).
     pub async fn batch_get_ranges<K: AsRef<str>>(
         &self,
         items: &[(K, u64, BufferSlice)],

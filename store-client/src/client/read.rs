@@ -2,6 +2,8 @@
 //! batch of READs (a local replica first, then any complete one, adjacent reads merged);
 //! keys whose read failed are retried on their next replica in a further batch.
 
+use std::collections::HashMap;
+
 use mooncake_master::proto::ReplicaDescriptor;
 use transfer_engine::OpCode;
 
@@ -68,6 +70,24 @@ impl Target {
     }
 }
 
+/// The distinct keys of `keys` in first-seen order, and for each key the index of its distinct
+/// key (`None` when all are distinct, the usual case).
+fn distinct_keys(keys: &[String]) -> (Vec<String>, Option<Vec<usize>>) {
+    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(keys.len());
+    let mut of_key = Vec::with_capacity(keys.len());
+    let mut distinct = Vec::new();
+    for k in keys {
+        let next = distinct.len();
+        let d = *seen.entry(k.as_str()).or_insert(next);
+        if d == next {
+            distinct.push(k.clone());
+        }
+        of_key.push(d);
+    }
+    let of_key = (distinct.len() < keys.len()).then_some(of_key);
+    (distinct, of_key)
+}
+
 impl Inner {
     /// Reads `keys` (already checked) into `dsts`; one result per key, plus the retry count.
     pub(crate) async fn read_keys(
@@ -81,16 +101,25 @@ impl Inner {
             return (Vec::new(), 0);
         }
         let t0 = std::time::Instant::now();
-        let lookup = self.master.batch_get_replica_list(keys.clone()).await;
+        // A key asked for many times (ranged reads of one object) is looked up once.
+        let (distinct, of_key) = distinct_keys(&keys);
+        let asked = distinct.len();
+        let lookup = self.master.batch_get_replica_list(distinct).await;
         tracing::trace!(
             keys = n,
             lookup_us = t0.elapsed().as_micros() as u64,
             "replica lookup"
         );
         let lookups = match lookup {
-            Ok(v) if v.len() == n => v,
+            Ok(v) if v.len() == asked => match of_key {
+                None => v,
+                Some(of_key) => of_key
+                    .iter()
+                    .map(|&d| v.get(d).cloned().unwrap_or(Err(ErrorCode::RpcFail)))
+                    .collect(),
+            },
             Ok(v) => {
-                let msg = format!("master answered {} results for {n} keys", v.len());
+                let msg = format!("master answered {} results for {asked} keys", v.len());
                 return (
                     (0..n)
                         .map(|_| Err(KeyError::new(ErrorCode::RpcFail, msg.clone())))
@@ -127,8 +156,10 @@ impl Inner {
             // the range.
             let (replicas, len) = match &dst {
                 ReadDst::Range { offset, dst: d } => {
+                    // An empty range inside the object reads nothing and succeeds, as in
+                    // Mooncake.
                     match offset.checked_add(d.len).filter(|&end| end <= len) {
-                        Some(_) if d.len > 0 => (
+                        Some(_) => (
                             replicas
                                 .into_iter()
                                 .map(|r| ReplicaDescriptor {
@@ -139,11 +170,11 @@ impl Inner {
                                 .collect(),
                             d.len,
                         ),
-                        _ => {
+                        None => {
                             results[i] = Some(Err(KeyError::new(
                                 ErrorCode::InvalidParams,
                                 format!(
-                                    "range [{offset}, +{}) is empty or outside the {len}-byte object {:?}",
+                                    "range [{offset}, +{}) runs past the {len}-byte object {:?}",
                                     d.len, keys[i]
                                 ),
                             )));
@@ -388,5 +419,23 @@ impl Inner {
         }
         let outcomes = outcomes.into_iter().map(|o| o.unwrap_or(Ok(()))).collect();
         (outcomes, retries)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::distinct_keys;
+
+    #[test]
+    fn repeated_keys_are_looked_up_once() {
+        let keys: Vec<String> = ["a", "b", "a", "c", "b"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (d, of) = distinct_keys(&keys);
+        assert_eq!(d, vec!["a", "b", "c"]);
+        assert_eq!(of, Some(vec![0, 1, 0, 2, 1]));
+        let keys: Vec<String> = ["x", "y"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(distinct_keys(&keys), (keys.clone(), None));
     }
 }
