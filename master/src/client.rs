@@ -27,6 +27,7 @@ use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
+use crate::chunking::{run_chunked, ChunkLimits};
 use crate::codec::{
     client_handshake, decode_payload, encode_frame, read_frame, FrameError, DEFAULT_MAX_FRAME,
 };
@@ -83,6 +84,8 @@ pub struct ClientOptions {
     pub failover_wait: Duration,
     /// Largest accepted response frame.
     pub max_frame: usize,
+    /// Batch calls larger than this go as several calls at once (see [`ChunkLimits`]).
+    pub chunk: ChunkLimits,
 }
 
 impl Default for ClientOptions {
@@ -92,6 +95,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(3),
             failover_wait: Duration::from_secs(20),
             max_frame: DEFAULT_MAX_FRAME,
+            chunk: ChunkLimits::default(),
         }
     }
 }
@@ -334,6 +338,37 @@ impl MasterClient {
         Ok(conn)
     }
 
+    fn chunk_limits(&self) -> ChunkLimits {
+        self.inner.opts.chunk
+    }
+
+    /// A replica-list batch call, cut into chunks when large.
+    async fn replicas_chunked(
+        &self,
+        items: Vec<(String, u64)>,
+        request: impl Fn(Vec<(String, u64)>) -> Request,
+    ) -> BatchResult<Vec<ReplicaDescriptor>> {
+        run_chunked(
+            items,
+            |i| i.0.len(),
+            self.chunk_limits(),
+            |items| self.replicas(request(items)),
+        )
+        .await
+    }
+
+    /// A per-key unit batch call, cut into chunks when large.
+    async fn units_chunked(
+        &self,
+        keys: Vec<String>,
+        request: impl Fn(Vec<String>) -> Request,
+    ) -> BatchResult<()> {
+        run_chunked(keys, String::len, self.chunk_limits(), |keys| {
+            self.units(request(keys))
+        })
+        .await
+    }
+
     /// Sends one request and waits for its response.
     pub async fn call(&self, req: Request) -> Result<Response, ErrorCode> {
         let conn = self.connection().await.map_err(|e| {
@@ -453,22 +488,24 @@ impl MasterClient {
         items: Vec<(String, u64)>,
         cfg: ReplicateConfig,
     ) -> BatchResult<Vec<ReplicaDescriptor>> {
-        self.replicas(Request::BatchPutStart {
+        self.replicas_chunked(items, |items| Request::BatchPutStart {
             client,
             items,
-            config: cfg,
+            config: cfg.clone(),
         })
         .await
     }
 
     /// Marks written keys COMPLETE.
     pub async fn batch_put_end(&self, client: ClientId, keys: Vec<String>) -> BatchResult<()> {
-        self.units(Request::BatchPutEnd { client, keys }).await
+        self.units_chunked(keys, |keys| Request::BatchPutEnd { client, keys })
+            .await
     }
 
     /// Drops keys whose write failed.
     pub async fn batch_put_revoke(&self, client: ClientId, keys: Vec<String>) -> BatchResult<()> {
-        self.units(Request::BatchPutRevoke { client, keys }).await
+        self.units_chunked(keys, |keys| Request::BatchPutRevoke { client, keys })
+            .await
     }
 
     /// Like PutStart but overwrites complete keys (buffers reused when the size matches).
@@ -478,10 +515,10 @@ impl MasterClient {
         items: Vec<(String, u64)>,
         cfg: ReplicateConfig,
     ) -> BatchResult<Vec<ReplicaDescriptor>> {
-        self.replicas(Request::BatchUpsertStart {
+        self.replicas_chunked(items, |items| Request::BatchUpsertStart {
             client,
             items,
-            config: cfg,
+            config: cfg.clone(),
         })
         .await
     }
@@ -505,20 +542,27 @@ impl MasterClient {
         &self,
         keys: Vec<String>,
     ) -> BatchResult<Vec<ReplicaDescriptor>> {
-        self.replicas(Request::BatchGetReplicaList { keys }).await
+        run_chunked(keys, String::len, self.chunk_limits(), |keys| {
+            self.replicas(Request::BatchGetReplicaList { keys })
+        })
+        .await
     }
 
     /// Whether keys exist and are complete (grants read leases).
     pub async fn batch_exist_key(&self, keys: Vec<String>) -> BatchResult<bool> {
-        match self.call(Request::BatchExistKey { keys }).await? {
-            Response::Bools(r) => r,
-            _ => Err(ErrorCode::RpcFail),
-        }
+        run_chunked(keys, String::len, self.chunk_limits(), |keys| async move {
+            match self.call(Request::BatchExistKey { keys }).await? {
+                Response::Bools(r) => r,
+                _ => Err(ErrorCode::RpcFail),
+            }
+        })
+        .await
     }
 
     /// Removes keys (`force` also removes leased and PROCESSING ones).
     pub async fn batch_remove(&self, keys: Vec<String>, force: bool) -> BatchResult<()> {
-        self.units(Request::BatchRemove { keys, force }).await
+        self.units_chunked(keys, |keys| Request::BatchRemove { keys, force })
+            .await
     }
 
     /// Removes every removable key; the number removed.

@@ -9,6 +9,7 @@
 //! See `master/README.md` for the failover design.
 
 pub mod allocator;
+pub mod chunking;
 pub mod client;
 pub mod clock;
 pub mod codec;

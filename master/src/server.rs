@@ -22,7 +22,7 @@ use crate::config::MasterConfig;
 use crate::frame_sink::frame_sink;
 use crate::ha::{self, EtcdConfig};
 use crate::metrics::Metrics;
-use crate::proto::Request;
+use crate::proto::{ErrorCode, Request, Response};
 use crate::replica_lists::ReplicasResponse;
 use crate::service::MasterService;
 
@@ -361,17 +361,29 @@ async fn serve_connection(
         let (op, items) = (req.op_name(), req.item_count());
         let started = Instant::now();
         let mut out = Vec::new();
-        let (encoded, failed) = match req {
+        let (mut encoded, mut failed, shape) = match req {
             // Hot path: encoded straight from the index's flat form.
             Request::BatchGetReplicaList { keys } => {
                 let lists = service.replica_lists(&keys);
-                (encode_frame(id, &ReplicasResponse(&lists), &mut out), false)
+                (
+                    encode_frame(id, &ReplicasResponse(&lists), &mut out),
+                    false,
+                    Response::Replicas(Ok(Vec::new())),
+                )
             }
             req => {
                 let resp = service.handle(req);
-                (encode_frame(id, &resp, &mut out), resp.is_error())
+                (encode_frame(id, &resp, &mut out), resp.is_error(), resp)
             }
         };
+        if encoded.is_ok() && out.len().saturating_sub(4) > max_frame {
+            // The client would drop the connection (and every call in flight on it) for an
+            // oversized frame: answer this call alone with an error instead.
+            tracing::warn!(%peer, op, bytes = out.len(), max_frame, "response too large; answering INVALID_PARAMS");
+            out.clear();
+            encoded = encode_frame(id, &error_like(&shape, ErrorCode::InvalidParams), &mut out);
+            failed = true;
+        }
         shared.metrics.record(op, items, failed, started.elapsed());
         if let Err(e) = encoded {
             tracing::error!(%peer, op, "encoding response: {e}; closing connection");
@@ -391,5 +403,17 @@ async fn serve_connection(
     drop(sink);
     if let Ok(Err(e)) = writer.await {
         tracing::debug!(%peer, "writer: {e}");
+    }
+}
+
+/// An error answer of the same kind as `resp`.
+fn error_like(resp: &Response, code: ErrorCode) -> Response {
+    match resp {
+        Response::Unit(_) => Response::Unit(Err(code)),
+        Response::Ping(_) => Response::Ping(Err(code)),
+        Response::Replicas(_) => Response::Replicas(Err(code)),
+        Response::Units(_) => Response::Units(Err(code)),
+        Response::Bools(_) => Response::Bools(Err(code)),
+        Response::Count(_) => Response::Count(Err(code)),
     }
 }

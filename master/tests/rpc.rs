@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use mooncake_master::chunking::ChunkLimits;
+use mooncake_master::client::ClientOptions;
 use mooncake_master::codec::{client_handshake, encode_frame, MAGIC};
 use mooncake_master::proto::Request;
 use mooncake_master::{
@@ -231,4 +233,97 @@ async fn a_dropped_client_closes_its_connection() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_batches_go_as_several_calls_and_answer_in_order() {
+    let m = MasterServer::start(MasterConfig::default()).await.unwrap();
+    let opts = ClientOptions {
+        chunk: ChunkLimits {
+            max_keys: 64,
+            max_key_bytes: 1 << 20,
+        },
+        ..Default::default()
+    };
+    let c = MasterClient::connect_with(&m.rpc_addr().to_string(), opts)
+        .await
+        .unwrap();
+    let me = Uuid::new_v4();
+    c.mount_segment(me, seg("127.0.0.1:7001", 1 << 20))
+        .await
+        .unwrap();
+    let items: Vec<(String, u64)> = (0..1000).map(|i| (format!("c{i}"), 100 + i)).collect();
+    let placed = c
+        .batch_put_start(me, items.clone(), ReplicateConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(placed.len(), 1000);
+    for (i, p) in placed.iter().enumerate() {
+        assert_eq!(
+            p.as_ref().unwrap()[0].len,
+            items[i].1,
+            "key {i} in input order"
+        );
+    }
+    let mut keys: Vec<String> = items.iter().map(|i| i.0.clone()).collect();
+    assert!(c
+        .batch_put_end(me, keys.clone())
+        .await
+        .unwrap()
+        .iter()
+        .all(|r| r.is_ok()));
+    keys.insert(500, "missing".into());
+    let got = c.batch_get_replica_list(keys.clone()).await.unwrap();
+    assert_eq!(got.len(), 1001);
+    assert_eq!(got[500], Err(ErrorCode::ObjectNotFound));
+    assert_eq!(got[999].as_ref().unwrap()[0].len, 100 + 998);
+    let ex = c.batch_exist_key(keys.clone()).await.unwrap();
+    assert_eq!(ex.iter().filter(|r| **r == Ok(true)).count(), 1000);
+    assert_eq!(ex[500], Ok(false));
+    let removed = c.batch_remove(keys, true).await.unwrap();
+    assert_eq!(removed.iter().filter(|r| r.is_ok()).count(), 1000);
+    let calls = m.metrics_text();
+    assert!(
+        calls.contains("mooncake_master_rpc_requests_total{op=\"batch_put_start\"} 16"),
+        "1000 keys in calls of 64: {calls}"
+    );
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_answer_fails_only_its_call() {
+    let m = MasterServer::start(MasterConfig {
+        max_frame: 64 << 10,
+        ..MasterConfig::default()
+    })
+    .await
+    .unwrap();
+    let c = MasterClient::connect(&m.rpc_addr().to_string())
+        .await
+        .unwrap();
+    let me = Uuid::new_v4();
+    c.mount_segment(me, seg("127.0.0.1:7002", 64 << 20))
+        .await
+        .unwrap();
+    // 2000 replica lists of a long segment name: more than 64 KiB of answer, from a
+    // request well under it.
+    let keys: Vec<String> = (0..2000).map(|i| format!("o{i}")).collect();
+    let items: Vec<(String, u64)> = keys.iter().map(|k| (k.clone(), 64)).collect();
+    for chunk in items.chunks(200) {
+        let r = c
+            .batch_put_start(me, chunk.to_vec(), ReplicateConfig::default())
+            .await
+            .unwrap();
+        assert!(r.iter().all(|x| x.is_ok()));
+    }
+    for chunk in keys.chunks(200) {
+        c.batch_put_end(me, chunk.to_vec()).await.unwrap();
+    }
+    assert_eq!(
+        c.batch_get_replica_list(keys.clone()).await,
+        Err(ErrorCode::InvalidParams)
+    );
+    // The connection is still there for the next call.
+    assert_eq!(c.get_replica_list("o7".into()).await.unwrap()[0].len, 64);
+    m.stop().await;
 }
