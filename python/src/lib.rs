@@ -367,6 +367,27 @@ impl Store {
         Ok(r.iter().map(code_of).collect())
     }
 
+    /// Byte ranges of objects into registered buffers: item `i` reads `sizes[i]` bytes of
+    /// `keys[i]` from byte `offsets[i]` into `ptrs[i]` (a key may repeat); per item bytes read
+    /// or a negative code. One replica lookup of the distinct keys, one transfer batch.
+    fn batch_get_ranges(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        offsets: Vec<u64>,
+        ptrs: Vec<u64>,
+        sizes: Vec<u64>,
+    ) -> PyResult<Vec<i64>> {
+        same_len("offsets", keys.len(), offsets.len())?;
+        let items: Vec<(&str, u64, BufferSlice)> = keyed_slices(&keys, &ptrs, &sizes)?
+            .into_iter()
+            .zip(offsets)
+            .map(|((k, b), off)| (k, off, b))
+            .collect();
+        let r = py.detach(|| self.client.batch_get_ranges(&items));
+        Ok(r.iter().map(code_of).collect())
+    }
+
     /// Per operation kind: ops, keys, bytes, errors by code, retries, latency percentiles.
     fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let text = serde_json::to_string(&self.client.metrics())

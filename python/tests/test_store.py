@@ -109,6 +109,20 @@ class StoreTest(unittest.TestCase):
             self.assertEqual(dst.raw[7 * block:8 * block], value(0, block))
             self.assertEqual(dst.raw[:block], value(5, block))
             self.assertEqual(w.get_into("missing", da, block), -704)
+            # Byte ranges: two of one object, one of another, one past the end, one missing.
+            k0, k1 = keys[0], keys[1]
+            codes = w.batch_get_ranges(
+                [k0, k1, k0, k1, "missing"],
+                [10, 0, block - 6, block - 1, 0],
+                [da, da + 100, da + 200, da + 300, da + 400],
+                [20, 50, 6, 2, 8],
+            )
+            self.assertEqual(codes, [20, 50, 6, -600, -704])
+            self.assertEqual(dst.raw[0:20], value(0, block)[10:30])
+            self.assertEqual(dst.raw[100:150], value(1, block)[0:50])
+            self.assertEqual(dst.raw[200:206], value(0, block)[block - 6:])
+            with self.assertRaises(ValueError):
+                w.batch_get_ranges([k0], [0, 1], [da], [4])
         finally:
             w.unregister_buffer(sa)
             w.unregister_buffer(da)
