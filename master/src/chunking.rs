@@ -17,12 +17,24 @@ pub struct ChunkLimits {
 }
 
 impl Default for ChunkLimits {
-    /// 65,536 keys or 16 MiB of keys per call: a reply of 65,536 replica lists stays far
-    /// below the default 64 MiB frame limit, and so does the request.
+    /// 16,384 keys or 16 MiB of keys per call. A replica list costs about `R x (N + 31)`
+    /// bytes for R replicas on segments with N-byte names, so a call of 16,384 keys answers
+    /// well below the default 64 MiB frame limit for names up to a few KiB (the start calls
+    /// also divide the keys by the replica count; see [`ChunkLimits::per_replicas`]).
     fn default() -> Self {
         ChunkLimits {
-            max_keys: 65_536,
+            max_keys: 16_384,
             max_key_bytes: 16 << 20,
+        }
+    }
+}
+
+impl ChunkLimits {
+    /// The limits for calls whose answers carry `replicas` replica descriptors per key.
+    pub fn per_replicas(self, replicas: usize) -> ChunkLimits {
+        ChunkLimits {
+            max_keys: (self.max_keys / replicas.max(1)).max(1),
+            ..self
         }
     }
 }
@@ -94,6 +106,13 @@ mod tests {
             max_keys,
             max_key_bytes,
         }
+    }
+
+    #[test]
+    fn start_calls_take_fewer_keys_per_replica() {
+        assert_eq!(limits(100, 9).per_replicas(3), limits(33, 9));
+        assert_eq!(limits(2, 9).per_replicas(8), limits(1, 9));
+        assert_eq!(limits(10, 9).per_replicas(0), limits(10, 9));
     }
 
     #[test]

@@ -82,9 +82,12 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// With etcd: how long a reconnect keeps looking for a (new) leader.
     pub failover_wait: Duration,
-    /// Largest accepted response frame.
+    /// Largest accepted response frame; at least the master's `--max-frame-bytes`, whose
+    /// answers are never larger.
     pub max_frame: usize,
-    /// Batch calls larger than this go as several calls at once (see [`ChunkLimits`]).
+    /// Batch calls larger than this go as several calls at once (see [`ChunkLimits`]). A call
+    /// cut in several that fails as a whole in one of them (even RPC_FAIL, after which the
+    /// master may have acted on it) reports that error for each key of that part.
     pub chunk: ChunkLimits,
 }
 
@@ -342,16 +345,18 @@ impl MasterClient {
         self.inner.opts.chunk
     }
 
-    /// A replica-list batch call, cut into chunks when large.
+    /// A start call (answers `replicas` replica lists per key), cut into chunks when large.
     async fn replicas_chunked(
         &self,
         items: Vec<(String, u64)>,
+        replicas: usize,
         request: impl Fn(Vec<(String, u64)>) -> Request,
     ) -> BatchResult<Vec<ReplicaDescriptor>> {
+        let limits = self.chunk_limits().per_replicas(replicas);
         run_chunked(
             items,
             |i| i.0.len(),
-            self.chunk_limits(),
+            limits,
             |items| self.replicas(request(items)),
         )
         .await
@@ -488,7 +493,7 @@ impl MasterClient {
         items: Vec<(String, u64)>,
         cfg: ReplicateConfig,
     ) -> BatchResult<Vec<ReplicaDescriptor>> {
-        self.replicas_chunked(items, |items| Request::BatchPutStart {
+        self.replicas_chunked(items, cfg.replica_num, |items| Request::BatchPutStart {
             client,
             items,
             config: cfg.clone(),
@@ -515,7 +520,7 @@ impl MasterClient {
         items: Vec<(String, u64)>,
         cfg: ReplicateConfig,
     ) -> BatchResult<Vec<ReplicaDescriptor>> {
-        self.replicas_chunked(items, |items| Request::BatchUpsertStart {
+        self.replicas_chunked(items, cfg.replica_num, |items| Request::BatchUpsertStart {
             client,
             items,
             config: cfg.clone(),

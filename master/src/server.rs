@@ -361,27 +361,31 @@ async fn serve_connection(
         let (op, items) = (req.op_name(), req.item_count());
         let started = Instant::now();
         let mut out = Vec::new();
-        let (mut encoded, mut failed, shape) = match req {
+        // Only the small error answer of the call's kind is kept past encoding.
+        let (mut encoded, mut failed, refusal) = match req {
             // Hot path: encoded straight from the index's flat form.
             Request::BatchGetReplicaList { keys } => {
                 let lists = service.replica_lists(&keys);
                 (
                     encode_frame(id, &ReplicasResponse(&lists), &mut out),
                     false,
-                    Response::Replicas(Ok(Vec::new())),
+                    Response::Replicas(Err(ErrorCode::InvalidParams)),
                 )
             }
             req => {
                 let resp = service.handle(req);
-                (encode_frame(id, &resp, &mut out), resp.is_error(), resp)
+                let refusal = error_like(&resp, ErrorCode::InvalidParams);
+                (encode_frame(id, &resp, &mut out), resp.is_error(), refusal)
             }
         };
-        if encoded.is_ok() && out.len().saturating_sub(4) > max_frame {
+        if encoded.is_err() || out.len().saturating_sub(4) > max_frame {
             // The client would drop the connection (and every call in flight on it) for an
-            // oversized frame: answer this call alone with an error instead.
+            // oversized frame: answer this call alone with an error instead. The service has
+            // already acted on it (leases granted, objects allocated): the clients' chunking
+            // keeps answers far below the limit, so this is the last resort.
             tracing::warn!(%peer, op, bytes = out.len(), max_frame, "response too large; answering INVALID_PARAMS");
             out.clear();
-            encoded = encode_frame(id, &error_like(&shape, ErrorCode::InvalidParams), &mut out);
+            encoded = encode_frame(id, &refusal, &mut out);
             failed = true;
         }
         shared.metrics.record(op, items, failed, started.elapsed());
