@@ -150,6 +150,21 @@ struct Store {
     client: BlockingClient,
 }
 
+impl Store {
+    /// Runs a zero-copy batch call with the GIL released: per key bytes moved or a negative
+    /// code.
+    fn codes(
+        &self,
+        py: Python<'_>,
+        call: impl FnOnce(&BlockingClient) -> Vec<KeyResult<u64>> + Send,
+    ) -> Vec<i64> {
+        py.detach(|| call(&self.client))
+            .iter()
+            .map(code_of)
+            .collect()
+    }
+}
+
 #[pymethods]
 impl Store {
     /// Connects to the master at `master` (`host:port` or `etcd://h1:2379,h2:2379/<cluster>`)
@@ -350,8 +365,7 @@ impl Store {
         sizes: Vec<u64>,
     ) -> PyResult<Vec<i64>> {
         let items = keyed_slices(&keys, &ptrs, &sizes)?;
-        let r = py.detach(|| self.client.batch_put_from(&items));
-        Ok(r.iter().map(code_of).collect())
+        Ok(self.codes(py, |c| c.batch_put_from(&items)))
     }
 
     /// Zero-copy batch get: per key bytes read or a negative code.
@@ -363,8 +377,7 @@ impl Store {
         sizes: Vec<u64>,
     ) -> PyResult<Vec<i64>> {
         let items = keyed_slices(&keys, &ptrs, &sizes)?;
-        let r = py.detach(|| self.client.batch_get_into(&items));
-        Ok(r.iter().map(code_of).collect())
+        Ok(self.codes(py, |c| c.batch_get_into(&items)))
     }
 
     /// Byte ranges of objects into registered buffers: item `i` reads `sizes[i]` bytes of
@@ -384,8 +397,7 @@ impl Store {
             .zip(offsets)
             .map(|((k, b), off)| (k, off, b))
             .collect();
-        let r = py.detach(|| self.client.batch_get_ranges(&items));
-        Ok(r.iter().map(code_of).collect())
+        Ok(self.codes(py, |c| c.batch_get_ranges(&items)))
     }
 
     /// Per operation kind: ops, keys, bytes, errors by code, retries, latency percentiles.

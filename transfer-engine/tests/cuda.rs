@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use transfer_engine::gpu::{cuda, DeviceBuffer};
 use transfer_engine::{
@@ -302,9 +303,7 @@ fn scattered_pieces(len: usize, seed: u64) -> Vec<(usize, usize, usize)> {
     }
     // Remote places: the same sizes laid out in a shuffled order.
     let mut order: Vec<usize> = (0..sizes.len()).collect();
-    for i in (1..order.len()).rev() {
-        order.swap(i, rng.random_range(0..=i));
-    }
+    order.shuffle(&mut rng);
     let mut remote = vec![0; sizes.len()];
     let mut r = 0;
     for &i in &order {

@@ -508,23 +508,17 @@ impl Client {
         if let Some(p) = &check_keys(&[key], false)[0] {
             return Some(problem_error(p));
         }
-        match dst {
-            ReadDst::Parts(parts) => self
-                .inner
-                .buffers
-                .read()
-                .check_all(parts)
-                .err()
-                .map(|m| KeyError::new(ErrorCode::InvalidParams, m)),
-            ReadDst::Range { dst, .. } => self
-                .inner
-                .buffers
-                .read()
-                .check_all(std::slice::from_ref(dst))
-                .err()
-                .map(|m| KeyError::new(ErrorCode::InvalidParams, m)),
-            ReadDst::Copy => None,
-        }
+        let caller_buffers: &[BufferSlice] = match dst {
+            ReadDst::Parts(parts) => parts,
+            ReadDst::Range { dst, .. } => std::slice::from_ref(dst),
+            ReadDst::Copy => return None,
+        };
+        self.inner
+            .buffers
+            .read()
+            .check_all(caller_buffers)
+            .err()
+            .map(|m| KeyError::new(ErrorCode::InvalidParams, m))
     }
 
     async fn read_many<K: AsRef<str>>(

@@ -73,6 +73,9 @@ impl Target {
 /// The distinct keys of `keys` in first-seen order, and for each key the index of its distinct
 /// key (`None` when all are distinct, the usual case).
 fn distinct_keys(keys: &[String]) -> (Vec<String>, Option<Vec<usize>>) {
+    if keys.len() < 2 {
+        return (keys.to_vec(), None);
+    }
     let mut seen: HashMap<&str, usize> = HashMap::with_capacity(keys.len());
     let mut of_key = Vec::with_capacity(keys.len());
     let mut distinct = Vec::new();
