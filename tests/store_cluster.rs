@@ -1,13 +1,14 @@
 //! Store client across processes: an embedded master, pool holders as child processes
 //! (`mooncake-bench store-holder`), and a reading/writing client in this process, all over
-//! real TCP on 127.0.0.1. Every value lives in another process's segment.
+//! real TCP on 127.0.0.1, or through same-host shared memory where a test says so. Every value
+//! lives in another process's segment.
 
 mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, master, reader, value, Holder};
+use common::{eventually, master, reader, reader_with, value, Holder};
 use store_client::{BufferSlice, ErrorCode, OpKind, ReplicateConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,13 +119,24 @@ async fn batch_results_per_key_with_missing_keys_and_invalid_buffers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_fall_back_to_another_replica_when_a_holder_dies() {
+    fall_back_when_a_holder_dies(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_fall_back_to_another_replica_when_a_shared_memory_holder_dies() {
+    // The reader has the dead holder's pool mapped (the put wrote through it): the mapping
+    // must not serve reads once the holder is gone.
+    fall_back_when_a_holder_dies(true).await;
+}
+
+async fn fall_back_when_a_holder_dies(shm: bool) {
     let m = master(Duration::from_secs(30)).await;
     let addr = m.rpc_addr().to_string();
     let mut holders = [
-        Holder::spawn(&addr, "32M", 1000),
-        Holder::spawn(&addr, "32M", 1000),
+        Holder::spawn_with(&addr, "32M", 1000, shm),
+        Holder::spawn_with(&addr, "32M", 1000, shm),
     ];
-    let c = reader(&addr, false).await;
+    let c = reader_with(&addr, false, shm).await;
     let keys: Vec<String> = (0..12).map(|i| format!("two-copies/{i}")).collect();
     let vals: Vec<Vec<u8>> = (0..12).map(|i| value(i, 4096 + i)).collect();
     let items: Vec<(&str, &[u8])> = keys
@@ -155,6 +167,8 @@ async fn reads_fall_back_to_another_replica_when_a_holder_dies() {
         .iter()
         .position(|h| h.info.segment == first)
         .expect("holder of key 0");
+    let mapped = c.engine().shm_stats();
+    assert_eq!(mapped.peers, if shm { 2 } else { 0 }, "{mapped:?}");
     holders[victim].kill();
 
     let got = c.batch_get(&keys).await;
@@ -263,5 +277,44 @@ async fn auto_batcher_gives_each_concurrent_caller_its_own_result() {
         Some(&((tasks * per_task) as u64))
     );
     c.unregister_buffer(region.as_mut_ptr()).unwrap();
+    c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_host_clients_move_bytes_through_shared_memory() {
+    let m = master(Duration::from_secs(30)).await;
+    let addr = m.rpc_addr().to_string();
+    let _holder = Holder::spawn_with(&addr, "32M", 1000, true);
+    let c = reader_with(&addr, false, true).await;
+    let keys: Vec<String> = (0..24).map(|i| format!("shm/{i}")).collect();
+    let vals: Vec<Vec<u8>> = (0..24).map(|i| value(i, 1 + i * 4099)).collect();
+    let items: Vec<(&str, &[u8])> = keys
+        .iter()
+        .zip(&vals)
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .collect();
+    let put = c.batch_put(&items).await;
+    assert!(put.iter().all(|r| r.is_ok()), "{put:?}");
+    let got = c.batch_get(&keys).await;
+    for (i, r) in got.iter().enumerate() {
+        assert_eq!(r.value(), Some(&vals[i]), "key {i}");
+    }
+    // Zero-copy into a registered buffer, and a range of one object.
+    let mut dst = vec![0u8; vals[7].len()];
+    // SAFETY: `dst` outlives its registration (unregistered below).
+    unsafe { c.register_buffer(dst.as_mut_ptr(), dst.len()).unwrap() };
+    let r = c.get_into(&keys[7], BufferSlice::of(&dst)).await;
+    assert_eq!(r.value(), Some(&(vals[7].len() as u64)));
+    assert_eq!(dst, vals[7]);
+    c.unregister_buffer(dst.as_mut_ptr()).unwrap();
+
+    let s = c.engine().shm_stats();
+    assert_eq!(s.peers, 1, "{s:?}");
+    assert!(
+        s.requests >= 3,
+        "put, get and get_into went through the mapping: {s:?}"
+    );
+    let total: u64 = vals.iter().map(|v| v.len() as u64).sum();
+    assert!(s.bytes >= 2 * total + vals[7].len() as u64, "{s:?}");
     c.close().await;
 }

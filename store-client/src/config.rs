@@ -76,6 +76,14 @@ impl ClientConfig {
         self
     }
 
+    /// Whether clients on this host reach each other's segments through shared memory (on by
+    /// default): this client's segment is then a memfd that they map, and it maps theirs,
+    /// instead of moving bytes over TCP or RDMA (see `transfer_engine::transport::shm`).
+    pub fn shared_memory(mut self, on: bool) -> Self {
+        self.engine.shared_memory = on;
+        self
+    }
+
     /// Turns auto-batching on with `policy`.
     pub fn auto_batch(mut self, policy: BatchPolicyConfig) -> Self {
         self.auto_batch = Some(policy);

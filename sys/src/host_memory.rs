@@ -36,14 +36,28 @@ pub fn map(len: usize, populate: bool) -> io::Result<NonNull<u8>> {
     if populate {
         flags |= libc::MAP_POPULATE;
     }
-    // SAFETY: an anonymous mapping at an address the kernel picks touches no existing memory.
+    // SAFETY: an anonymous mapping touches no existing memory.
+    unsafe { map_read_write(len, flags, -1) }
+}
+
+/// mmap of `len` read-write bytes at an address the kernel picks.
+///
+/// # Safety
+/// `fd` is -1 with `MAP_ANONYMOUS` in `flags`, or an open file at least `len` bytes long.
+pub(crate) unsafe fn map_read_write(
+    len: usize,
+    flags: libc::c_int,
+    fd: libc::c_int,
+) -> io::Result<NonNull<u8>> {
+    // SAFETY: a new mapping at an address the kernel picks replaces nothing; the caller
+    // vouches for the file.
     let p = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
             flags,
-            -1,
+            fd,
             0,
         )
     };

@@ -6,6 +6,8 @@
 //! - `cuda`: the CUDA driver API (dlopen'ed at run time): pointer attributes, copies, device
 //!   allocations.
 //! - `host_memory`: anonymous mappings for pools and staging buffers (outside the heap).
+//! - `shared_memory`: memfd-backed pools that peers on the same host map, and passing their
+//!   descriptors over Unix sockets.
 
 /// ibverbs, re-exported from `sideway` (dlopen'ed at run time).
 pub use sideway as verbs;
@@ -13,3 +15,4 @@ pub use sideway as verbs;
 pub mod cq_events;
 pub mod cuda;
 pub mod host_memory;
+pub mod shared_memory;

@@ -28,8 +28,13 @@ pub struct Holder {
 }
 
 impl Holder {
-    /// Starts a holder contributing `pool` bytes, pinging every `ping_ms`.
+    /// Starts a holder contributing `pool` bytes, pinging every `ping_ms`, reached over TCP.
     pub fn spawn(master: &str, pool: &str, ping_ms: u64) -> Holder {
+        Self::spawn_with(master, pool, ping_ms, false)
+    }
+
+    /// As [`Holder::spawn`]; with `shm`, its pool is shared memory that same-host clients map.
+    pub fn spawn_with(master: &str, pool: &str, ping_ms: u64, shm: bool) -> Holder {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mooncake-bench"))
             .args([
                 "store-holder",
@@ -41,6 +46,7 @@ impl Holder {
                 "tcp",
             ])
             .args(["--ping-ms", &ping_ms.to_string()])
+            .args(["--shm", if shm { "true" } else { "false" }])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -107,10 +113,16 @@ pub async fn master(client_ttl: Duration) -> RunningMaster {
     MasterServer::start(cfg).await.expect("start master")
 }
 
-/// A reading/writing client with no segment of its own (every access is remote).
+/// A reading/writing client with no segment of its own (every access is remote, over TCP).
 pub async fn reader(master: &str, auto_batch: bool) -> Client {
+    reader_with(master, auto_batch, false).await
+}
+
+/// As [`reader`]; with `shm`, it maps same-host holders' shared pools.
+pub async fn reader_with(master: &str, auto_batch: bool, shm: bool) -> Client {
     let mut cfg = ClientConfig::new(master)
         .protocol(Protocol::Tcp)
+        .shared_memory(shm)
         .segment_size(0)
         .staging_size(16 << 20);
     cfg.ping_interval = Duration::from_millis(200);

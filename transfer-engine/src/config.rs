@@ -92,6 +92,11 @@ pub struct EngineConfig {
     pub tcp_stripe_size: usize,
     /// RDMA knobs.
     pub rdma: RdmaConfig,
+    /// Serve same-host peers through shared memory: memory registered with
+    /// [`crate::Engine::register_shared_memory`] is mapped by peer engines on this host, and
+    /// this engine maps theirs, instead of moving bytes over the network transport (see
+    /// [`crate::transport::shm`]).
+    pub shared_memory: bool,
 }
 
 impl Default for EngineConfig {
@@ -105,6 +110,7 @@ impl Default for EngineConfig {
             tcp_connections_per_peer: 4,
             tcp_stripe_size: 1 << 20,
             rdma: RdmaConfig::default(),
+            shared_memory: true,
         }
     }
 }

@@ -31,11 +31,12 @@ use crate::metadata::{self, MetadataStore};
 use crate::registry::{MemoryRegistry, Region};
 use crate::segment::{OpenSegment, SegmentTable};
 use crate::transport::local::LocalTransport;
+use crate::transport::shm::{self, SharedRegions, ShmTransport};
 use crate::transport::tcp::TcpTransport;
 use crate::transport::{Transport, TransportContext};
 use crate::{
-    BatchId, EngineConfig, Location, MetadataConfig, Protocol, SegmentHandle, TransferError,
-    TransferRequest, TransferStatus,
+    BatchId, EngineConfig, Location, MetadataConfig, Protocol, SegmentHandle, SharedMemory,
+    ShmStats, TransferError, TransferRequest, TransferStatus,
 };
 
 /// Requests of one submit for one target: handle, (batch index, request) pairs, and whether
@@ -48,6 +49,10 @@ struct LocalSegment {
     addr: SocketAddr,
     registry: Arc<MemoryRegistry>,
     transport: Arc<dyn Transport>,
+    /// Memory registered with `register_shared_memory`, kept alive while registered.
+    shared: SharedRegions,
+    /// The same-host transport (`None` when off or unavailable).
+    shm: Option<ShmTransport>,
 }
 
 impl ControlHandler for LocalSegment {
@@ -55,6 +60,9 @@ impl ControlHandler for LocalSegment {
         let mut transports = BTreeMap::new();
         if let Some(d) = self.transport.descriptor_data() {
             transports.insert(self.transport.name().to_string(), d);
+        }
+        if let Some(d) = self.shm.as_ref().and_then(ShmTransport::descriptor_data) {
+            transports.insert(shm::NAME.to_string(), d);
         }
         SegmentDescriptor {
             name: self.name.clone(),
@@ -160,11 +168,23 @@ impl Engine {
             registry: registry.clone(),
         };
         let (protocol, transport) = choose_transport(&ctx)?;
+        let shared = SharedRegions::default();
+        let shm = if ctx.config.shared_memory {
+            ShmTransport::new(registry.clone(), shared.clone(), ctx.config.request_timeout)
+                .map_err(|e| {
+                    tracing::info!(error = %e, "same-host shared memory unavailable; peers on this host use the network transport");
+                })
+                .ok()
+        } else {
+            None
+        };
         let local = Arc::new(LocalSegment {
             name: name.clone(),
             addr,
             registry: registry.clone(),
             transport,
+            shared,
+            shm,
         });
         let state = Arc::new(ServeState {
             registry: registry.clone(),
@@ -252,12 +272,47 @@ impl Engine {
         Ok(())
     }
 
+    /// Registers a shared mapping of host memory like [`Engine::register_memory`], and keeps
+    /// it alive until unregistered. Peer engines on this host map it and copy to and from it
+    /// themselves (see [`crate::transport::shm`]); other peers use the network transport.
+    pub fn register_shared_memory(&self, mem: Arc<SharedMemory>) -> Result<(), TransferError> {
+        let (ptr, len) = (mem.as_ptr(), mem.len());
+        let local = &self.inner.local;
+        // In the map first, so that the descriptor published on registration lists it.
+        if local.shared.lock().insert(ptr as u64, mem).is_some() {
+            return Err(TransferError::InvalidArgument(format!(
+                "shared memory at {ptr:p} is registered already"
+            )));
+        }
+        // SAFETY: `local.shared` holds the mapping, which stays valid until it leaves that
+        // map in `unregister_memory` (or on failure just below), after the registry forgot it.
+        let registered = unsafe { self.register_memory(ptr, len, Location::Host) };
+        if registered.is_err() {
+            local.shared.lock().remove(&(ptr as u64));
+        }
+        registered
+    }
+
     /// Unregisters the region that starts at `ptr`.
     pub fn unregister_memory(&self, ptr: *mut u8) -> Result<(), TransferError> {
         let local = &self.inner.local;
         let region = local.registry.remove(ptr as u64)?;
-        local.transport.unregister_memory(&region)?;
+        let unregistered = local.transport.unregister_memory(&region);
+        // This drops only this engine's mapping of a shared region: peers that mapped it keep
+        // theirs (and the memory) until they see it gone from the descriptor or the owner gone.
+        local.shared.lock().remove(&region.addr);
+        unregistered?;
         self.publish()
+    }
+
+    /// Counters of the same-host shared-memory path (zero when it is off).
+    pub fn shm_stats(&self) -> ShmStats {
+        self.inner
+            .local
+            .shm
+            .as_ref()
+            .map(ShmTransport::stats)
+            .unwrap_or_default()
     }
 
     /// Opens a segment by name (this engine's own name gives the memcpy-served local segment).
@@ -379,6 +434,11 @@ impl Engine {
                 )),
             )
         }));
+        // Same-host peers' shared regions are copied here; the rest goes over the network.
+        let ok = match &self.inner.local.shm {
+            Some(shm) if !ok.is_empty() => shm.submit(&desc, ok, sink),
+            _ => ok,
+        };
         if !ok.is_empty() {
             self.inner.local.transport.submit(&desc, ok, sink);
         }

@@ -72,6 +72,10 @@ pub struct Args {
     /// Transport: auto, tcp or rdma.
     #[arg(long, default_value = "tcp")]
     protocol: String,
+    /// Same-host shared memory between the clients (on: the holders' pools are memfds the
+    /// benchmark client maps and copies to and from; off: every byte goes over --protocol).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    shm: bool,
     /// Concurrent single-key getters in the auto-batching comparison (0 = skip it).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -140,7 +144,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("--holders 0 needs --master (an embedded master has no pool otherwise)");
     }
     let holders: Vec<HolderProcess> = (0..args.holders)
-        .map(|_| HolderProcess::spawn(&master_addr, pool_size, &args.protocol))
+        .map(|_| HolderProcess::spawn(&master_addr, pool_size, &args.protocol, args.shm))
         .collect::<anyhow::Result<_>>()?;
     for h in &holders {
         tracing::info!(segment = %h.info.segment, base = h.info.base, size = h.info.size, "pool holder ready");
@@ -192,6 +196,7 @@ async fn bench(
     let staging = (biggest_batch * 2).max(64 << 20);
     let cfg = ClientConfig::new(master)
         .protocol(protocol)
+        .shared_memory(args.shm)
         .segment_size(0)
         .staging_size(staging);
     let client = Client::connect(cfg.clone())

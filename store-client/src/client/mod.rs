@@ -21,7 +21,7 @@ use std::sync::Arc;
 use mooncake_master::client::MasterClient;
 use mooncake_master::proto::{ClientId, Segment};
 use parking_lot::{Mutex, RwLock};
-use transfer_engine::{AlignedBuffer, Engine, Location};
+use transfer_engine::{AlignedBuffer, Engine, Location, SharedMemory, TransferError};
 
 use crate::auto_batcher::AutoBatcher;
 use crate::buffers::RegisteredBuffers;
@@ -37,7 +37,53 @@ use batching::{ReadExecutor, WriteExecutor};
 #[derive(Debug)]
 pub(crate) struct MountedSegment {
     pub(crate) segment: Segment,
-    pub(crate) buffer: AlignedBuffer,
+    pub(crate) buffer: PoolMemory,
+}
+
+/// The memory of this client's segment: a memfd that clients on this host map and copy to
+/// and from directly (when the engine's `shared_memory` is on), else a private mapping.
+#[derive(Debug)]
+pub(crate) enum PoolMemory {
+    Shared(Arc<SharedMemory>),
+    Private(AlignedBuffer),
+}
+
+impl PoolMemory {
+    /// Allocates `len` bytes, faulted in (best effort), and registers them with `engine`.
+    fn register(engine: &Engine, len: usize, shared: bool) -> Result<PoolMemory, ClientError> {
+        if shared {
+            let mem = SharedMemory::create("mooncake-pool", len, true).map_err(|e| {
+                TransferError::Io(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot map {len} bytes of shared memory: {e}"),
+                ))
+            })?;
+            let mem = Arc::new(mem);
+            engine.register_shared_memory(mem.clone())?;
+            return Ok(PoolMemory::Shared(mem));
+        }
+        let buffer = AlignedBuffer::populated(len)?;
+        // SAFETY: the buffer is owned by `Inner` (in `MountedSegment`) and unregistered in
+        // `Inner::drop` before it is freed.
+        unsafe {
+            engine.register_memory(buffer.as_ptr() as *mut u8, buffer.len(), Location::Host)?
+        };
+        Ok(PoolMemory::Private(buffer))
+    }
+
+    pub(crate) fn addr(&self) -> u64 {
+        match self {
+            PoolMemory::Shared(m) => m.as_ptr() as u64,
+            PoolMemory::Private(b) => b.addr(),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            PoolMemory::Shared(m) => m.len(),
+            PoolMemory::Private(b) => b.len(),
+        }
+    }
 }
 
 /// State shared by every clone of a [`Client`] and by its background tasks.
@@ -116,20 +162,17 @@ impl Client {
         let staging = Arc::new(Staging::new(staging_buf));
         let id = uuid::Uuid::new_v4();
         let mounted = if config.segment_size > 0 {
-            let buffer = match AlignedBuffer::populated(config.segment_size as usize) {
+            let buffer = match PoolMemory::register(
+                &engine,
+                config.segment_size as usize,
+                config.engine.shared_memory,
+            ) {
                 Ok(b) => b,
                 Err(e) => {
                     let _ = engine.unregister_memory(staging.addr() as *mut u8);
-                    return Err(e.into());
+                    return Err(e);
                 }
             };
-            // SAFETY: as for staging: owned by `Inner`, unregistered before it is freed.
-            if let Err(e) = unsafe {
-                engine.register_memory(buffer.as_ptr() as *mut u8, buffer.len(), Location::Host)
-            } {
-                let _ = engine.unregister_memory(staging.addr() as *mut u8);
-                return Err(e.into());
-            }
             let segment = Segment {
                 id: uuid::Uuid::new_v4(),
                 name: engine.name().to_string(),
@@ -269,7 +312,7 @@ impl Drop for Inner {
         // Unregister before the buffers are freed, so no peer can reach freed memory even if
         // someone still holds a clone of the engine.
         if let Some(m) = &self.mounted {
-            if let Err(e) = self.engine.unregister_memory(m.buffer.as_ptr() as *mut u8) {
+            if let Err(e) = self.engine.unregister_memory(m.buffer.addr() as *mut u8) {
                 tracing::warn!(error = %e, "unregistering the segment failed");
             }
         }

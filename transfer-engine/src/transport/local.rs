@@ -38,8 +38,8 @@ impl Transport for LocalTransport {
         sink: &CompletionSink,
     ) {
         let devices = self.registry.has_device_memory();
-        let mut gpu_copies: Vec<(usize, u64, gpu::GpuCopy)> = Vec::new();
-        let results: Vec<_> = self.registry.with(|set| {
+        let mut copies = Vec::with_capacity(items.len());
+        let failed: Vec<_> = self.registry.with(|set| {
             items
                 .into_iter()
                 .filter_map(|(i, r)| {
@@ -60,56 +60,111 @@ impl Transport for LocalTransport {
                     } else {
                         Location::Host
                     };
-                    let (src, src_loc, dst, dst_loc) = match r.op {
-                        OpCode::Read => (r.target_offset, target.location, r.local_addr, local),
-                        OpCode::Write => (r.local_addr, local, r.target_offset, target.location),
-                    };
-                    if src_loc != Location::Host || dst_loc != Location::Host {
-                        if src < dst.saturating_add(r.len) && dst < src.saturating_add(r.len) {
-                            return Some((
-                                i,
-                                TransferStatus::failed(
-                                    "source and destination overlap: the GPU driver copies only disjoint ranges",
-                                ),
-                            ));
-                        }
-                        // The driver's copies of a batch run together, with one wait.
-                        let copy = gpu::GpuCopy {
-                            dst,
-                            dst_loc,
-                            src,
-                            src_loc,
-                            len: r.len as usize,
-                        };
-                        gpu_copies.push((i, r.len, copy));
-                        return None;
-                    }
-                    // SAFETY: both ranges lie inside registered regions (the engine checked
-                    // the local one, the lookup above the target one), which their owner keeps
-                    // valid while registered; `copy` tolerates overlap.
-                    unsafe {
-                        std::ptr::copy(src as *const u8, dst as *mut u8, r.len as usize);
-                    }
-                    Some((i, TransferStatus::completed(r.len)))
+                    copies.push(Copy::of(i, &r, r.target_offset, target.location, local));
+                    None
                 })
                 .collect()
         });
-        sink.finish_many(results);
-        if gpu_copies.is_empty() {
-            return;
-        }
-        let copies: Vec<gpu::GpuCopy> = gpu_copies.iter().map(|(_, _, c)| *c).collect();
-        // SAFETY: every range lies inside a region registered at its location (checked
-        // above), which its owner keeps valid while registered.
-        let done = unsafe { gpu::copy_many(&copies) };
-        let results: Vec<_> = gpu_copies
-            .iter()
-            .zip(done)
-            .map(|((i, len, _), d)| match d {
-                Ok(()) => (*i, TransferStatus::completed(*len)),
-                Err(e) => (*i, TransferStatus::failed(e)),
-            })
-            .collect();
-        sink.finish_many(results);
+        sink.finish_many(failed);
+        // SAFETY: both ranges of every copy lie inside registered regions (the engine checked
+        // the local one, the lookup above the target one), which their owner keeps valid while
+        // registered.
+        unsafe { run_copies(copies, sink) };
     }
+}
+
+/// One request resolved to a source and a destination address.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Copy {
+    /// The request's index in its batch.
+    pub index: usize,
+    /// Source address and where it lives.
+    pub src: u64,
+    pub src_loc: Location,
+    /// Destination address and where it lives.
+    pub dst: u64,
+    pub dst_loc: Location,
+    /// Bytes.
+    pub len: u64,
+}
+
+impl Copy {
+    /// The copy request `r` makes when its remote bytes are at `remote` (at `remote_loc`) and
+    /// its local bytes at `r.local_addr` (at `local_loc`).
+    pub fn of(
+        index: usize,
+        r: &TransferRequest,
+        remote: u64,
+        remote_loc: Location,
+        local_loc: Location,
+    ) -> Copy {
+        let (src, src_loc, dst, dst_loc) = match r.op {
+            OpCode::Read => (remote, remote_loc, r.local_addr, local_loc),
+            OpCode::Write => (r.local_addr, local_loc, remote, remote_loc),
+        };
+        Copy {
+            index,
+            src,
+            src_loc,
+            dst,
+            dst_loc,
+            len: r.len,
+        }
+    }
+}
+
+/// Runs `copies` and finishes each through `sink`: host-to-host ones by memcpy at once, the
+/// ones touching device memory through the CUDA driver together, with one wait.
+///
+/// # Safety
+/// Both ranges of every copy lie in memory that stays valid (at its location) for the call.
+pub(crate) unsafe fn run_copies(copies: Vec<Copy>, sink: &CompletionSink) {
+    let mut gpu_copies: Vec<(usize, u64, gpu::GpuCopy)> = Vec::new();
+    let results: Vec<_> = copies
+        .into_iter()
+        .filter_map(|c| {
+            if c.src_loc != Location::Host || c.dst_loc != Location::Host {
+                if c.src < c.dst.saturating_add(c.len) && c.dst < c.src.saturating_add(c.len) {
+                    return Some((
+                        c.index,
+                        TransferStatus::failed(
+                            "source and destination overlap: the GPU driver copies only disjoint ranges",
+                        ),
+                    ));
+                }
+                // The driver's copies of a batch run together, with one wait.
+                let copy = gpu::GpuCopy {
+                    dst: c.dst,
+                    dst_loc: c.dst_loc,
+                    src: c.src,
+                    src_loc: c.src_loc,
+                    len: c.len as usize,
+                };
+                gpu_copies.push((c.index, c.len, copy));
+                return None;
+            }
+            // SAFETY: the caller guarantees both ranges; `copy` tolerates overlap.
+            unsafe {
+                std::ptr::copy(c.src as *const u8, c.dst as *mut u8, c.len as usize);
+            }
+            Some((c.index, TransferStatus::completed(c.len)))
+        })
+        .collect();
+    sink.finish_many(results);
+    if gpu_copies.is_empty() {
+        return;
+    }
+    let copies: Vec<gpu::GpuCopy> = gpu_copies.iter().map(|(_, _, c)| *c).collect();
+    // SAFETY: the caller guarantees every range at its location; overlapping pairs were
+    // failed above.
+    let done = unsafe { gpu::copy_many(&copies) };
+    let results: Vec<_> = gpu_copies
+        .iter()
+        .zip(done)
+        .map(|((i, len, _), d)| match d {
+            Ok(()) => (*i, TransferStatus::completed(*len)),
+            Err(e) => (*i, TransferStatus::failed(e)),
+        })
+        .collect();
+    sink.finish_many(results);
 }

@@ -6,7 +6,9 @@
 //! [`Transport::submit`] once per target segment with the requests (and their indices in the
 //! batch) for that segment.
 //!
-//! The contract for an implementation (`local`, `tcp`, and the RDMA transport in `crate::rdma`):
+//! The contract for an implementation (`local`, `tcp`, and the RDMA transport in `crate::rdma`;
+//! `shm`, which serves the requests it can for same-host peers and hands the rest back, keeps
+//! the same per-request guarantees):
 //! - `submit` queues work and returns without waiting for transfers (it may set up a
 //!   connection to a peer it has not talked to yet, bounded by `request_timeout`).
 //! - Every submitted request is finished exactly once through the [`CompletionSink`], with
@@ -25,6 +27,7 @@
 
 pub mod inflight;
 pub mod local;
+pub mod shm;
 pub mod slicing;
 pub mod tcp;
 

@@ -25,6 +25,9 @@ pub struct HolderArgs {
     /// Transport: auto, tcp or rdma.
     #[arg(long, default_value = "tcp")]
     pub protocol: String,
+    /// Share the pool with clients on this host (see the store command's --shm).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub shm: bool,
     /// Heartbeat period in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub ping_ms: u64,
@@ -51,6 +54,7 @@ pub fn run_holder(args: HolderArgs) -> anyhow::Result<()> {
         let size = super::sizes::parse_size(&args.pool_size)?;
         let mut cfg = ClientConfig::new(&args.master)
             .protocol(protocol_of(&args.protocol)?)
+            .shared_memory(args.shm)
             .segment_size(size)
             .staging_size(1 << 20);
         cfg.ping_interval = std::time::Duration::from_millis(args.ping_ms.max(1));
@@ -85,7 +89,7 @@ pub struct HolderProcess {
 
 impl HolderProcess {
     /// Starts `mooncake-bench store-holder` and waits for its segment to be mounted.
-    pub fn spawn(master: &str, pool_size: u64, protocol: &str) -> anyhow::Result<Self> {
+    pub fn spawn(master: &str, pool_size: u64, protocol: &str, shm: bool) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("locating the bench binary")?;
         let mut child = Command::new(exe)
             .args([
@@ -96,6 +100,8 @@ impl HolderProcess {
                 &pool_size.to_string(),
                 "--protocol",
                 protocol,
+                "--shm",
+                if shm { "true" } else { "false" },
             ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -1,0 +1,297 @@
+//! Same-host shared memory: requests whose remote range lies in a peer's shared region, when
+//! the peer runs on this host, are served by memcpy through a mapping of the peer's memory.
+//!
+//! Memory registered with [`crate::Engine::register_shared_memory`] is a memfd
+//! ([`SharedMemory`]); the engine publishes, under the transport name `"shm"`, this host's
+//! boot id, the abstract Unix socket that hands out the memfds, and the shared regions. A peer
+//! engine on the same host (same boot id, and the socket reachable: same network namespace)
+//! maps a region once, then copies itself: no socket round trip and no wake-up of the owner per
+//! request, the way a one-sided RDMA READ/WRITE does not involve the target's CPU.
+//!
+//! Everything else falls back to the network transport: a peer on another host or in another
+//! namespace, memory registered the ordinary way, a region the owner stopped sharing, an owner
+//! that is gone. The owner's end of the socket connection closing is how a peer learns that
+//! the owner is gone (checked once per submit, one non-blocking syscall); its requests then go
+//! to the network transport and fail there as they would for any dead peer, and its mappings
+//! are dropped. Device memory on the local side is copied by the CUDA driver, as by the
+//! memcpy transport.
+
+mod peer;
+mod server;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mooncake_sys::shared_memory::SharedMemory;
+use parking_lot::Mutex;
+
+use crate::batch::CompletionSink;
+use crate::descriptor::SegmentDescriptor;
+use crate::registry::MemoryRegistry;
+use crate::transport::local::{run_copies, Copy};
+use crate::{Location, TransferRequest};
+
+use peer::Peer;
+pub use server::SharedRegions;
+use server::ShmServer;
+
+/// The transport's name: the key of its data in segment descriptors.
+pub const NAME: &str = "shm";
+
+/// How often peers that went away are looked for (their mappings hold memory).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// What an owner publishes.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct ShmInfo {
+    /// The kernel's boot id: peers with another one are on another host.
+    host: String,
+    /// Abstract socket name of the owner's [`ShmServer`].
+    socket: String,
+    /// Shared regions: base address and length.
+    regions: Vec<(u64, u64)>,
+}
+
+/// Counters of the shared-memory path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShmStats {
+    /// Requests served by copying through a mapping.
+    pub requests: u64,
+    /// Bytes they moved.
+    pub bytes: u64,
+    /// Peers on this host whose regions are mapped now.
+    pub peers: u64,
+}
+
+enum PeerEntry {
+    Up(Arc<Peer>),
+    /// Not reachable (another namespace) or gone; socket names are never reused.
+    Unreachable,
+}
+
+/// The same-host transport of one engine: serves its shared regions, maps its peers'.
+pub struct ShmTransport {
+    host: String,
+    socket: String,
+    regions: SharedRegions,
+    registry: Arc<MemoryRegistry>,
+    peers: Mutex<HashMap<String, PeerEntry>>,
+    last_sweep: Mutex<Instant>,
+    timeout: Duration,
+    requests: AtomicU64,
+    bytes: AtomicU64,
+    _server: ShmServer,
+}
+
+/// The kernel's boot id, which names this host (and this boot of it).
+fn boot_id() -> std::io::Result<String> {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?;
+    let id = id.trim();
+    if id.is_empty() {
+        return Err(std::io::Error::other("empty boot id"));
+    }
+    Ok(id.to_string())
+}
+
+impl ShmTransport {
+    /// Starts serving `regions` (the engine's shared regions) on a fresh abstract socket.
+    pub fn new(
+        registry: Arc<MemoryRegistry>,
+        regions: SharedRegions,
+        timeout: Duration,
+    ) -> std::io::Result<ShmTransport> {
+        let host = boot_id()?;
+        let nonce = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let socket = format!("mooncake-te/{}/{nonce:016x}", std::process::id());
+        let server = ShmServer::start(socket.clone(), regions.clone())?;
+        Ok(ShmTransport {
+            host,
+            socket,
+            regions,
+            registry,
+            peers: Mutex::new(HashMap::new()),
+            last_sweep: Mutex::new(Instant::now()),
+            timeout,
+            requests: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            _server: server,
+        })
+    }
+
+    /// Data to publish in this engine's descriptor; `None` while nothing is shared.
+    pub fn descriptor_data(&self) -> Option<Vec<u8>> {
+        let regions: Vec<(u64, u64)> = self
+            .regions
+            .lock()
+            .iter()
+            .map(|(&base, m)| (base, m.len() as u64))
+            .collect();
+        if regions.is_empty() {
+            return None;
+        }
+        let info = ShmInfo {
+            host: self.host.clone(),
+            socket: self.socket.clone(),
+            regions,
+        };
+        postcard::to_stdvec(&info).ok()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> ShmStats {
+        let peers = self
+            .peers
+            .lock()
+            .values()
+            .filter(|p| matches!(p, PeerEntry::Up(p) if p.mapped() > 0))
+            .count() as u64;
+        ShmStats {
+            requests: self.requests.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            peers,
+        }
+    }
+
+    /// Serves the requests of `items` that it can (finishing them through `sink`) and returns
+    /// the others, for the network transport. The engine has checked every local range and
+    /// that every remote range lies inside a buffer of `target`.
+    pub fn submit(
+        &self,
+        target: &SegmentDescriptor,
+        items: Vec<(usize, TransferRequest)>,
+        sink: &CompletionSink,
+    ) -> Vec<(usize, TransferRequest)> {
+        let Some(info) = target
+            .transports
+            .get(NAME)
+            .and_then(|raw| postcard::from_bytes::<ShmInfo>(raw).ok())
+        else {
+            return items;
+        };
+        if info.host != self.host || info.socket == self.socket {
+            return items;
+        }
+        self.sweep();
+        let Some(peer) = self.peer(&info.socket) else {
+            return items;
+        };
+        if !peer.alive() {
+            self.peers
+                .lock()
+                .insert(info.socket.clone(), PeerEntry::Unreachable);
+            return items;
+        }
+        peer.retain(&info.regions);
+        let devices = self.registry.has_device_memory();
+        let mut copies = Vec::with_capacity(items.len());
+        let mut held: Vec<Arc<SharedMemory>> = Vec::new();
+        let mut rest = Vec::new();
+        let mut bytes = 0u64;
+        for (i, r) in items {
+            let mapped = region_of(&info.regions, r.target_offset, r.len)
+                .and_then(|(base, len)| peer.mapping(base, len).ok().map(|m| (base, m)));
+            let Some((base, map)) = mapped else {
+                rest.push((i, r));
+                continue;
+            };
+            // Inside the region (checked by `region_of`), and the mapping is the whole region.
+            let remote = map.as_ptr() as u64 + (r.target_offset - base);
+            let local = if devices {
+                self.registry
+                    .find(r.local_addr, r.len)
+                    .map_or(Location::Host, |l| l.location)
+            } else {
+                Location::Host
+            };
+            copies.push(Copy::of(i, &r, remote, Location::Host, local));
+            bytes += r.len;
+            if !held.last().is_some_and(|h| Arc::ptr_eq(h, &map)) {
+                held.push(map);
+            }
+        }
+        if !copies.is_empty() {
+            self.requests
+                .fetch_add(copies.len() as u64, Ordering::Relaxed);
+            self.bytes.fetch_add(bytes, Ordering::Relaxed);
+            // SAFETY: every remote range lies inside a mapping held in `held` until after the
+            // copies; every local range inside memory registered with this engine (checked by
+            // the engine), which its owner keeps valid while registered.
+            unsafe { run_copies(copies, sink) };
+        }
+        drop(held);
+        rest
+    }
+
+    /// The connection to the owner behind `socket`, made on first use.
+    fn peer(&self, socket: &str) -> Option<Arc<Peer>> {
+        let mut peers = self.peers.lock();
+        match peers.get(socket) {
+            Some(PeerEntry::Up(p)) => return Some(p.clone()),
+            Some(PeerEntry::Unreachable) => return None,
+            None => {}
+        }
+        match Peer::connect(socket, self.timeout) {
+            Ok(p) => {
+                let p = Arc::new(p);
+                peers.insert(socket.to_string(), PeerEntry::Up(p.clone()));
+                Some(p)
+            }
+            Err(e) => {
+                tracing::info!(socket, error = %e, "peer on this host not reachable through shared memory; using the network transport");
+                peers.insert(socket.to_string(), PeerEntry::Unreachable);
+                None
+            }
+        }
+    }
+
+    /// At most once per [`SWEEP_EVERY`]: forgets peers that went away, dropping their
+    /// mappings (which would otherwise keep their memory).
+    fn sweep(&self) {
+        {
+            let mut last = self.last_sweep.lock();
+            if last.elapsed() < SWEEP_EVERY {
+                return;
+            }
+            *last = Instant::now();
+        }
+        let mut peers = self.peers.lock();
+        for entry in peers.values_mut() {
+            if let PeerEntry::Up(p) = entry {
+                if !p.alive() {
+                    *entry = PeerEntry::Unreachable;
+                }
+            }
+        }
+    }
+}
+
+/// The shared region holding all of `[addr, addr + len)`, if one does.
+fn region_of(regions: &[(u64, u64)], addr: u64, len: u64) -> Option<(u64, u64)> {
+    let end = addr.checked_add(len)?;
+    regions
+        .iter()
+        .copied()
+        .find(|&(base, size)| addr >= base && base.checked_add(size).is_some_and(|e| end <= e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_is_served_only_inside_one_region() {
+        let regions = [(4096, 4096), (1 << 20, 100)];
+        assert_eq!(region_of(&regions, 4096, 4096), Some((4096, 4096)));
+        assert_eq!(region_of(&regions, 5000, 10), Some((4096, 4096)));
+        assert_eq!(region_of(&regions, 8000, 200), None, "runs past the end");
+        assert_eq!(region_of(&regions, 4000, 200), None, "starts before");
+        assert_eq!(region_of(&regions, (1 << 20) + 99, 1), Some((1 << 20, 100)));
+        assert_eq!(region_of(&regions, u64::MAX - 1, 4), None, "wraps");
+        assert_eq!(region_of(&[(u64::MAX - 10, 100)], u64::MAX - 5, 2), None);
+    }
+}

@@ -1,0 +1,217 @@
+//! Same-host shared memory between two engines: requests into a peer's shared region are
+//! copied through a mapping (counted by `shm_stats`), everything else still goes over TCP, and
+//! a peer that goes away is noticed.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{pattern_bytes, registered, req};
+use rand::{Rng, SeedableRng};
+use transfer_engine::{
+    Engine, EngineConfig, OpCode, Protocol, SharedMemory, TransferRequest, TransferState,
+    TransferStatus,
+};
+
+fn engine(shared_memory: bool) -> Engine {
+    Engine::new(EngineConfig {
+        protocol: Protocol::Tcp,
+        request_timeout: Duration::from_secs(5),
+        shared_memory,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+fn shared(engine: &Engine, len: usize) -> Arc<SharedMemory> {
+    let mem = Arc::new(SharedMemory::create("test-pool", len, false).unwrap());
+    engine.register_shared_memory(mem.clone()).unwrap();
+    mem
+}
+
+/// Fills the mapping with `data` (the tests touch it only between batches).
+fn fill(mem: &SharedMemory, data: &[u8]) {
+    assert_eq!(data.len(), mem.len());
+    // SAFETY: the mapping holds `mem.len()` bytes while `mem` lives; nothing else uses it now.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), mem.as_ptr(), data.len()) };
+}
+
+/// A copy of the mapping's bytes.
+fn contents(mem: &SharedMemory) -> Vec<u8> {
+    // SAFETY: as for `fill`.
+    unsafe { std::slice::from_raw_parts(mem.as_ptr(), mem.len()) }.to_vec()
+}
+
+fn run(e: &Engine, reqs: &[TransferRequest]) -> Vec<TransferStatus> {
+    let b = e.allocate_batch(reqs.len()).unwrap();
+    e.submit(b, reqs).unwrap();
+    let st = e.wait(b).unwrap();
+    e.free_batch(b).unwrap();
+    st
+}
+
+#[test]
+fn random_reads_and_writes_go_through_the_mapping_and_keep_every_byte() {
+    const POOL: usize = 4 << 20;
+    let owner = engine(true);
+    let pool = shared(&owner, POOL);
+    let init = pattern_bytes(1, POOL as u64);
+    fill(&pool, &init);
+    let reader = engine(true);
+    let mut local = registered(&reader, POOL);
+    let seg = reader.open_segment(owner.name()).unwrap();
+    let base = pool.as_ptr() as u64;
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut reqs = Vec::new();
+    let mut expect = Vec::new();
+    for _ in 0..64 {
+        let len = rng.random_range(1..=64 << 10) as u64;
+        let off = rng.random_range(0..POOL as u64 - len);
+        let at = rng.random_range(0..POOL as u64 - len);
+        reqs.push(req(OpCode::Read, local.addr() + at, seg, base + off, len));
+        expect.push((at, off, len));
+    }
+    // Reads land where asked (later ones may overwrite earlier ones: check in order).
+    let st = run(&reader, &reqs);
+    assert!(
+        st.iter().all(|s| s.state == TransferState::Completed),
+        "{st:?}"
+    );
+    let mut want = vec![0u8; POOL];
+    for &(at, off, len) in &expect {
+        want[at as usize..(at + len) as usize]
+            .copy_from_slice(&init[off as usize..(off + len) as usize]);
+    }
+    for &(at, _, len) in &expect {
+        assert_eq!(
+            local.as_slice()[at as usize..(at + len) as usize],
+            want[at as usize..(at + len) as usize]
+        );
+    }
+    let after_reads = reader.shm_stats();
+    assert_eq!(after_reads.requests, 64);
+    assert_eq!(after_reads.peers, 1);
+
+    // Writes: the whole local buffer with a new pattern, in 1 MiB requests.
+    let fresh = pattern_bytes(2, POOL as u64);
+    local.as_mut_slice().copy_from_slice(&fresh);
+    let writes: Vec<_> = (0..4)
+        .map(|k| {
+            let off = k * (1 << 20);
+            req(OpCode::Write, local.addr() + off, seg, base + off, 1 << 20)
+        })
+        .collect();
+    let st = run(&reader, &writes);
+    assert!(
+        st.iter().all(|s| *s == TransferStatus::completed(1 << 20)),
+        "{st:?}"
+    );
+    assert_eq!(contents(&pool), fresh);
+    assert_eq!(reader.shm_stats().requests, 68);
+    assert_eq!(reader.shm_stats().bytes, after_reads.bytes + POOL as u64);
+    assert_eq!(owner.shm_stats().requests, 0, "the owner did no work");
+}
+
+#[test]
+fn ordinary_memory_of_the_same_peer_still_goes_over_tcp() {
+    let owner = engine(true);
+    let pool = shared(&owner, 64 << 10);
+    fill(&pool, &[0x5a; 64 << 10]);
+    let plain = registered(&owner, 64 << 10);
+    let reader = engine(true);
+    let local = registered(&reader, 128 << 10);
+    let seg = reader.open_segment(owner.name()).unwrap();
+    let st = run(
+        &reader,
+        &[
+            req(
+                OpCode::Read,
+                local.addr(),
+                seg,
+                pool.as_ptr() as u64,
+                64 << 10,
+            ),
+            req(
+                OpCode::Read,
+                local.addr() + (64 << 10),
+                seg,
+                plain.addr(),
+                64 << 10,
+            ),
+            // Straddles the end of the shared region: refused by the engine's own check.
+            req(
+                OpCode::Read,
+                local.addr(),
+                seg,
+                pool.as_ptr() as u64 + 100,
+                64 << 10,
+            ),
+        ],
+    );
+    assert_eq!(st[0], TransferStatus::completed(64 << 10));
+    assert_eq!(st[1], TransferStatus::completed(64 << 10));
+    assert!(matches!(st[2].state, TransferState::Failed(_)), "{st:?}");
+    assert!(local.as_slice()[..64 << 10].iter().all(|&b| b == 0x5a));
+    assert_eq!(&local.as_slice()[64 << 10..], plain.as_slice());
+    assert_eq!(
+        reader.shm_stats().requests,
+        1,
+        "only the shared region is mapped"
+    );
+}
+
+#[test]
+fn with_shared_memory_off_everything_goes_over_tcp() {
+    let owner = engine(true);
+    let pool = shared(&owner, 64 << 10);
+    fill(&pool, &[3; 64 << 10]);
+    let reader = engine(false);
+    let local = registered(&reader, 64 << 10);
+    let seg = reader.open_segment(owner.name()).unwrap();
+    let st = run(
+        &reader,
+        &[req(
+            OpCode::Read,
+            local.addr(),
+            seg,
+            pool.as_ptr() as u64,
+            64 << 10,
+        )],
+    );
+    assert_eq!(st[0], TransferStatus::completed(64 << 10));
+    assert!(local.as_slice().iter().all(|&b| b == 3));
+    assert_eq!(reader.shm_stats().requests, 0);
+}
+
+#[test]
+fn a_peer_that_went_away_fails_like_any_dead_peer_and_its_mapping_is_dropped() {
+    let owner = engine(true);
+    let pool = shared(&owner, 64 << 10);
+    let addr = pool.as_ptr() as u64;
+    let reader = engine(true);
+    let local = registered(&reader, 64 << 10);
+    let seg = reader.open_segment(owner.name()).unwrap();
+    let one = [req(OpCode::Read, local.addr(), seg, addr, 4096)];
+    assert_eq!(run(&reader, &one)[0], TransferStatus::completed(4096));
+    assert_eq!(reader.shm_stats().peers, 1);
+
+    // The owner goes away (its memory stays mapped on our side until we notice).
+    drop(owner);
+    drop(pool);
+    let st = run(&reader, &one);
+    assert!(
+        matches!(
+            st[0].state,
+            TransferState::Failed(_) | TransferState::TimedOut
+        ),
+        "{st:?}"
+    );
+    let s = reader.shm_stats();
+    assert_eq!(
+        s.requests, 1,
+        "nothing more was served from the old mapping"
+    );
+    assert_eq!(s.peers, 0, "the mapping was dropped");
+}
