@@ -273,10 +273,19 @@ pub fn peer_uid(sock: &UnixStream) -> io::Result<u32> {
     Ok(cred.uid)
 }
 
-/// Whether the peer of `sock` has closed its end (end of stream is readable now). Does not
-/// block and consumes nothing; a socket with unread data or an error other than "no data yet"
-/// counts as closed only on end of stream or error.
-pub fn peer_closed(sock: &UnixStream) -> bool {
+/// What a socket holds now, seen without blocking and without consuming anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pending {
+    /// Nothing to read yet; the peer's end is open.
+    Nothing,
+    /// Bytes wait to be read.
+    Data,
+    /// The peer closed its end (or the socket failed).
+    Closed,
+}
+
+/// Looks at `sock` without blocking: data waiting, nothing, or the peer gone.
+pub fn pending(sock: &UnixStream) -> Pending {
     let mut byte = 0u8;
     // SAFETY: recv writes at most one byte into `byte`, which lives across the call; with
     // MSG_PEEK nothing is consumed and with MSG_DONTWAIT the call does not block.
@@ -289,12 +298,12 @@ pub fn peer_closed(sock: &UnixStream) -> bool {
         )
     };
     match n {
-        0 => true,
-        n if n > 0 => false,
-        _ => !matches!(
-            io::Error::last_os_error().kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-        ),
+        0 => Pending::Closed,
+        n if n > 0 => Pending::Data,
+        _ => match io::Error::last_os_error().kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Pending::Nothing,
+            _ => Pending::Closed,
+        },
     }
 }
 
@@ -374,14 +383,16 @@ mod tests {
     }
 
     #[test]
-    fn a_closed_peer_is_seen_without_blocking() {
+    fn data_and_a_closed_peer_are_seen_without_blocking() {
         let (a, b) = UnixStream::pair().unwrap();
-        assert!(!peer_closed(&a));
+        assert_eq!(pending(&a), Pending::Nothing);
         send_with_fd(&b, &[9], None).unwrap();
-        assert!(!peer_closed(&a), "unread data is not a close");
+        assert_eq!(pending(&a), Pending::Data);
+        assert_eq!(pending(&a), Pending::Data, "peeking consumes nothing");
         let mut one = [0u8; 1];
         recv_with_fd(&a, &mut one).unwrap();
+        assert_eq!(one, [9]);
         drop(b);
-        assert!(peer_closed(&a));
+        assert_eq!(pending(&a), Pending::Closed);
     }
 }

@@ -279,7 +279,7 @@ impl Engine {
         let (ptr, len) = (mem.as_ptr(), mem.len());
         let local = &self.inner.local;
         // In the map first, so that the descriptor published on registration lists it.
-        if local.shared.lock().insert(ptr as u64, mem).is_some() {
+        if !local.shared.lock().insert(mem) {
             return Err(TransferError::InvalidArgument(format!(
                 "shared memory at {ptr:p} is registered already"
             )));
@@ -288,7 +288,7 @@ impl Engine {
         // map in `unregister_memory` (or on failure just below), after the registry forgot it.
         let registered = unsafe { self.register_memory(ptr, len, Location::Host) };
         if registered.is_err() {
-            local.shared.lock().remove(&(ptr as u64));
+            local.shared.lock().remove(ptr as u64);
         }
         registered
     }
@@ -300,7 +300,10 @@ impl Engine {
         let unregistered = local.transport.unregister_memory(&region);
         // This drops only this engine's mapping of a shared region: peers that mapped it keep
         // theirs (and the memory) until they see it gone from the descriptor or the owner gone.
-        local.shared.lock().remove(&region.addr);
+        let revoked = local.shared.lock().remove(region.addr);
+        if let (Some(id), Some(shm)) = (revoked, &local.shm) {
+            shm.revoke(id);
+        }
         unregistered?;
         self.publish()
     }

@@ -215,3 +215,48 @@ fn a_peer_that_went_away_fails_like_any_dead_peer_and_its_mapping_is_dropped() {
     );
     assert_eq!(s.peers, 0, "the mapping was dropped");
 }
+
+#[test]
+fn an_unregistered_region_is_not_used_through_an_old_mapping() {
+    let owner = engine(true);
+    let old = shared(&owner, 64 << 10);
+    fill(&old, &[1; 64 << 10]);
+    let reader = engine(true);
+    let local = registered(&reader, 64 << 10);
+    let seg = reader.open_segment(owner.name()).unwrap();
+    let at_old = [req(
+        OpCode::Read,
+        local.addr(),
+        seg,
+        old.as_ptr() as u64,
+        4096,
+    )];
+    assert_eq!(run(&reader, &at_old)[0], TransferStatus::completed(4096));
+    assert_eq!(reader.shm_stats().requests, 1);
+
+    // The owner stops sharing it (the test keeps the memory, so the address is not reused)
+    // and shares another region. The reader's cached descriptor still lists the old one.
+    owner.unregister_memory(old.as_ptr()).unwrap();
+    let new = shared(&owner, 64 << 10);
+    fill(&new, &[2; 64 << 10]);
+    let st = run(&reader, &at_old);
+    assert!(matches!(st[0].state, TransferState::Failed(_)), "{st:?}");
+    assert_eq!(
+        reader.shm_stats().requests,
+        1,
+        "the old mapping served nothing"
+    );
+
+    // The new region is found (descriptor refreshed) and mapped.
+    let at_new = [req(
+        OpCode::Read,
+        local.addr(),
+        seg,
+        new.as_ptr() as u64,
+        4096,
+    )];
+    assert_eq!(run(&reader, &at_new)[0], TransferStatus::completed(4096));
+    assert!(local.as_slice()[..4096].iter().all(|&b| b == 2));
+    let s = reader.shm_stats();
+    assert_eq!((s.requests, s.peers), (2, 1), "{s:?}");
+}

@@ -35,8 +35,9 @@ use crate::transport::local::{run_copies, Copy};
 use crate::{Location, TransferRequest};
 
 use peer::Peer;
-pub use server::SharedRegions;
+use server::RegionRef;
 use server::ShmServer;
+pub use server::{Shared, SharedRegions};
 
 /// The transport's name: the key of its data in segment descriptors.
 pub const NAME: &str = "shm";
@@ -51,8 +52,8 @@ struct ShmInfo {
     host: String,
     /// Abstract socket name of the owner's [`ShmServer`].
     socket: String,
-    /// Shared regions: base address and length.
-    regions: Vec<(u64, u64)>,
+    /// Shared regions.
+    regions: Vec<RegionRef>,
 }
 
 /// Counters of the shared-memory path.
@@ -83,7 +84,7 @@ pub struct ShmTransport {
     timeout: Duration,
     requests: AtomicU64,
     bytes: AtomicU64,
-    _server: ShmServer,
+    server: ShmServer,
 }
 
 /// The kernel's boot id, which names this host (and this boot of it).
@@ -119,18 +120,13 @@ impl ShmTransport {
             timeout,
             requests: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
-            _server: server,
+            server,
         })
     }
 
     /// Data to publish in this engine's descriptor; `None` while nothing is shared.
     pub fn descriptor_data(&self) -> Option<Vec<u8>> {
-        let regions: Vec<(u64, u64)> = self
-            .regions
-            .lock()
-            .iter()
-            .map(|(&base, m)| (base, m.len() as u64))
-            .collect();
+        let regions = self.regions.lock().refs();
         if regions.is_empty() {
             return None;
         }
@@ -140,6 +136,12 @@ impl ShmTransport {
             regions,
         };
         postcard::to_stdvec(&info).ok()
+    }
+
+    /// Tells the peers that the region with registration id `id` is no longer shared; a
+    /// transfer they start after this returns does not use it.
+    pub fn revoke(&self, id: u64) {
+        self.server.revoke(id);
     }
 
     /// Counters so far.
@@ -194,7 +196,7 @@ impl ShmTransport {
         let mut bytes = 0u64;
         for (i, r) in items {
             let mapped = region_of(&info.regions, r.target_offset, r.len)
-                .and_then(|(base, len)| peer.mapping(base, len).ok().map(|m| (base, m)));
+                .and_then(|region| peer.mapping(region).ok().map(|m| (region.base, m)));
             let Some((base, map)) = mapped else {
                 rest.push((i, r));
                 continue;
@@ -271,27 +273,32 @@ impl ShmTransport {
 }
 
 /// The shared region holding all of `[addr, addr + len)`, if one does.
-fn region_of(regions: &[(u64, u64)], addr: u64, len: u64) -> Option<(u64, u64)> {
+fn region_of(regions: &[RegionRef], addr: u64, len: u64) -> Option<RegionRef> {
     let end = addr.checked_add(len)?;
     regions
         .iter()
         .copied()
-        .find(|&(base, size)| addr >= base && base.checked_add(size).is_some_and(|e| end <= e))
+        .find(|r| addr >= r.base && r.base.checked_add(r.len).is_some_and(|e| end <= e))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn r(base: u64, len: u64) -> RegionRef {
+        RegionRef { base, len, id: 1 }
+    }
+
     #[test]
     fn a_range_is_served_only_inside_one_region() {
-        let regions = [(4096, 4096), (1 << 20, 100)];
-        assert_eq!(region_of(&regions, 4096, 4096), Some((4096, 4096)));
-        assert_eq!(region_of(&regions, 5000, 10), Some((4096, 4096)));
-        assert_eq!(region_of(&regions, 8000, 200), None, "runs past the end");
-        assert_eq!(region_of(&regions, 4000, 200), None, "starts before");
-        assert_eq!(region_of(&regions, (1 << 20) + 99, 1), Some((1 << 20, 100)));
-        assert_eq!(region_of(&regions, u64::MAX - 1, 4), None, "wraps");
-        assert_eq!(region_of(&[(u64::MAX - 10, 100)], u64::MAX - 5, 2), None);
+        let regions = [r(4096, 4096), r(1 << 20, 100)];
+        let base_of = |addr, len| region_of(&regions, addr, len).map(|x| x.base);
+        assert_eq!(base_of(4096, 4096), Some(4096));
+        assert_eq!(base_of(5000, 10), Some(4096));
+        assert_eq!(base_of(8000, 200), None, "runs past the end");
+        assert_eq!(base_of(4000, 200), None, "starts before");
+        assert_eq!(base_of((1 << 20) + 99, 1), Some(1 << 20));
+        assert_eq!(base_of(u64::MAX - 1, 4), None, "wraps");
+        assert_eq!(region_of(&[r(u64::MAX - 10, 100)], u64::MAX - 5, 2), None);
     }
 }

@@ -1,17 +1,19 @@
 //! A peer's side of same-host sharing: the connection to an owner's socket, kept open as the
-//! sign that the owner lives, and the mappings of the owner's regions fetched through it.
+//! sign that the owner lives and as the owner's channel for revocations, and the mappings of
+//! the owner's regions fetched through it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
+use std::os::fd::OwnedFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mooncake_sys::shared_memory::{peer_closed, recv_with_fd, SharedMemory};
+use mooncake_sys::shared_memory::{pending, recv_with_fd, Pending, SharedMemory};
 use parking_lot::Mutex;
 
-use super::server::{request, HERE};
+use super::server::{parse_message, request, RegionRef, HERE, MESSAGE_LEN, REVOKED};
 
 /// One owner as seen from here.
 pub struct Peer {
@@ -21,8 +23,34 @@ pub struct Peer {
 struct State {
     /// `None` once the owner is known to be gone.
     stream: Option<UnixStream>,
-    /// Mappings of the owner's regions by base address.
-    maps: HashMap<u64, Arc<SharedMemory>>,
+    /// Mappings of the owner's regions by base address, with the region they map.
+    maps: HashMap<u64, (RegionRef, Arc<SharedMemory>)>,
+    /// Ids of regions the owner revoked or refused: never asked for again.
+    revoked: HashSet<u64>,
+}
+
+impl State {
+    fn gone(&mut self) {
+        self.stream = None;
+        self.maps.clear();
+    }
+
+    fn revoke(&mut self, id: u64) {
+        self.revoked.insert(id);
+        self.maps.retain(|_, (r, _)| r.id != id);
+    }
+
+    /// Reads one message from the owner (blocking up to the socket's timeout).
+    fn next_message(&mut self) -> io::Result<(u8, u64, Option<OwnedFd>)> {
+        let stream = self
+            .stream
+            .as_ref()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "the owner is gone"))?;
+        let mut m = [0u8; MESSAGE_LEN];
+        let fd = recv_with_fd(stream, &mut m)?;
+        let (kind, id) = parse_message(&m);
+        Ok((kind, id, fd))
+    }
 }
 
 impl Peer {
@@ -37,28 +65,41 @@ impl Peer {
             state: Mutex::new(State {
                 stream: Some(stream),
                 maps: HashMap::new(),
+                revoked: HashSet::new(),
             }),
         })
     }
 
-    /// Whether the owner still holds its end of the connection. Once it is gone, its mappings
-    /// are dropped here (the memory goes back to the kernel when no one maps it).
+    /// Whether the owner still holds its end of the connection; first applies the
+    /// revocations it sent. Once it is gone, its mappings are dropped here (the memory goes
+    /// back to the kernel when no one maps it).
     pub fn alive(&self) -> bool {
         let mut st = self.state.lock();
-        let closed = st.stream.as_ref().is_none_or(peer_closed);
-        if closed {
-            st.stream = None;
-            st.maps.clear();
+        loop {
+            match st.stream.as_ref().map_or(Pending::Closed, pending) {
+                Pending::Nothing => return true,
+                Pending::Closed => {
+                    st.gone();
+                    return false;
+                }
+                Pending::Data => match st.next_message() {
+                    Ok((REVOKED, id, _)) => st.revoke(id),
+                    // Answers come only to requests, which wait for them under this lock.
+                    Ok(_) | Err(_) => {
+                        st.gone();
+                        return false;
+                    }
+                },
+            }
         }
-        !closed
     }
 
-    /// Drops the mappings of regions the owner no longer shares (not in `regions`).
-    pub fn retain(&self, regions: &[(u64, u64)]) {
+    /// Drops the mappings of regions the owner no longer publishes (not in `regions`).
+    pub fn retain(&self, regions: &[RegionRef]) {
         self.state
             .lock()
             .maps
-            .retain(|base, m| regions.contains(&(*base, m.len() as u64)));
+            .retain(|_, (r, _)| regions.contains(r));
     }
 
     /// Mappings held now.
@@ -66,48 +107,57 @@ impl Peer {
         self.state.lock().maps.len()
     }
 
-    /// The mapping of the owner's region at `base`, exactly `len` bytes, fetched on first use.
-    pub fn mapping(&self, base: u64, len: u64) -> Result<Arc<SharedMemory>, String> {
+    /// The mapping of the owner's region `r` (all of it), fetched on first use.
+    pub fn mapping(&self, r: RegionRef) -> Result<Arc<SharedMemory>, String> {
         let mut st = self.state.lock();
-        if let Some(m) = st.maps.get(&base).filter(|m| m.len() as u64 == len) {
+        if let Some((_, m)) = st.maps.get(&r.base).filter(|(have, _)| *have == r) {
             return Ok(m.clone());
         }
-        let stream = st.stream.as_mut().ok_or("the owner is gone")?;
-        let fetched = fetch(stream, base, len);
-        match fetched {
-            Ok(m) => {
+        if st.revoked.contains(&r.id) {
+            return Err(format!("region {:#x} is no longer shared", r.base));
+        }
+        match fetch(&mut st, r) {
+            Ok(Some(m)) => {
                 let m = Arc::new(m);
-                st.maps.insert(base, m.clone());
+                st.maps.insert(r.base, (r, m.clone()));
                 Ok(m)
+            }
+            Ok(None) => {
+                st.revoke(r.id);
+                Err(format!("region {:#x} is not shared", r.base))
             }
             Err(e) => {
                 // A broken or confused connection is not used again.
-                if e.kind() != io::ErrorKind::NotFound {
-                    st.stream = None;
-                    st.maps.clear();
-                }
-                Err(format!("mapping region {base:#x}: {e}"))
+                st.gone();
+                Err(format!("mapping region {:#x}: {e}", r.base))
             }
         }
     }
 }
 
-fn fetch(stream: &mut UnixStream, base: u64, len: u64) -> io::Result<SharedMemory> {
-    let len_usize = usize::try_from(len)
+/// Asks for region `r`; `None` if the owner does not share it. Revocations that arrive before
+/// the answer are applied.
+fn fetch(st: &mut State, r: RegionRef) -> io::Result<Option<SharedMemory>> {
+    let len = usize::try_from(r.len)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "region too large"))?;
-    stream.write_all(&request(base, len))?;
-    let mut answer = [0u8; 1];
-    let fd = recv_with_fd(stream, &mut answer)?;
-    match (answer[0], fd) {
-        // Page tables filled once here, not by a fault per page on the data path.
-        (HERE, Some(fd)) => SharedMemory::map(fd, len_usize, true),
-        (HERE, None) => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "the owner answered without a descriptor",
-        )),
-        _ => Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            "the owner does not share that region",
-        )),
+    st.stream
+        .as_mut()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "the owner is gone"))?
+        .write_all(&request(r))?;
+    loop {
+        match st.next_message()? {
+            (REVOKED, id, _) => st.revoke(id),
+            (HERE, id, Some(fd)) if id == r.id => {
+                // Page tables filled once here, not by a fault per page on the data path.
+                return SharedMemory::map(fd, len, true).map(Some);
+            }
+            (HERE, _, _) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the owner's answer does not match the request",
+                ))
+            }
+            _ => return Ok(None),
+        }
     }
 }

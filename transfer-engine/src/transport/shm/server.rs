@@ -1,11 +1,14 @@
 //! The owner's side of same-host sharing: a Unix socket in the abstract namespace that hands
 //! the memfd of a shared region to a peer that asks for it by address.
 //!
-//! Protocol, per request on one connection: the peer sends the region's base address and
-//! length (two little-endian u64); the owner answers one byte, [`HERE`] with the region's
-//! descriptor attached or [`NOT_SHARED`]. Only processes of this user are served. The peer keeps
-//! the connection open for its life: the owner's end closing (process exit, engine drop) is how
-//! a peer learns that the owner is gone.
+//! Protocol: the peer asks for a region by base address, length and registration id (three
+//! little-endian u64); the owner answers with a [`MESSAGE_LEN`]-byte message, [`HERE`] with the
+//! region's descriptor attached or [`NOT_SHARED`]. The owner also sends [`REVOKED`] unasked,
+//! on every connection, when it unregisters a region: a peer drops that mapping before its
+//! next transfer (it checks for such messages first), and the id tells apart two registrations
+//! at the same address, so a peer never uses the memory of one for the other. Only processes of
+//! this user are served. The peer keeps the connection open for its life: the owner's end
+//! closing (process exit, engine drop) is how a peer learns that the owner is gone.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -15,24 +18,105 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use mooncake_sys::shared_memory::{own_uid, peer_uid, send_with_fd, SharedMemory};
+use mooncake_sys::shared_memory::{
+    own_uid, peer_uid, pending, send_with_fd, Pending, SharedMemory,
+};
 use parking_lot::Mutex;
 
-/// Answer: the region's descriptor is attached.
+/// Message: the region's descriptor is attached.
 pub const HERE: u8 = 0;
-/// Answer: no shared region starts at that address with at least that length.
+/// Message: no shared region with that address, length and id.
 pub const NOT_SHARED: u8 = 1;
+/// Message: the region with this id is no longer shared.
+pub const REVOKED: u8 = 2;
 /// Bytes of a request.
-pub const REQUEST_LEN: usize = 16;
+pub const REQUEST_LEN: usize = 24;
+/// Bytes of a message from the owner: its kind, then a region id (little-endian u64).
+pub const MESSAGE_LEN: usize = 9;
 
-/// Shared regions by base address.
-pub type SharedRegions = Arc<Mutex<BTreeMap<u64, Arc<SharedMemory>>>>;
+/// One message from the owner.
+pub fn message(kind: u8, id: u64) -> [u8; MESSAGE_LEN] {
+    let mut m = [0u8; MESSAGE_LEN];
+    m[0] = kind;
+    m[1..].copy_from_slice(&id.to_le_bytes());
+    m
+}
+
+/// Kind and region id of a message from the owner.
+pub fn parse_message(m: &[u8; MESSAGE_LEN]) -> (u8, u64) {
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&m[1..]);
+    (m[0], u64::from_le_bytes(id))
+}
+
+/// One shared region as published: base address, length, registration id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RegionRef {
+    /// First address, in the owner's address space.
+    pub base: u64,
+    /// Bytes.
+    pub len: u64,
+    /// Unique among the owner engine's registrations.
+    pub id: u64,
+}
+
+/// An engine's shared regions, by base address.
+#[derive(Default)]
+pub struct Shared {
+    next_id: u64,
+    by_base: BTreeMap<u64, (u64, Arc<SharedMemory>)>,
+}
+
+impl Shared {
+    /// Adds `mem` under a fresh id; false if a region starts at the same address.
+    pub fn insert(&mut self, mem: Arc<SharedMemory>) -> bool {
+        let base = mem.as_ptr() as u64;
+        if self.by_base.contains_key(&base) {
+            return false;
+        }
+        self.next_id += 1;
+        self.by_base.insert(base, (self.next_id, mem));
+        true
+    }
+
+    /// Drops the region at `base` (this side's reference to its memory); its id, if it was
+    /// there.
+    pub fn remove(&mut self, base: u64) -> Option<u64> {
+        self.by_base.remove(&base).map(|(id, _)| id)
+    }
+
+    /// The regions, as published.
+    pub fn refs(&self) -> Vec<RegionRef> {
+        self.by_base
+            .iter()
+            .map(|(&base, (id, m))| RegionRef {
+                base,
+                len: m.len() as u64,
+                id: *id,
+            })
+            .collect()
+    }
+
+    fn get(&self, r: RegionRef) -> Option<Arc<SharedMemory>> {
+        self.by_base
+            .get(&r.base)
+            .filter(|(id, m)| *id == r.id && m.len() as u64 == r.len)
+            .map(|(_, m)| m.clone())
+    }
+}
+
+/// An engine's shared regions, shared with its server threads.
+pub type SharedRegions = Arc<Mutex<Shared>>;
+
+/// The sending side of one peer's connection; whoever writes holds the lock, so that answers
+/// and revocations never interleave.
+type Conn = Arc<Mutex<UnixStream>>;
 
 /// The listening socket and its threads; stops them on drop.
 pub struct ShmServer {
     name: String,
     stop: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<UnixStream>>>,
+    conns: Arc<Mutex<Vec<Conn>>>,
     accept: Option<JoinHandle<()>>,
 }
 
@@ -42,7 +126,7 @@ impl ShmServer {
         let addr = SocketAddr::from_abstract_name(name.as_bytes())?;
         let listener = UnixListener::bind_addr(&addr)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let conns: Arc<Mutex<Vec<UnixStream>>> = Arc::default();
+        let conns: Arc<Mutex<Vec<Conn>>> = Arc::default();
         let accept = {
             let (stop, conns) = (stop.clone(), conns.clone());
             std::thread::Builder::new()
@@ -56,6 +140,20 @@ impl ShmServer {
             accept: Some(accept),
         })
     }
+
+    /// Tells every connected peer that region `id` is no longer shared. Returns once the
+    /// messages are in the peers' sockets, so a transfer a peer starts afterwards sees them.
+    pub fn revoke(&self, id: u64) {
+        let conns: Vec<Conn> = self.conns.lock().clone();
+        for c in conns {
+            // A peer that cannot be told is gone or broken; it loses the connection and with
+            // it every mapping.
+            let c = c.lock();
+            if send_with_fd(&c, &message(REVOKED, id), None).is_err() {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
 }
 
 impl Drop for ShmServer {
@@ -63,7 +161,7 @@ impl Drop for ShmServer {
         self.stop.store(true, Ordering::Release);
         // Closing every connection ends its thread and tells its peer the owner is gone.
         for c in self.conns.lock().drain(..) {
-            let _ = c.shutdown(std::net::Shutdown::Both);
+            let _ = c.lock().shutdown(std::net::Shutdown::Both);
         }
         // Wake the accept loop so it sees the flag.
         if let Ok(addr) = SocketAddr::from_abstract_name(self.name.as_bytes()) {
@@ -79,7 +177,7 @@ fn accept_loop(
     listener: UnixListener,
     regions: SharedRegions,
     stop: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<UnixStream>>>,
+    conns: Arc<Mutex<Vec<Conn>>>,
 ) {
     let me = own_uid();
     for stream in listener.incoming() {
@@ -104,41 +202,39 @@ fn accept_loop(
                 continue;
             }
         }
-        let Ok(kept) = stream.try_clone() else {
+        let Ok(reader) = stream.try_clone() else {
             continue;
         };
+        let conn: Conn = Arc::new(Mutex::new(stream));
         {
             let mut c = conns.lock();
             // Forget connections whose peers left (their threads have ended).
-            c.retain(|s| !mooncake_sys::shared_memory::peer_closed(s));
-            c.push(kept);
+            c.retain(|s| pending(&s.lock()) != Pending::Closed);
+            c.push(conn.clone());
         }
         let regions = regions.clone();
         let spawned = std::thread::Builder::new()
             .name("te-shm-serve".into())
-            .spawn(move || serve(stream, &regions));
+            .spawn(move || serve(reader, &conn, &regions));
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "cannot start a shared-memory serving thread");
         }
     }
 }
 
-/// Answers one peer's requests until it closes the connection or sends garbage.
-fn serve(mut stream: UnixStream, regions: &SharedRegions) {
+/// Answers one peer's requests until it closes the connection.
+fn serve(mut reader: UnixStream, conn: &Conn, regions: &SharedRegions) {
     let mut req = [0u8; REQUEST_LEN];
     loop {
-        if stream.read_exact(&mut req).is_err() {
+        if reader.read_exact(&mut req).is_err() {
             return;
         }
-        let (base, len) = parse_request(&req);
-        let region = regions
-            .lock()
-            .get(&base)
-            .filter(|m| m.len() as u64 >= len)
-            .cloned();
+        let asked = parse_request(&req);
+        let region = regions.lock().get(asked);
+        let c = conn.lock();
         let sent = match &region {
-            Some(m) => send_with_fd(&stream, &[HERE], Some(m.fd())),
-            None => send_with_fd(&stream, &[NOT_SHARED], None),
+            Some(m) => send_with_fd(&c, &message(HERE, asked.id), Some(m.fd())),
+            None => send_with_fd(&c, &message(NOT_SHARED, asked.id), None),
         };
         if sent.is_err() {
             return;
@@ -146,20 +242,26 @@ fn serve(mut stream: UnixStream, regions: &SharedRegions) {
     }
 }
 
-/// A request for the region at `base` of at least `len` bytes.
-pub fn request(base: u64, len: u64) -> [u8; REQUEST_LEN] {
-    let mut r = [0u8; REQUEST_LEN];
-    r[..8].copy_from_slice(&base.to_le_bytes());
-    r[8..].copy_from_slice(&len.to_le_bytes());
-    r
+/// A request for region `r`.
+pub fn request(r: RegionRef) -> [u8; REQUEST_LEN] {
+    let mut b = [0u8; REQUEST_LEN];
+    b[..8].copy_from_slice(&r.base.to_le_bytes());
+    b[8..16].copy_from_slice(&r.len.to_le_bytes());
+    b[16..].copy_from_slice(&r.id.to_le_bytes());
+    b
 }
 
-fn parse_request(r: &[u8; REQUEST_LEN]) -> (u64, u64) {
-    let mut base = [0u8; 8];
-    let mut len = [0u8; 8];
-    base.copy_from_slice(&r[..8]);
-    len.copy_from_slice(&r[8..]);
-    (u64::from_le_bytes(base), u64::from_le_bytes(len))
+fn parse_request(b: &[u8; REQUEST_LEN]) -> RegionRef {
+    let word = |i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[i * 8..(i + 1) * 8]);
+        u64::from_le_bytes(w)
+    };
+    RegionRef {
+        base: word(0),
+        len: word(1),
+        id: word(2),
+    }
 }
 
 #[cfg(test)]
@@ -167,8 +269,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn messages_round_trip() {
+        assert_eq!(parse_message(&message(REVOKED, 77)), (REVOKED, 77));
+    }
+
+    #[test]
     fn requests_round_trip() {
-        let r = request(0x7f00_1234_0000, 1 << 30);
-        assert_eq!(parse_request(&r), (0x7f00_1234_0000, 1 << 30));
+        let r = RegionRef {
+            base: 0x7f00_1234_0000,
+            len: 1 << 30,
+            id: 3,
+        };
+        assert_eq!(parse_request(&request(r)), r);
+    }
+
+    #[test]
+    fn a_region_is_found_only_by_its_own_address_length_and_id() {
+        let mut shared = Shared::default();
+        let a = Arc::new(SharedMemory::create("a", 4096, false).unwrap());
+        assert!(shared.insert(a.clone()));
+        assert!(!shared.insert(a.clone()), "same address twice");
+        let r = shared.refs()[0];
+        assert!(shared.get(r).is_some());
+        assert!(shared.get(RegionRef { id: r.id + 1, ..r }).is_none());
+        assert!(shared.get(RegionRef { len: 8192, ..r }).is_none());
+        // Registered again at the same address: a new id, the old one is not served.
+        shared.remove(r.base);
+        assert!(shared.insert(a));
+        let again = shared.refs()[0];
+        assert_ne!(again.id, r.id);
+        assert!(shared.get(r).is_none());
     }
 }
