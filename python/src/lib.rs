@@ -170,9 +170,10 @@ impl Store {
     /// Connects to the master at `master` (`host:port` or `etcd://h1:2379,h2:2379/<cluster>`)
     /// and contributes `segment_size` bytes of host memory to the pool (0: none). Peers reach
     /// this client at `local_hostname` (default 127.0.0.1: one host only); `rdma_devices`
-    /// ("mlx5_0,mlx5_1"; empty: all) picks the NICs.
+    /// ("mlx5_0,mlx5_1"; empty: all) picks the NICs. With `shared_memory` (default), clients
+    /// on this host map each other's pools and copy directly instead of using the network.
     #[new]
-    #[pyo3(signature = (master, segment_size = 64 << 20, staging_size = 64 << 20, protocol = "auto", replica_num = 1, auto_batch = false, local_hostname = None, rdma_devices = ""))]
+    #[pyo3(signature = (master, segment_size = 64 << 20, staging_size = 64 << 20, protocol = "auto", replica_num = 1, auto_batch = false, local_hostname = None, rdma_devices = "", shared_memory = true))]
     #[allow(clippy::too_many_arguments)] // Python keyword arguments
     fn new(
         py: Python<'_>,
@@ -184,6 +185,7 @@ impl Store {
         auto_batch: bool,
         local_hostname: Option<&str>,
         rdma_devices: &str,
+        shared_memory: bool,
     ) -> PyResult<Self> {
         let mut cfg = ConnectArgs {
             master,
@@ -193,7 +195,8 @@ impl Store {
             local_hostname,
             rdma_devices,
         }
-        .config()?;
+        .config()?
+        .shared_memory(shared_memory);
         cfg.replicate = ReplicateConfig {
             replica_num,
             ..cfg.replicate

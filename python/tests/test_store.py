@@ -1,4 +1,5 @@
-"""The Python API against an embedded master and a second client holding the pool (TCP).
+"""The Python API against an embedded master and a second client holding the pool (through
+same-host shared memory by default; over TCP where a test turns it off).
 
 Run with `scripts/python-test` (builds the extension first). The GPU test runs where PyTorch
 sees a CUDA device and is skipped elsewhere.
@@ -56,6 +57,17 @@ class StoreTest(unittest.TestCase):
         self.assertEqual(name, "OBJECT_NOT_FOUND")
         self.assertEqual(mooncake_rs.error_name(code), "OBJECT_NOT_FOUND")
         self.assertTrue(message)
+
+    def test_without_shared_memory_bytes_go_over_tcp(self):
+        holder = Store(self.master.address, segment_size=8 * MIB, protocol="tcp", shared_memory=False)
+        worker = Store(self.master.address, segment_size=0, protocol="tcp", shared_memory=False)
+        try:
+            vals = {f"tcp-only/{i}": value(i, 1000 + i) for i in range(8)}
+            self.assertEqual(worker.batch_put(list(vals), list(vals.values())), [0] * 8)
+            self.assertEqual(worker.batch_get(list(vals)), list(vals.values()))
+        finally:
+            worker.close()
+            holder.close()
 
     def test_batches_give_one_result_per_key(self):
         w = self.worker
