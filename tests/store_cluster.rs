@@ -185,10 +185,21 @@ async fn fall_back_when_a_holder_dies(shm: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holder_remounts_after_the_master_expired_it() {
+    remount_after_expiry(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_memory_holder_remounts_after_the_master_expired_it() {
+    // A paused holder's pool stays mapped here; the master's liveness check alone decides
+    // that its segment is gone.
+    remount_after_expiry(true).await;
+}
+
+async fn remount_after_expiry(shm: bool) {
     let m = master(Duration::from_secs(1)).await;
     let addr = m.rpc_addr().to_string();
-    let holder = Holder::spawn(&addr, "16M", 100);
-    let c = reader(&addr, false).await;
+    let holder = Holder::spawn_with(&addr, "16M", 100, shm);
+    let c = reader_with(&addr, false, shm).await;
     assert!(c.put("before", b"v1").await.is_ok());
 
     // A paused holder stops pinging; the master expires it and drops its segment.
@@ -213,6 +224,7 @@ async fn holder_remounts_after_the_master_expired_it() {
     )
     .await;
     assert_eq!(c.get("after").await.value(), Some(&v));
+    assert_eq!(c.engine().shm_stats().peers > 0, shm);
     c.close().await;
 }
 

@@ -111,6 +111,28 @@ impl SharedMemory {
         Ok(SharedMemory { ptr, len, fd })
     }
 
+    /// Fills the page tables for `[offset, offset + len)` of the mapping now, writable (one
+    /// call instead of a fault per page; Linux 5.14+). Page-aligns the range outward and clips
+    /// it to the mapping; an error leaves the pages to be faulted in on first touch.
+    pub fn populate(&self, offset: usize, len: usize) -> io::Result<()> {
+        let page = crate::host_memory::page_size();
+        let start = (offset / page) * page;
+        let end = offset.saturating_add(len).min(self.len);
+        if start >= end {
+            return Ok(());
+        }
+        // SAFETY: the range lies inside this live mapping (clipped above); MADV_POPULATE_WRITE
+        // only faults pages in, it does not change their contents.
+        cvt(unsafe {
+            libc::madvise(
+                self.ptr.as_ptr().add(start).cast(),
+                end - start,
+                libc::MADV_POPULATE_WRITE,
+            )
+        })
+        .map(|_| ())
+    }
+
     /// First byte of the mapping.
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
@@ -329,7 +351,9 @@ mod tests {
         let mut buf = [0u8; 5];
         let fd = recv_with_fd(&b, &mut buf).unwrap().expect("a descriptor");
         assert_eq!(&buf, b"hello");
-        let peer = SharedMemory::map(fd, owner.len(), true).unwrap();
+        let peer = SharedMemory::map(fd, owner.len(), false).unwrap();
+        peer.populate(4096, 10).unwrap();
+        peer.populate(0, usize::MAX).unwrap();
         assert_ne!(peer.as_ptr(), owner.as_ptr());
         // SAFETY: the peer's mapping of the same length.
         let theirs = unsafe { std::slice::from_raw_parts_mut(peer.as_ptr(), peer.len()) };

@@ -288,7 +288,11 @@ impl Engine {
         // map in `unregister_memory` (or on failure just below), after the registry forgot it.
         let registered = unsafe { self.register_memory(ptr, len, Location::Host) };
         if registered.is_err() {
-            local.shared.lock().remove(ptr as u64);
+            // The live descriptor listed it meanwhile: a peer may have mapped it.
+            let id = local.shared.lock().remove(ptr as u64);
+            if let (Some(id), Some(shm)) = (id, &local.shm) {
+                shm.revoke(id);
+            }
         }
         registered
     }
@@ -298,8 +302,8 @@ impl Engine {
         let local = &self.inner.local;
         let region = local.registry.remove(ptr as u64)?;
         let unregistered = local.transport.unregister_memory(&region);
-        // This drops only this engine's mapping of a shared region: peers that mapped it keep
-        // theirs (and the memory) until they see it gone from the descriptor or the owner gone.
+        // This drops only this engine's mapping of a shared region; peers drop theirs when
+        // they apply the revocation (before their next transfer, or within a second).
         let revoked = local.shared.lock().remove(region.addr);
         if let (Some(id), Some(shm)) = (revoked, &local.shm) {
             shm.revoke(id);

@@ -72,9 +72,11 @@ pub struct Args {
     /// Transport: auto, tcp or rdma.
     #[arg(long, default_value = "tcp")]
     protocol: String,
-    /// Same-host shared memory between the clients (on: the holders' pools are memfds the
-    /// benchmark client maps and copies to and from; off: every byte goes over --protocol).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    /// Same-host shared memory between the clients (true: the holders' pools are memfds the
+    /// benchmark client maps and copies to and from, as clients on one host do by default;
+    /// false, the default here: every byte goes over --protocol, the path between hosts that
+    /// the main job stands in for).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     shm: bool,
     /// Concurrent single-key getters in the auto-batching comparison (0 = skip it).
     #[arg(long, default_value_t = 64)]

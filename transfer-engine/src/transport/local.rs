@@ -39,8 +39,8 @@ impl Transport for LocalTransport {
     ) {
         let devices = self.registry.has_device_memory();
         let mut copies = Vec::with_capacity(items.len());
-        let failed: Vec<_> = self.registry.with(|set| {
-            items
+        let (failed, device) = self.registry.with(|set| {
+            let failed: Vec<_> = items
                 .into_iter()
                 .filter_map(|(i, r)| {
                     let Some(target) = set.find(r.target_offset, r.len) else {
@@ -63,13 +63,17 @@ impl Transport for LocalTransport {
                     copies.push(Copy::of(i, &r, r.target_offset, target.location, local));
                     None
                 })
-                .collect()
+                .collect();
+            // Host copies run under the registry's read lock, so unregistering a region waits
+            // for those in flight.
+            // SAFETY: both ranges of every copy lie inside registered regions (the engine
+            // checked the local one, the lookup above the target one), which their owner keeps
+            // valid while registered.
+            (failed, unsafe { run_host_copies(copies, sink) })
         });
         sink.finish_many(failed);
-        // SAFETY: both ranges of every copy lie inside registered regions (the engine checked
-        // the local one, the lookup above the target one), which their owner keeps valid while
-        // registered.
-        unsafe { run_copies(copies, sink) };
+        // SAFETY: as above; the driver's copies run outside the lock (they wait for the device).
+        unsafe { run_device_copies(device, sink) };
     }
 }
 
@@ -119,28 +123,25 @@ impl Copy {
 /// # Safety
 /// Both ranges of every copy lie in memory that stays valid (at its location) for the call.
 pub(crate) unsafe fn run_copies(copies: Vec<Copy>, sink: &CompletionSink) {
-    let mut gpu_copies: Vec<(usize, u64, gpu::GpuCopy)> = Vec::new();
+    // SAFETY: the caller's guarantee, passed on.
+    unsafe {
+        let device = run_host_copies(copies, sink);
+        run_device_copies(device, sink);
+    }
+}
+
+/// Runs the host-to-host copies of `copies` by memcpy, finishing each through `sink`, and
+/// returns the others (those touching device memory).
+///
+/// # Safety
+/// As for [`run_copies`].
+pub(crate) unsafe fn run_host_copies(copies: Vec<Copy>, sink: &CompletionSink) -> Vec<Copy> {
+    let mut device = Vec::new();
     let results: Vec<_> = copies
         .into_iter()
         .filter_map(|c| {
             if c.src_loc != Location::Host || c.dst_loc != Location::Host {
-                if c.src < c.dst.saturating_add(c.len) && c.dst < c.src.saturating_add(c.len) {
-                    return Some((
-                        c.index,
-                        TransferStatus::failed(
-                            "source and destination overlap: the GPU driver copies only disjoint ranges",
-                        ),
-                    ));
-                }
-                // The driver's copies of a batch run together, with one wait.
-                let copy = gpu::GpuCopy {
-                    dst: c.dst,
-                    dst_loc: c.dst_loc,
-                    src: c.src,
-                    src_loc: c.src_loc,
-                    len: c.len as usize,
-                };
-                gpu_copies.push((c.index, c.len, copy));
+                device.push(c);
                 return None;
             }
             // SAFETY: the caller guarantees both ranges; `copy` tolerates overlap.
@@ -151,6 +152,38 @@ pub(crate) unsafe fn run_copies(copies: Vec<Copy>, sink: &CompletionSink) {
         })
         .collect();
     sink.finish_many(results);
+    device
+}
+
+/// Runs copies that touch device memory through the CUDA driver together, with one wait,
+/// finishing each through `sink`; overlapping ranges fail (the driver copies only disjoint
+/// ones).
+///
+/// # Safety
+/// As for [`run_copies`].
+pub(crate) unsafe fn run_device_copies(copies: Vec<Copy>, sink: &CompletionSink) {
+    let mut gpu_copies: Vec<(usize, u64, gpu::GpuCopy)> = Vec::new();
+    let mut overlapping = Vec::new();
+    for c in copies {
+        if c.src < c.dst.saturating_add(c.len) && c.dst < c.src.saturating_add(c.len) {
+            overlapping.push((
+                c.index,
+                TransferStatus::failed(
+                    "source and destination overlap: the GPU driver copies only disjoint ranges",
+                ),
+            ));
+            continue;
+        }
+        let copy = gpu::GpuCopy {
+            dst: c.dst,
+            dst_loc: c.dst_loc,
+            src: c.src,
+            src_loc: c.src_loc,
+            len: c.len as usize,
+        };
+        gpu_copies.push((c.index, c.len, copy));
+    }
+    sink.finish_many(overlapping);
     if gpu_copies.is_empty() {
         return;
     }

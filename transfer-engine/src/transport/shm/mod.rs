@@ -2,30 +2,42 @@
 //! the peer runs on this host, are served by memcpy through a mapping of the peer's memory.
 //!
 //! Memory registered with [`crate::Engine::register_shared_memory`] is a memfd
-//! ([`SharedMemory`]); the engine publishes, under the transport name `"shm"`, this host's
-//! boot id, the abstract Unix socket that hands out the memfds, and the shared regions. A peer
-//! engine on the same host (same boot id, and the socket reachable: same network namespace)
-//! maps a region once, then copies itself: no socket round trip and no wake-up of the owner per
-//! request, the way a one-sided RDMA READ/WRITE does not involve the target's CPU.
+//! ([`mooncake_sys::shared_memory::SharedMemory`]); the engine publishes, under the transport
+//! name `"shm"`, this host's boot id, the abstract Unix socket that hands out the memfds, and the
+//! shared regions. A peer engine on the same host (same boot id, the socket reachable: same
+//! network namespace, and owned by the same user) maps a region once, then copies itself in the
+//! submitting thread: no socket round trip and no wake-up of the owner per request, the way a
+//! one-sided RDMA READ/WRITE does not involve the target's CPU. Page tables of a mapping are
+//! filled per 2 MiB chunk on its first use (one call, not a fault per page), so a peer pays for
+//! the part of a pool it touches.
 //!
 //! Everything else falls back to the network transport: a peer on another host or in another
 //! namespace, memory registered the ordinary way, a region the owner stopped sharing, an owner
-//! that is gone. The owner's end of the socket connection closing is how a peer learns that
-//! the owner is gone (checked once per submit, one non-blocking syscall); its requests then go
-//! to the network transport and fail there as they would for any dead peer, and its mappings
-//! are dropped. Device memory on the local side is copied by the CUDA driver, as by the
-//! memcpy transport.
+//! that is gone. The connection to the owner stays open. Before each transfer to an owner, the
+//! peer checks it without blocking and applies the revocations the owner sent when it
+//! unregistered regions; the owner's end closing (process exit, engine drop) means the owner
+//! is gone, and its requests then go to the network transport and fail there as they would for
+//! any dead peer. A reaper thread does the same check every second for owners nothing is sent
+//! to, so a dead owner's memory is not kept alive by mappings here.
+//!
+//! Differences from the network transports, by design: an owner that is paused (SIGSTOP) is
+//! still read and written (its memory is there; over TCP the requests would time out), so the
+//! master's client liveness, not the transport, decides when its segment is gone; and a
+//! transfer that raced the owner's death completes into memory nobody will read again, as an
+//! RDMA WRITE that raced it would have. Device memory on the local side is copied by the CUDA
+//! driver, as by the memcpy transport.
 
 mod peer;
 mod server;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
-use mooncake_sys::shared_memory::SharedMemory;
 use parking_lot::Mutex;
 
 use crate::batch::CompletionSink;
@@ -34,7 +46,7 @@ use crate::registry::MemoryRegistry;
 use crate::transport::local::{run_copies, Copy};
 use crate::{Location, TransferRequest};
 
-use peer::Peer;
+use peer::{Mapping, Peer};
 use server::RegionRef;
 use server::ShmServer;
 pub use server::{Shared, SharedRegions};
@@ -73,18 +85,81 @@ enum PeerEntry {
     Unreachable,
 }
 
+type Peers = Arc<Mutex<HashMap<String, PeerEntry>>>;
+
+/// The thread that looks for peers that went away even while nothing is sent to them (their
+/// mappings would otherwise keep their memory); stopped on drop.
+struct Reaper {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Reaper {
+    fn start(peers: Peers) -> std::io::Result<Reaper> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("te-shm-reap".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Acquire) {
+                    std::thread::park_timeout(SWEEP_EVERY);
+                    sweep(&peers);
+                }
+            })?;
+        Ok(Reaper {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+/// Forgets the peers that went away (dropping their mappings) and applies the revocations
+/// the others sent. The liveness checks run outside the map's lock.
+fn sweep(peers: &Peers) {
+    let up: Vec<(String, Arc<Peer>)> = peers
+        .lock()
+        .iter()
+        .filter_map(|(k, e)| match e {
+            PeerEntry::Up(p) => Some((k.clone(), p.clone())),
+            PeerEntry::Unreachable => None,
+        })
+        .collect();
+    let gone: Vec<String> = up
+        .into_iter()
+        .filter(|(_, p)| !p.alive())
+        .map(|(k, _)| k)
+        .collect();
+    if gone.is_empty() {
+        return;
+    }
+    let mut peers = peers.lock();
+    for k in gone {
+        peers.insert(k, PeerEntry::Unreachable);
+    }
+}
+
 /// The same-host transport of one engine: serves its shared regions, maps its peers'.
 pub struct ShmTransport {
     host: String,
     socket: String,
     regions: SharedRegions,
     registry: Arc<MemoryRegistry>,
-    peers: Mutex<HashMap<String, PeerEntry>>,
-    last_sweep: Mutex<Instant>,
+    peers: Peers,
     timeout: Duration,
     requests: AtomicU64,
     bytes: AtomicU64,
     server: ShmServer,
+    _reaper: Reaper,
 }
 
 /// The kernel's boot id, which names this host (and this boot of it).
@@ -110,17 +185,19 @@ impl ShmTransport {
             .finish();
         let socket = format!("mooncake-te/{}/{nonce:016x}", std::process::id());
         let server = ShmServer::start(socket.clone(), regions.clone())?;
+        let peers = Peers::default();
+        let reaper = Reaper::start(peers.clone())?;
         Ok(ShmTransport {
             host,
             socket,
             regions,
             registry,
-            peers: Mutex::new(HashMap::new()),
-            last_sweep: Mutex::new(Instant::now()),
+            peers,
             timeout,
             requests: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             server,
+            _reaper: reaper,
         })
     }
 
@@ -178,7 +255,6 @@ impl ShmTransport {
         if info.host != self.host || info.socket == self.socket {
             return items;
         }
-        self.sweep();
         let Some(peer) = self.peer(&info.socket) else {
             return items;
         };
@@ -191,7 +267,7 @@ impl ShmTransport {
         peer.retain(&info.regions);
         let devices = self.registry.has_device_memory();
         let mut copies = Vec::with_capacity(items.len());
-        let mut held: Vec<Arc<SharedMemory>> = Vec::new();
+        let mut held: Vec<Arc<Mapping>> = Vec::new();
         let mut rest = Vec::new();
         let mut bytes = 0u64;
         for (i, r) in items {
@@ -202,7 +278,9 @@ impl ShmTransport {
                 continue;
             };
             // Inside the region (checked by `region_of`), and the mapping is the whole region.
-            let remote = map.as_ptr() as u64 + (r.target_offset - base);
+            let offset = r.target_offset - base;
+            map.prepare(offset as usize, r.len as usize);
+            let remote = map.as_ptr() as u64 + offset;
             let local = if devices {
                 self.registry
                     .find(r.local_addr, r.len)
@@ -229,45 +307,24 @@ impl ShmTransport {
         rest
     }
 
-    /// The connection to the owner behind `socket`, made on first use.
+    /// The connection to the owner behind `socket`, made on first use (outside the map's
+    /// lock; if two threads connect at once, the first one's connection is kept).
     fn peer(&self, socket: &str) -> Option<Arc<Peer>> {
-        let mut peers = self.peers.lock();
-        match peers.get(socket) {
+        match self.peers.lock().get(socket) {
             Some(PeerEntry::Up(p)) => return Some(p.clone()),
             Some(PeerEntry::Unreachable) => return None,
             None => {}
         }
-        match Peer::connect(socket, self.timeout) {
-            Ok(p) => {
-                let p = Arc::new(p);
-                peers.insert(socket.to_string(), PeerEntry::Up(p.clone()));
-                Some(p)
-            }
+        let entry = match Peer::connect(socket, self.timeout) {
+            Ok(p) => PeerEntry::Up(Arc::new(p)),
             Err(e) => {
                 tracing::info!(socket, error = %e, "peer on this host not reachable through shared memory; using the network transport");
-                peers.insert(socket.to_string(), PeerEntry::Unreachable);
-                None
+                PeerEntry::Unreachable
             }
-        }
-    }
-
-    /// At most once per [`SWEEP_EVERY`]: forgets peers that went away, dropping their
-    /// mappings (which would otherwise keep their memory).
-    fn sweep(&self) {
-        {
-            let mut last = self.last_sweep.lock();
-            if last.elapsed() < SWEEP_EVERY {
-                return;
-            }
-            *last = Instant::now();
-        }
-        let mut peers = self.peers.lock();
-        for entry in peers.values_mut() {
-            if let PeerEntry::Up(p) = entry {
-                if !p.alive() {
-                    *entry = PeerEntry::Unreachable;
-                }
-            }
+        };
+        match self.peers.lock().entry(socket.to_string()).or_insert(entry) {
+            PeerEntry::Up(p) => Some(p.clone()),
+            PeerEntry::Unreachable => None,
         }
     }
 }

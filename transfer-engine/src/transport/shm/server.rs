@@ -17,6 +17,7 @@ use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use mooncake_sys::shared_memory::{
     own_uid, peer_uid, pending, send_with_fd, Pending, SharedMemory,
@@ -33,6 +34,8 @@ pub const REVOKED: u8 = 2;
 pub const REQUEST_LEN: usize = 24;
 /// Bytes of a message from the owner: its kind, then a region id (little-endian u64).
 pub const MESSAGE_LEN: usize = 9;
+/// Longest the owner waits to hand a message to a peer's socket.
+const SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One message from the owner.
 pub fn message(kind: u8, id: u64) -> [u8; MESSAGE_LEN] {
@@ -142,12 +145,13 @@ impl ShmServer {
     }
 
     /// Tells every connected peer that region `id` is no longer shared. Returns once the
-    /// messages are in the peers' sockets, so a transfer a peer starts afterwards sees them.
+    /// messages are in the peers' sockets: a peer checks for them before each transfer, so a
+    /// transfer it starts afterwards does not use the region. A peer that cannot take the
+    /// message within [`SEND_TIMEOUT`] (its socket full: it stopped reading) loses the
+    /// connection, which it takes for the owner being gone, dropping every mapping.
     pub fn revoke(&self, id: u64) {
         let conns: Vec<Conn> = self.conns.lock().clone();
         for c in conns {
-            // A peer that cannot be told is gone or broken; it loses the connection and with
-            // it every mapping.
             let c = c.lock();
             if send_with_fd(&c, &message(REVOKED, id), None).is_err() {
                 let _ = c.shutdown(std::net::Shutdown::Both);
@@ -158,10 +162,14 @@ impl ShmServer {
 
 impl Drop for ShmServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        // Closing every connection ends its thread and tells its peer the owner is gone.
-        for c in self.conns.lock().drain(..) {
-            let _ = c.lock().shutdown(std::net::Shutdown::Both);
+        {
+            // Under the lock the accept loop adds connections with, so none is added after.
+            let mut conns = self.conns.lock();
+            self.stop.store(true, Ordering::Release);
+            // Closing every connection ends its thread and tells its peer the owner is gone.
+            for c in conns.drain(..) {
+                let _ = c.lock().shutdown(std::net::Shutdown::Both);
+            }
         }
         // Wake the accept loop so it sees the flag.
         if let Ok(addr) = SocketAddr::from_abstract_name(self.name.as_bytes()) {
@@ -187,7 +195,9 @@ fn accept_loop(
         let stream = match stream {
             Ok(s) => s,
             Err(e) => {
+                // E.g. out of descriptors: do not spin on it.
                 tracing::debug!(error = %e, "shared-memory accept failed");
+                std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
         };
@@ -202,14 +212,21 @@ fn accept_loop(
                 continue;
             }
         }
+        if stream.set_write_timeout(Some(SEND_TIMEOUT)).is_err() {
+            continue;
+        }
         let Ok(reader) = stream.try_clone() else {
             continue;
         };
         let conn: Conn = Arc::new(Mutex::new(stream));
         {
             let mut c = conns.lock();
-            // Forget connections whose peers left (their threads have ended).
-            c.retain(|s| pending(&s.lock()) != Pending::Closed);
+            if stop.load(Ordering::Acquire) {
+                return;
+            }
+            // Forget connections whose peers left (their threads have ended); one busy now
+            // is kept.
+            c.retain(|s| s.try_lock().is_none_or(|s| pending(&s) != Pending::Closed));
             c.push(conn.clone());
         }
         let regions = regions.clone();
@@ -230,8 +247,10 @@ fn serve(mut reader: UnixStream, conn: &Conn, regions: &SharedRegions) {
             return;
         }
         let asked = parse_request(&req);
-        let region = regions.lock().get(asked);
+        // The connection first: a revocation of this region (sent under the same lock) then
+        // either made the lookup miss or follows this answer on the wire, never precedes it.
         let c = conn.lock();
+        let region = regions.lock().get(asked);
         let sent = match &region {
             Some(m) => send_with_fd(&c, &message(HERE, asked.id), Some(m.fd())),
             None => send_with_fd(&c, &message(NOT_SHARED, asked.id), None),
