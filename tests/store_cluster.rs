@@ -322,6 +322,11 @@ async fn same_host_clients_move_bytes_through_shared_memory() {
 
     let s = c.engine().shm_stats();
     assert_eq!(s.peers, 1, "{s:?}");
+    assert_eq!(
+        c.metrics().shm,
+        s,
+        "the client's metrics carry the same counters"
+    );
     assert!(
         s.requests >= 3,
         "put, get and get_into went through the mapping: {s:?}"

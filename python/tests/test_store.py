@@ -162,9 +162,13 @@ class StoreTest(unittest.TestCase):
     def test_metrics_count_calls(self):
         self.worker.put("m", b"x")
         self.worker.get("m")
-        ops = {o["kind"]: o for o in self.worker.metrics()["ops"]}
+        metrics = self.worker.metrics()
+        ops = {o["kind"]: o for o in metrics["ops"]}
         self.assertGreaterEqual(ops["get"]["ops"], 1)
         self.assertGreaterEqual(ops["put"]["keys"], 1)
+        # Holder and worker share a host: the bytes went through the holder's mapped pool.
+        self.assertGreaterEqual(metrics["shm"]["requests"], 2)
+        self.assertGreaterEqual(metrics["shm"]["peers"], 1)
 
     def test_bad_arguments_are_clear_errors(self):
         with self.assertRaises(ValueError):

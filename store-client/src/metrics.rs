@@ -7,11 +7,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde::Serialize;
+use transfer_engine::{Engine, ShmStats};
 
 /// Operation kinds metrics are kept for (one per public call family).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -137,12 +139,15 @@ pub struct CallRecord {
 /// Live metrics of one client.
 pub struct Metrics {
     ops: Vec<OpMetrics>,
+    /// The engine whose shared-memory counters snapshots include (set once by the client).
+    engine: OnceLock<Engine>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Self {
             ops: OpKind::ALL.iter().map(|_| OpMetrics::new()).collect(),
+            engine: OnceLock::new(),
         }
     }
 }
@@ -178,6 +183,11 @@ impl Metrics {
     }
 
     /// A consistent-enough copy of every counter and histogram summary.
+    /// Makes snapshots include `engine`'s shared-memory counters (the first engine given).
+    pub fn watch_engine(&self, engine: &Engine) {
+        let _ = self.engine.set(engine.clone());
+    }
+
     pub fn snapshot(&self) -> MetricsSnapshot {
         let ops = OpKind::ALL
             .iter()
@@ -212,7 +222,8 @@ impl Metrics {
                 }
             })
             .collect();
-        MetricsSnapshot { ops }
+        let shm = self.engine.get().map(Engine::shm_stats).unwrap_or_default();
+        MetricsSnapshot { ops, shm }
     }
 }
 
@@ -257,6 +268,8 @@ pub struct OpSnapshot {
 pub struct MetricsSnapshot {
     /// One entry per [`OpKind`], in [`OpKind::ALL`] order.
     pub ops: Vec<OpSnapshot>,
+    /// Transfers served through same-host shared memory (zero when off).
+    pub shm: ShmStats,
 }
 
 impl MetricsSnapshot {

@@ -2,8 +2,9 @@
 //!
 //! The collector renders a fresh [`Metrics::snapshot`] on every scrape, so there is one source
 //! of truth. Names: `mooncake_client_{ops,keys,bytes,retries}_total{op}`,
-//! `mooncake_client_errors_total{op,code}`, `mooncake_client_latency_us{op}` (histogram) and
-//! `mooncake_client_batch_size_mean{op}`.
+//! `mooncake_client_errors_total{op,code}`, `mooncake_client_latency_us{op}` (histogram),
+//! `mooncake_client_batch_size_mean{op}`, and the same-host shared-memory path's
+//! `mooncake_client_shm_{requests,bytes}_total` and `mooncake_client_shm_peers`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -84,6 +85,29 @@ impl Collector for MetricsCollector {
             let labels = [("op", op.kind.name())];
             ConstGauge::new(op.batch_size_mean).encode(batch.encode_family(&labels)?)?;
         }
+        let shm: [(&str, &str, u64); 2] = [
+            (
+                "mooncake_client_shm_requests",
+                "Transfer requests served through same-host shared memory",
+                snap.shm.requests,
+            ),
+            (
+                "mooncake_client_shm_bytes",
+                "Bytes moved through same-host shared memory",
+                snap.shm.bytes,
+            ),
+        ];
+        for (name, help, value) in shm {
+            let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(family)?;
+        }
+        let peers = encoder.encode_descriptor(
+            "mooncake_client_shm_peers",
+            "Same-host peers whose memory is mapped now",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(snap.shm.peers as i64).encode(peers)?;
         Ok(())
     }
 }
@@ -168,6 +192,11 @@ mod tests {
             text.contains("mooncake_client_latency_us_bucket{le=\"50.0\",op=\"batch_get\"} 1"),
             "{text}"
         );
+        assert!(
+            text.contains("mooncake_client_shm_requests_total 0"),
+            "{text}"
+        );
+        assert!(text.contains("mooncake_client_shm_peers 0"), "{text}");
     }
 
     #[tokio::test]

@@ -183,6 +183,8 @@ impl Client {
         } else {
             None
         };
+        let metrics = Arc::new(Metrics::default());
+        metrics.watch_engine(&engine);
         let inner = Arc::new(Inner {
             id,
             master,
@@ -191,7 +193,7 @@ impl Client {
             staging,
             buffers: RwLock::new(RegisteredBuffers::default()),
             handles: Mutex::new(HashMap::new()),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             closed: AtomicBool::new(false),
             runtime: tokio::runtime::Handle::current(),
             config,

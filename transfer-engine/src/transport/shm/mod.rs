@@ -69,7 +69,7 @@ struct ShmInfo {
 }
 
 /// Counters of the shared-memory path.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ShmStats {
     /// Requests served by copying through a mapping.
     pub requests: u64,
