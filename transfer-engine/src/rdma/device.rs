@@ -3,15 +3,14 @@
 //!
 //! libibverbs is loaded at run time (through `sideway`), so on a host without rdma-core or
 //! without RDMA hardware discovery fails with a reason instead of the binary failing to load.
-//! Only port 1 of each device is used. The GID choice is pure ([`choose_gid_index`]).
+//! Each device is used through its first active port (port 1 on a single-port NIC; port 2 of
+//! a dual-port NIC whose port 1 is down). The choices are pure ([`choose_port`],
+//! [`choose_gid_index`]).
 
 use std::sync::Arc;
 
 use mooncake_sys::verbs::ibverbs::device::{DeviceInfo, DeviceList};
 use mooncake_sys::verbs::ibverbs::device_context::{DeviceContext, LinkLayer, PortState};
-
-/// The port every device is used through.
-pub const PORT: u8 = 1;
 
 /// Upper bound on GID table entries scanned per port.
 const MAX_GIDS_SCANNED: u32 = 256;
@@ -69,10 +68,20 @@ pub fn choose_gid_index(
         .ok_or_else(|| "the port has no GID".to_string())
 }
 
+/// The first of `states` (port 1 first) that is active, as a port number.
+pub fn choose_port(states: &[PortState]) -> Option<u8> {
+    states
+        .iter()
+        .position(|s| *s == PortState::Active)
+        .and_then(|i| u8::try_from(i + 1).ok())
+}
+
 /// An opened device with an active port and a chosen GID.
 pub struct ActiveDevice {
     /// Device name.
     pub name: String,
+    /// The port used (1-based).
+    pub port: u8,
     /// The opened device.
     pub ctx: Arc<DeviceContext>,
     /// Chosen GID index.
@@ -95,17 +104,17 @@ impl std::fmt::Debug for ActiveDevice {
     }
 }
 
-fn read_gids(ctx: &DeviceContext, table_len: i32) -> Vec<GidEntry> {
+fn read_gids(ctx: &DeviceContext, port: u8, table_len: i32) -> Vec<GidEntry> {
     let n = u32::try_from(table_len).unwrap_or(0).min(MAX_GIDS_SCANNED);
     (0..n)
         .filter_map(|index| {
-            let gid = ctx.query_gid(PORT, index).ok()?.raw;
+            let gid = ctx.query_gid(port, index).ok()?.raw;
             if gid.iter().all(|b| *b == 0) {
                 return None;
             }
             // 1 = RoCE v2 in ibv_query_gid_type's sysfs encoding.
             let roce_v2 = ctx
-                .query_gid_type(PORT, index)
+                .query_gid_type(port, index)
                 .map(|t| t == 1)
                 .unwrap_or(false);
             Some(GidEntry {
@@ -122,16 +131,25 @@ fn open_one(
     ctx: Arc<DeviceContext>,
     gid_index: Option<u32>,
 ) -> Result<ActiveDevice, String> {
+    let ports = ctx
+        .query_device()
+        .map_err(|e| format!("query device: {e}"))?
+        .phys_port_cnt()
+        .max(1);
+    let states: Vec<PortState> = (1..=ports)
+        .map(|p| {
+            ctx.query_port(p)
+                .map(|a| a.port_state())
+                .unwrap_or(PortState::Down)
+        })
+        .collect();
+    let Some(port_num) = choose_port(&states) else {
+        return Err(format!("no active port (states {states:?})"));
+    };
     let port = ctx
-        .query_port(PORT)
-        .map_err(|e| format!("query port {PORT}: {e}"))?;
-    if port.port_state() != PortState::Active {
-        return Err(format!(
-            "port {PORT} is {:?}, not active",
-            port.port_state()
-        ));
-    }
-    let gids = read_gids(&ctx, port.gid_tbl_len());
+        .query_port(port_num)
+        .map_err(|e| format!("query port {port_num}: {e}"))?;
+    let gids = read_gids(&ctx, port_num, port.gid_tbl_len());
     let infiniband = port.link_layer() == LinkLayer::InfiniBand;
     let index = choose_gid_index(&gids, gid_index, infiniband)?;
     let gid = gids
@@ -141,6 +159,7 @@ fn open_one(
         .ok_or_else(|| format!("GID index {index} vanished"))?;
     Ok(ActiveDevice {
         name: name.to_string(),
+        port: port_num,
         ctx,
         gid_index: index,
         gid,
@@ -205,6 +224,20 @@ pub fn discover(filter: &[String], gid_index: Option<u32>) -> Result<Vec<ActiveD
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_active_port_is_used() {
+        use PortState::{Active, Down, Initializing};
+        assert_eq!(choose_port(&[Active]), Some(1));
+        assert_eq!(choose_port(&[Active, Active]), Some(1));
+        assert_eq!(
+            choose_port(&[Down, Active]),
+            Some(2),
+            "dual-port NIC, port 1 down"
+        );
+        assert_eq!(choose_port(&[Initializing, Down]), None);
+        assert_eq!(choose_port(&[]), None);
+    }
 
     fn g(index: u32, first: [u8; 4], roce_v2: bool) -> GidEntry {
         let mut gid = [0u8; 16];

@@ -12,7 +12,6 @@ use mooncake_sys::verbs::ibverbs::queue_pair::{
 };
 use mooncake_sys::verbs::ibverbs::AccessFlags;
 
-use super::device::PORT;
 use super::nic::Nic;
 use super::wire::DeviceAddr;
 
@@ -60,7 +59,7 @@ pub fn create(nic: &Nic) -> Result<GenericQueuePair, String> {
     let mut attr = QueuePairAttribute::new();
     attr.setup_state(QueuePairState::Init)
         .setup_pkey_index(0)
-        .setup_port(PORT)
+        .setup_port(nic.dev.port)
         .setup_access_flags(access());
     qp.modify(&attr)
         .map_err(|e| format!("{}: queue pair to INIT: {e}", nic.dev.name))?;
@@ -79,7 +78,7 @@ pub fn connect(
 ) -> Result<(), String> {
     let mut ah = AddressHandleAttribute::new();
     ah.setup_dest_lid(remote.lid)
-        .setup_port(PORT)
+        .setup_port(nic.dev.port)
         .setup_service_level(0)
         .setup_grh_src_gid_index(nic.dev.gid_index as u8)
         .setup_grh_dest_gid(&Gid { raw: remote.gid })
