@@ -20,6 +20,7 @@ use store_client::{BlockingClient, BufferSlice, KeyResult};
 use crate::ConnectArgs;
 
 const INVALID_PARAMS: i64 = ErrorCode::InvalidParams as i64;
+const INTERNAL_ERROR: i64 = ErrorCode::InternalError as i64;
 
 /// Replication of a put (Mooncake's `ReplicateConfig`).
 #[pyclass(module = "mooncake_rs")]
@@ -374,6 +375,22 @@ impl MooncakeDistributedStore {
     fn remove(&self, py: Python<'_>, key: &str) -> PyResult<i64> {
         let client = self.client()?;
         Ok(unit_code(&py.detach(|| client.remove(key))))
+    }
+
+    /// The object's size in bytes, or a negative code.
+    fn get_size(&self, py: Python<'_>, key: &str) -> PyResult<i64> {
+        let client = self.client()?;
+        Ok(crate::code_of(&py.detach(|| client.get_size(key))))
+    }
+
+    /// Removes every object of the pool (also leased ones); how many, or a negative code.
+    fn remove_all(&self, py: Python<'_>) -> PyResult<i64> {
+        let client = self.client()?;
+        Ok(match py.detach(|| client.remove_all(true)) {
+            Ok(n) => i64::try_from(n).unwrap_or(i64::MAX),
+            Err(store_client::ClientError::Refused { code, .. }) => i64::from(code.code()),
+            Err(_) => INTERNAL_ERROR,
+        })
     }
 
     /// 0, or a negative code (INVALID_PARAMS for a null or overlapping range).

@@ -23,7 +23,7 @@ use pyo3::types::PyBytes;
 use mooncake_master::proto::ErrorCode;
 use mooncake_master::{MasterConfig, MasterServer, RunningMaster};
 use store_client::{
-    BatchPolicyConfig, BlockingClient, BufferSlice, ClientConfig, KeyResult, Protocol,
+    BatchPolicyConfig, BlockingClient, BufferSlice, ClientConfig, ClientError, KeyResult, Protocol,
     ReplicateConfig,
 };
 
@@ -234,6 +234,28 @@ impl Store {
     /// Removes `key`.
     fn remove(&self, py: Python<'_>, key: &str) -> PyResult<()> {
         raise(py.detach(|| self.client.remove(key)))
+    }
+
+    /// The size of `key`'s object in bytes (a lookup: it grants a read lease, as a get does).
+    fn get_size(&self, py: Python<'_>, key: &str) -> PyResult<u64> {
+        raise(py.detach(|| self.client.get_size(key)))
+    }
+
+    /// Per key: the object's size in bytes, or a negative error code.
+    fn batch_get_size(&self, py: Python<'_>, keys: Vec<String>) -> Vec<i64> {
+        let r = py.detach(|| self.client.batch_get_size(&keys));
+        r.iter().map(code_of).collect()
+    }
+
+    /// Removes every object of the pool (with `force`, also leased and pinned ones) and returns
+    /// how many: other clients' objects go too.
+    #[pyo3(signature = (force = false))]
+    fn remove_all(&self, py: Python<'_>, force: bool) -> PyResult<u64> {
+        py.detach(|| self.client.remove_all(force))
+            .map_err(|e| match e {
+                ClientError::Refused { code, .. } => store_error(code, &e.to_string()),
+                other => PyException::new_err(other.to_string()),
+            })
     }
 
     /// Stores each value under its key: per key 0 or a negative error code.

@@ -298,6 +298,36 @@ class CompatTest(unittest.TestCase):
             self.assertEqual(s.unregister_buffer(p0), 0)
             self.assertEqual(s.unregister_buffer(p1), 0)
 
+    def test_sizes_and_remove_all(self):
+        s = self.store
+        self.assertEqual(s.put("sz/a", b"x" * 300), 0)
+        self.assertEqual(s.get_size("sz/a"), 300)
+        self.assertEqual(mooncake_rs.error_name(s.get_size("sz/none")), "OBJECT_NOT_FOUND")
+        # Its own master: removing everything must not disturb the other tests.
+        master = Master()
+        holder = Store(master.address, segment_size=8 * MIB, protocol="tcp")
+        worker = Store(master.address, segment_size=0, protocol="tcp")
+        try:
+            keys = [f"all/{i}" for i in range(4)]
+            self.assertEqual(worker.batch_put(keys, [value(i, 10 * (i + 1)) for i in range(4)]), [0] * 4)
+            self.assertEqual(worker.get_size("all/2"), 30)
+            sizes = worker.batch_get_size(["all/0", "all/9", "all/3"])
+            self.assertEqual(sizes[0], 10)
+            self.assertEqual(mooncake_rs.error_name(sizes[1]), "OBJECT_NOT_FOUND")
+            self.assertEqual(sizes[2], 40)
+            # all/0, all/2 and all/3 are leased by those lookups; Mooncake's remove_all also
+            # takes leased objects.
+            self.assertEqual(worker.remove_all(), 1)
+            compat = MooncakeDistributedStore()
+            self.assertEqual(compat.setup("127.0.0.1", "P2PHANDSHAKE", 0, MIB, "tcp", "", master.address), 0)
+            self.assertEqual(compat.remove_all(), 3)
+            compat.close()
+            self.assertEqual(worker.batch_exists(keys), [0] * 4)
+        finally:
+            worker.close()
+            holder.close()
+            master.stop()
+
     def test_setup_first_and_failed_setup(self):
         fresh = MooncakeDistributedStore()
         with self.assertRaises(RuntimeError):

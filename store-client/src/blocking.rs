@@ -91,6 +91,18 @@ impl BlockingClient {
     pub fn batch_exists<K: AsRef<str>>(&self, keys: &[K]) -> Vec<KeyResult<bool>> {
         self.runtime.block_on(self.client.batch_exists(keys))
     }
+    /// See [`Client::get_size`].
+    pub fn get_size(&self, key: &str) -> KeyResult<u64> {
+        self.runtime.block_on(self.client.get_size(key))
+    }
+    /// See [`Client::batch_get_size`].
+    pub fn batch_get_size<K: AsRef<str>>(&self, keys: &[K]) -> Vec<KeyResult<u64>> {
+        self.runtime.block_on(self.client.batch_get_size(keys))
+    }
+    /// See [`Client::remove_all`].
+    pub fn remove_all(&self, force: bool) -> Result<u64, ClientError> {
+        self.runtime.block_on(self.client.remove_all(force))
+    }
     /// See [`Client::batch_remove`].
     pub fn batch_remove<K: AsRef<str>>(&self, keys: &[K]) -> Vec<KeyResult<()>> {
         self.runtime.block_on(self.client.batch_remove(keys))

@@ -47,11 +47,13 @@ pub enum OpKind {
     BatchPutFrom,
     /// `batch_get_into` (zero-copy).
     BatchGetInto,
+    /// `get_size` and `batch_get_size`.
+    BatchGetSize,
 }
 
 impl OpKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [OpKind; 14] = [
+    pub const ALL: [OpKind; 15] = [
         OpKind::Put,
         OpKind::Get,
         OpKind::Exists,
@@ -66,6 +68,7 @@ impl OpKind {
         OpKind::GetInto,
         OpKind::BatchPutFrom,
         OpKind::BatchGetInto,
+        OpKind::BatchGetSize,
     ];
 
     /// The snake_case name used in snapshots and Prometheus labels.
@@ -85,6 +88,7 @@ impl OpKind {
             OpKind::GetInto => "get_into",
             OpKind::BatchPutFrom => "batch_put_from",
             OpKind::BatchGetInto => "batch_get_into",
+            OpKind::BatchGetSize => "batch_get_size",
         }
     }
 }

@@ -367,3 +367,32 @@ async fn cancelled_calls_leave_staging_and_batches_intact() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sizes_per_key_and_remove_all() {
+    let (_m, holder, reader) = cluster(false).await;
+    let items: Vec<(String, Vec<u8>)> = (0..5)
+        .map(|i| (format!("sized{i}"), value(i, 100 + 1000 * i)))
+        .collect();
+    assert!(reader.batch_put(&items).await.iter().all(|r| r.is_ok()));
+    assert_eq!(reader.get_size("sized3").await.value(), Some(&3100));
+    let sizes = reader
+        .batch_get_size(&["sized0", "nope", "", "sized4"])
+        .await;
+    assert_eq!(sizes[0].value(), Some(&100));
+    assert_eq!(sizes[1].code(), ErrorCode::ObjectNotFound);
+    assert_eq!(sizes[2].code(), ErrorCode::InvalidKey);
+    assert_eq!(sizes[3].value(), Some(&4100));
+    let m = reader.metrics();
+    assert_eq!(m.op(OpKind::BatchGetSize).map(|o| o.keys), Some(5));
+
+    // The size lookups leased three objects: a plain removal takes the other two, a forced
+    // one the rest.
+    assert_eq!(reader.remove_all(false).await.unwrap(), 2);
+    assert_eq!(reader.remove_all(true).await.unwrap(), 3);
+    assert_eq!(
+        reader.get_size("sized3").await.code(),
+        ErrorCode::ObjectNotFound
+    );
+    assert_eq!(holder.remove_all(false).await.unwrap(), 0);
+}

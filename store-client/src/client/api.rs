@@ -579,6 +579,49 @@ impl Client {
         r
     }
 
+    /// Size in bytes of `key`'s object (a replica lookup: it grants a read lease, as a get
+    /// does).
+    pub async fn get_size(&self, key: &str) -> KeyResult<u64> {
+        single(self.batch_get_size(&[key]).await)
+    }
+
+    /// Sizes of many objects, one RPC.
+    pub async fn batch_get_size<K: AsRef<str>>(&self, keys: &[K]) -> Vec<KeyResult<u64>> {
+        let started = Instant::now();
+        let inner = &self.inner;
+        let r = self
+            .key_rpc(keys, |todo| async move {
+                let lists = inner.master.batch_get_replica_list(todo).await?;
+                Ok(lists
+                    .into_iter()
+                    .map(|l| {
+                        l.and_then(|replicas| {
+                            replicas
+                                .first()
+                                .map(|r| r.len)
+                                .ok_or(ErrorCode::ReplicaIsNotReady)
+                        })
+                    })
+                    .collect())
+            })
+            .await;
+        self.record(OpKind::BatchGetSize, &r, 0, started, |_| 0);
+        r
+    }
+
+    /// Removes every object of the pool (with `force`, also those under a read lease or
+    /// pinned); returns how many. An administrative call: other clients' objects go too.
+    pub async fn remove_all(&self, force: bool) -> Result<u64, ClientError> {
+        self.inner
+            .master
+            .remove_all(force)
+            .await
+            .map_err(|code| ClientError::Refused {
+                what: "remove_all",
+                code,
+            })
+    }
+
     async fn exists_many<K: AsRef<str>>(&self, keys: &[K]) -> Vec<KeyResult<bool>> {
         let inner = &self.inner;
         self.key_rpc(keys, |todo| async move {
