@@ -383,10 +383,11 @@ impl MooncakeDistributedStore {
         Ok(crate::code_of(&py.detach(|| client.get_size(key))))
     }
 
-    /// Removes every object of the pool (also leased ones); how many, or a negative code.
+    /// Removes every object of the pool that no read lease protects (a reader may be copying
+    /// it); how many, or a negative code.
     fn remove_all(&self, py: Python<'_>) -> PyResult<i64> {
         let client = self.client()?;
-        Ok(match py.detach(|| client.remove_all(true)) {
+        Ok(match py.detach(|| client.remove_all(false)) {
             Ok(n) => i64::try_from(n).unwrap_or(i64::MAX),
             Err(store_client::ClientError::Refused { code, .. }) => i64::from(code.code()),
             Err(_) => INTERNAL_ERROR,

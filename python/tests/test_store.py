@@ -315,13 +315,13 @@ class CompatTest(unittest.TestCase):
             self.assertEqual(sizes[0], 10)
             self.assertEqual(mooncake_rs.error_name(sizes[1]), "OBJECT_NOT_FOUND")
             self.assertEqual(sizes[2], 40)
-            # all/0, all/2 and all/3 are leased by those lookups; Mooncake's remove_all also
-            # takes leased objects.
-            self.assertEqual(worker.remove_all(), 1)
+            # all/0, all/2 and all/3 are leased by those lookups: only all/1 goes without force.
             compat = MooncakeDistributedStore()
             self.assertEqual(compat.setup("127.0.0.1", "P2PHANDSHAKE", 0, MIB, "tcp", "", master.address), 0)
-            self.assertEqual(compat.remove_all(), 3)
+            self.assertEqual(compat.remove_all(), 1)
             compat.close()
+            self.assertEqual(worker.remove_all(), 0)
+            self.assertEqual(worker.remove_all(force=True), 3)
             self.assertEqual(worker.batch_exists(keys), [0] * 4)
         finally:
             worker.close()
