@@ -38,3 +38,5 @@ pub use config::{ClientConfig, Protocol, ReplicateConfig};
 pub use error::{ClientError, ErrorCode, KeyError, KeyResult};
 pub use handle::OpHandle;
 pub use metrics::{MetricsSnapshot, OpKind, OpSnapshot};
+/// Counters of the same-host shared-memory path (see [`MetricsSnapshot::shm`]).
+pub use transfer_engine::ShmStats;

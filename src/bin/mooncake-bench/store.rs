@@ -315,12 +315,14 @@ async fn bench(
         client.unregister_buffer(g.src.ptr() as *mut u8)?;
         client.unregister_buffer(g.dst.ptr() as *mut u8)?;
     }
+    let shm = client.metrics().shm;
     client.close().await;
     let checks = checks(&rows, engine_read.as_ref());
     Ok(Report {
         results: rows,
         engine_read,
         checks,
+        shm,
     })
 }
 

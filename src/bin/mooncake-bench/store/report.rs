@@ -137,6 +137,8 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub engine_read: Option<EngineRead>,
     pub checks: Vec<Check>,
+    /// What the benchmark client moved through same-host shared memory (`--shm true`).
+    pub shm: store_client::ShmStats,
 }
 
 fn human_size(b: u64) -> String {
@@ -186,6 +188,13 @@ pub fn print_table(report: &Report) {
             e.gbps,
             e.p50_us,
             e.p99_us
+        );
+    }
+    if report.shm.requests > 0 {
+        println!(
+            "through same-host shared memory: {} requests, {:.3} GB",
+            report.shm.requests,
+            report.shm.bytes as f64 / 1e9
         );
     }
     for c in &report.checks {
