@@ -54,6 +54,11 @@ pub use server::{Shared, SharedRegions};
 /// The transport's name: the key of its data in segment descriptors.
 pub const NAME: &str = "shm";
 
+/// Longest a submitting thread waits for an owner's answer (a live owner answers within
+/// milliseconds; one that does not is taken for gone, and its requests go to the network
+/// transport).
+const MAX_OWNER_WAIT: Duration = Duration::from_secs(1);
+
 /// How often peers that went away are looked for (their mappings hold memory).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -193,7 +198,7 @@ impl ShmTransport {
             regions,
             registry,
             peers,
-            timeout,
+            timeout: timeout.min(MAX_OWNER_WAIT),
             requests: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             server,
