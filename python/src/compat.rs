@@ -20,7 +20,7 @@ use store_client::{BlockingClient, BufferSlice, KeyResult};
 use crate::ConnectArgs;
 
 const INVALID_PARAMS: i64 = ErrorCode::InvalidParams as i64;
-const INTERNAL_ERROR: i64 = ErrorCode::InternalError as i64;
+const RPC_FAIL: i64 = ErrorCode::RpcFail as i64;
 
 /// Replication of a put (Mooncake's `ReplicateConfig`).
 #[pyclass(module = "mooncake_rs")]
@@ -390,7 +390,7 @@ impl MooncakeDistributedStore {
         Ok(match py.detach(|| client.remove_all(false)) {
             Ok(n) => i64::try_from(n).unwrap_or(i64::MAX),
             Err(store_client::ClientError::Refused { code, .. }) => i64::from(code.code()),
-            Err(_) => INTERNAL_ERROR,
+            Err(_) => RPC_FAIL,
         })
     }
 

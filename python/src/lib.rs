@@ -247,14 +247,14 @@ impl Store {
         r.iter().map(code_of).collect()
     }
 
-    /// Removes every object of the pool (with `force`, also leased and pinned ones) and returns
-    /// how many: other clients' objects go too.
+    /// Removes every object of the pool and returns how many (other clients' objects go
+    /// too); without `force`, objects under a read lease or still being written stay.
     #[pyo3(signature = (force = false))]
     fn remove_all(&self, py: Python<'_>, force: bool) -> PyResult<u64> {
         py.detach(|| self.client.remove_all(force))
             .map_err(|e| match e {
                 ClientError::Refused { code, .. } => store_error(code, &e.to_string()),
-                other => PyException::new_err(other.to_string()),
+                other => store_error(ErrorCode::RpcFail, &other.to_string()),
             })
     }
 

@@ -64,7 +64,7 @@ pub enum ClientError {
         /// What failed.
         reason: String,
     },
-    /// The master refused a segment operation.
+    /// The master refused (or could not be asked) a segment operation or `remove_all`.
     #[error("master refused {what}: {code}")]
     Refused {
         /// The operation.

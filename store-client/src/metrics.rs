@@ -13,7 +13,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde::Serialize;
-use transfer_engine::{Engine, ShmStats};
+use transfer_engine::{Engine, ShmStats, WeakEngine};
 
 /// Operation kinds metrics are kept for (one per public call family).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -143,8 +143,9 @@ pub struct CallRecord {
 /// Live metrics of one client.
 pub struct Metrics {
     ops: Vec<OpMetrics>,
-    /// The engine whose shared-memory counters snapshots include (set once by the client).
-    engine: OnceLock<Engine>,
+    /// The engine whose shared-memory counters snapshots include (set once by the client;
+    /// weak, so that a metrics endpoint still serving does not keep the engine running).
+    engine: OnceLock<WeakEngine>,
 }
 
 impl Default for Metrics {
@@ -186,12 +187,13 @@ impl Metrics {
         m.batch_sizes.lock().saturating_record(rec.keys.max(1));
     }
 
-    /// A consistent-enough copy of every counter and histogram summary.
-    /// Makes snapshots include `engine`'s shared-memory counters (the first engine given).
+    /// Makes snapshots include `engine`'s shared-memory counters (the first engine given,
+    /// while it runs).
     pub fn watch_engine(&self, engine: &Engine) {
-        let _ = self.engine.set(engine.clone());
+        let _ = self.engine.set(engine.downgrade());
     }
 
+    /// A consistent-enough copy of every counter and histogram summary.
     pub fn snapshot(&self) -> MetricsSnapshot {
         let ops = OpKind::ALL
             .iter()
@@ -226,7 +228,12 @@ impl Metrics {
                 }
             })
             .collect();
-        let shm = self.engine.get().map(Engine::shm_stats).unwrap_or_default();
+        let shm = self
+            .engine
+            .get()
+            .and_then(WeakEngine::upgrade)
+            .map(|e| e.shm_stats())
+            .unwrap_or_default();
         MetricsSnapshot { ops, shm }
     }
 }

@@ -114,6 +114,25 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
+/// A handle that does not keep an [`Engine`] alive (for observers such as metrics).
+#[derive(Clone, Debug)]
+pub struct WeakEngine(std::sync::Weak<Inner>);
+
+impl WeakEngine {
+    /// The engine, while some [`Engine`] clone still holds it.
+    pub fn upgrade(&self) -> Option<Engine> {
+        self.0.upgrade().map(|inner| Engine { inner })
+    }
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineInner")
+            .field("name", &self.local.name)
+            .finish_non_exhaustive()
+    }
+}
+
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
@@ -206,6 +225,11 @@ impl Engine {
         };
         engine.publish()?;
         Ok(engine)
+    }
+
+    /// A handle to this engine that does not keep it alive.
+    pub fn downgrade(&self) -> WeakEngine {
+        WeakEngine(Arc::downgrade(&self.inner))
     }
 
     /// This engine's segment name.

@@ -25,7 +25,7 @@ pub mod transport;
 pub use buffer::AlignedBuffer;
 pub use config::{EngineConfig, Location, MetadataConfig, Protocol, RdmaConfig};
 pub use descriptor::SegmentDescriptor;
-pub use engine::Engine;
+pub use engine::{Engine, WeakEngine};
 pub use error::TransferError;
 pub use metadata::{InMemoryMetadataStore, MetadataStore};
 /// A memfd-backed mapping that same-host peers can map (see [`Engine::register_shared_memory`]).

@@ -609,8 +609,11 @@ impl Client {
         r
     }
 
-    /// Removes every object of the pool (with `force`, also those under a read lease or
-    /// pinned); returns how many. An administrative call: other clients' objects go too.
+    /// Removes every object of the pool and returns how many; without `force`, objects under
+    /// a read lease (a reader may be copying them) and objects still being written stay. With
+    /// `force` they go too (their space is reused only once the lease or the write's grace
+    /// period ends). Pins protect from eviction, not from removal. An administrative call:
+    /// other clients' objects go too.
     pub async fn remove_all(&self, force: bool) -> Result<u64, ClientError> {
         self.inner
             .master

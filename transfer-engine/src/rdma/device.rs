@@ -98,6 +98,7 @@ impl std::fmt::Debug for ActiveDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ActiveDevice")
             .field("name", &self.name)
+            .field("port", &self.port)
             .field("gid_index", &self.gid_index)
             .field("mtu", &self.mtu)
             .finish()
@@ -131,10 +132,11 @@ fn open_one(
     ctx: Arc<DeviceContext>,
     gid_index: Option<u32>,
 ) -> Result<ActiveDevice, String> {
+    // A device that cannot say how many ports it has is tried on port 1, as before.
     let ports = ctx
         .query_device()
-        .map_err(|e| format!("query device: {e}"))?
-        .phys_port_cnt()
+        .map(|a| a.phys_port_cnt())
+        .unwrap_or(1)
         .max(1);
     let states: Vec<PortState> = (1..=ports)
         .map(|p| {

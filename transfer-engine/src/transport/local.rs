@@ -65,14 +65,16 @@ impl Transport for LocalTransport {
                 })
                 .collect();
             // Host copies run under the registry's read lock, so unregistering a region waits
-            // for those in flight.
+            // for those in flight (and a registration waits for the largest copy in flight).
             // SAFETY: both ranges of every copy lie inside registered regions (the engine
             // checked the local one, the lookup above the target one), which their owner keeps
             // valid while registered.
             (failed, unsafe { run_host_copies(copies, sink) })
         });
         sink.finish_many(failed);
-        // SAFETY: as above; the driver's copies run outside the lock (they wait for the device).
+        // SAFETY: as above. The driver's copies run outside the lock (they wait for the
+        // device), so unregistering does not wait for them: as for peers' transfers, an owner
+        // must not unregister memory that transfers it submitted still use.
         unsafe { run_device_copies(device, sink) };
     }
 }

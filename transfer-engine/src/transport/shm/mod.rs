@@ -15,10 +15,12 @@
 //! namespace, memory registered the ordinary way, a region the owner stopped sharing, an owner
 //! that is gone. The connection to the owner stays open. Before each transfer to an owner, the
 //! peer checks it without blocking and applies the revocations the owner sent when it
-//! unregistered regions; the owner's end closing (process exit, engine drop) means the owner
-//! is gone, and its requests then go to the network transport and fail there as they would for
-//! any dead peer. A reaper thread does the same check every second for owners nothing is sent
-//! to, so a dead owner's memory is not kept alive by mappings here.
+//! unregistered regions; the owner's end closing (process exit, engine drop), or no answer to
+//! a request for a memfd within a second, means the owner is gone, and its requests then go to
+//! the network transport and fail there as they would for any dead peer (a new connection is
+//! tried ten seconds later: a stall need not last). A reaper thread does the same check every
+//! second for owners nothing is sent to, so a dead owner's memory is not kept alive by
+//! mappings here.
 //!
 //! Differences from the network transports, by design: an owner that is paused (SIGSTOP) is
 //! still read and written (its memory is there; over TCP the requests would time out), so the
@@ -36,7 +38,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -86,9 +88,16 @@ pub struct ShmStats {
 
 enum PeerEntry {
     Up(Arc<Peer>),
-    /// Not reachable (another namespace) or gone; socket names are never reused.
-    Unreachable,
+    /// Not reachable (another namespace, another user), gone, or silent past the wait limit,
+    /// since then: tried again after [`RETRY_AFTER`] (a stall need not last), forgotten after
+    /// [`FORGET_AFTER`].
+    Down(Instant),
 }
+
+/// How long an owner that could not be used is left to the network transport.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
+/// How long an owner that could not be used is remembered at all.
+const FORGET_AFTER: Duration = Duration::from_secs(600);
 
 type Peers = Arc<Mutex<HashMap<String, PeerEntry>>>;
 
@@ -128,17 +137,20 @@ impl Drop for Reaper {
     }
 }
 
-/// Forgets the peers that went away (dropping their mappings) and applies the revocations
-/// the others sent. The liveness checks run outside the map's lock.
+/// Forgets the peers that went away (dropping their mappings), applies the revocations the
+/// others sent, and drops entries of owners down for long. The liveness checks run outside
+/// the map's lock.
 fn sweep(peers: &Peers) {
-    let up: Vec<(String, Arc<Peer>)> = peers
-        .lock()
-        .iter()
-        .filter_map(|(k, e)| match e {
-            PeerEntry::Up(p) => Some((k.clone(), p.clone())),
-            PeerEntry::Unreachable => None,
-        })
-        .collect();
+    let up: Vec<(String, Arc<Peer>)> = {
+        let mut map = peers.lock();
+        map.retain(|_, e| !matches!(e, PeerEntry::Down(since) if since.elapsed() > FORGET_AFTER));
+        map.iter()
+            .filter_map(|(k, e)| match e {
+                PeerEntry::Up(p) => Some((k.clone(), p.clone())),
+                PeerEntry::Down(_) => None,
+            })
+            .collect()
+    };
     let gone: Vec<String> = up
         .into_iter()
         .filter(|(_, p)| !p.alive())
@@ -149,7 +161,7 @@ fn sweep(peers: &Peers) {
     }
     let mut peers = peers.lock();
     for k in gone {
-        peers.insert(k, PeerEntry::Unreachable);
+        peers.insert(k, PeerEntry::Down(Instant::now()));
     }
 }
 
@@ -228,12 +240,17 @@ impl ShmTransport {
 
     /// Counters so far.
     pub fn stats(&self) -> ShmStats {
-        let peers = self
+        // Counted outside the map's lock: a peer's own lock may be held by a fetch.
+        let up: Vec<Arc<Peer>> = self
             .peers
             .lock()
             .values()
-            .filter(|p| matches!(p, PeerEntry::Up(p) if p.mapped() > 0))
-            .count() as u64;
+            .filter_map(|e| match e {
+                PeerEntry::Up(p) => Some(p.clone()),
+                PeerEntry::Down(_) => None,
+            })
+            .collect();
+        let peers = up.iter().filter(|p| p.mapped() > 0).count() as u64;
         ShmStats {
             requests: self.requests.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
@@ -266,7 +283,7 @@ impl ShmTransport {
         if !peer.alive() {
             self.peers
                 .lock()
-                .insert(info.socket.clone(), PeerEntry::Unreachable);
+                .insert(info.socket.clone(), PeerEntry::Down(Instant::now()));
             return items;
         }
         peer.retain(&info.regions);
@@ -312,24 +329,33 @@ impl ShmTransport {
         rest
     }
 
-    /// The connection to the owner behind `socket`, made on first use (outside the map's
-    /// lock; if two threads connect at once, the first one's connection is kept).
+    /// The connection to the owner behind `socket`, made on first use and again
+    /// [`RETRY_AFTER`] after it failed (outside the map's lock; if two threads connect at
+    /// once, one connection is kept).
     fn peer(&self, socket: &str) -> Option<Arc<Peer>> {
         match self.peers.lock().get(socket) {
             Some(PeerEntry::Up(p)) => return Some(p.clone()),
-            Some(PeerEntry::Unreachable) => return None,
-            None => {}
+            Some(PeerEntry::Down(since)) if since.elapsed() < RETRY_AFTER => return None,
+            _ => {}
         }
         let entry = match Peer::connect(socket, self.timeout) {
             Ok(p) => PeerEntry::Up(Arc::new(p)),
             Err(e) => {
-                tracing::info!(socket, error = %e, "peer on this host not reachable through shared memory; using the network transport");
-                PeerEntry::Unreachable
+                tracing::info!(socket, error = %e, "peer on this host not reachable through shared memory for now; using the network transport");
+                PeerEntry::Down(Instant::now())
             }
         };
-        match self.peers.lock().entry(socket.to_string()).or_insert(entry) {
+        let mut peers = self.peers.lock();
+        let slot = peers
+            .entry(socket.to_string())
+            .or_insert(PeerEntry::Down(Instant::now()));
+        // Keep a connection another thread made meanwhile; replace an old failure.
+        if !matches!(slot, PeerEntry::Up(_)) {
+            *slot = entry;
+        }
+        match slot {
             PeerEntry::Up(p) => Some(p.clone()),
-            PeerEntry::Unreachable => None,
+            PeerEntry::Down(_) => None,
         }
     }
 }

@@ -150,7 +150,11 @@ impl ShmServer {
     /// message within [`SEND_TIMEOUT`] (its socket full: it stopped reading) loses the
     /// connection, which it takes for the owner being gone, dropping every mapping.
     pub fn revoke(&self, id: u64) {
-        let conns: Vec<Conn> = self.conns.lock().clone();
+        let conns: Vec<Conn> = {
+            let mut c = self.conns.lock();
+            c.retain(|s| s.try_lock().is_none_or(|s| pending(&s) != Pending::Closed));
+            c.clone()
+        };
         for c in conns {
             let c = c.lock();
             if send_with_fd(&c, &message(REVOKED, id), None).is_err() {
@@ -256,6 +260,8 @@ fn serve(mut reader: UnixStream, conn: &Conn, regions: &SharedRegions) {
             None => send_with_fd(&c, &message(NOT_SHARED, asked.id), None),
         };
         if sent.is_err() {
+            // Closed, so the peer learns at once instead of waiting for an answer.
+            let _ = c.shutdown(std::net::Shutdown::Both);
             return;
         }
     }
