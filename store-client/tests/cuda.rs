@@ -24,11 +24,24 @@ fn read_back(d: &DeviceBuffer, off: usize, len: usize) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a CUDA device"]
 async fn cuda_batch_put_from_and_get_into_gpu_buffers() {
+    gpu_round_trip(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a CUDA device"]
+async fn cuda_gpu_buffers_through_same_host_shared_memory() {
+    gpu_round_trip(true).await;
+}
+
+/// GPU buffers to and from a holder's pool: over TCP (staged through pinned host memory), or
+/// with `shm` through the holder's mapped pool (copied by the driver from and to it).
+async fn gpu_round_trip(shm: bool) {
     let master = MasterServer::start(MasterConfig::default()).await.unwrap();
     let addr = master.rpc_addr().to_string();
     let holder = Client::connect(
         ClientConfig::new(&addr)
             .protocol(Protocol::Tcp)
+            .shared_memory(shm)
             .segment_size(64 << 20),
     )
     .await
@@ -36,6 +49,7 @@ async fn cuda_batch_put_from_and_get_into_gpu_buffers() {
     let worker = Client::connect(
         ClientConfig::new(&addr)
             .protocol(Protocol::Tcp)
+            .shared_memory(shm)
             .segment_size(0),
     )
     .await
@@ -111,6 +125,15 @@ async fn cuda_batch_put_from_and_get_into_gpu_buffers() {
     joined.extend(read_back(&dst, 5 * BLOCK, BLOCK / 2));
     assert!(joined == value(9, BLOCK), "scattered get differs");
 
+    let through_shm = worker.metrics().shm.requests;
+    if shm {
+        assert!(
+            through_shm > 0,
+            "the pool was not reached through its mapping"
+        );
+    } else {
+        assert_eq!(through_shm, 0);
+    }
     worker.unregister_buffer(src.ptr() as *mut u8).unwrap();
     worker.unregister_buffer(dst.ptr() as *mut u8).unwrap();
 }
