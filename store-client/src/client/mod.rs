@@ -21,7 +21,7 @@ use std::sync::Arc;
 use mooncake_master::client::MasterClient;
 use mooncake_master::proto::{ClientId, Segment};
 use parking_lot::{Mutex, RwLock};
-use transfer_engine::{AlignedBuffer, Engine, Location, SharedMemory, TransferError};
+use transfer_engine::{AlignedBuffer, Engine, Location, SharedMemory};
 
 use crate::auto_batcher::AutoBatcher;
 use crate::buffers::RegisteredBuffers;
@@ -52,15 +52,20 @@ impl PoolMemory {
     /// Allocates `len` bytes, faulted in (best effort), and registers them with `engine`.
     fn register(engine: &Engine, len: usize, shared: bool) -> Result<PoolMemory, ClientError> {
         if shared {
-            let mem = SharedMemory::create("mooncake-pool", len, true).map_err(|e| {
-                TransferError::Io(std::io::Error::new(
-                    e.kind(),
-                    format!("cannot map {len} bytes of shared memory: {e}"),
-                ))
-            })?;
-            let mem = Arc::new(mem);
-            engine.register_shared_memory(mem.clone())?;
-            return Ok(PoolMemory::Shared(mem));
+            // A host that forbids memfds (a seccomp profile) still gets a pool, only not a
+            // shared one: peers on this host then reach it over the network transport.
+            match SharedMemory::create("mooncake-pool", len, true) {
+                Ok(mem) => {
+                    let mem = Arc::new(mem);
+                    engine.register_shared_memory(mem.clone())?;
+                    return Ok(PoolMemory::Shared(mem));
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    bytes = len,
+                    "cannot create a shared-memory pool; using private memory (same-host peers will use the network transport)"
+                ),
+            }
         }
         let buffer = AlignedBuffer::populated(len)?;
         // SAFETY: the buffer is owned by `Inner` (in `MountedSegment`) and unregistered in
