@@ -307,6 +307,30 @@ impl MooncakeDistributedStore {
         Ok(r.first().map_or(INVALID_PARAMS, put_code))
     }
 
+    /// Stores the concatenation of `parts` (bytes or bytearray) under `key`: 0, or a negative
+    /// code.
+    #[pyo3(signature = (key, *parts, config = None))]
+    fn put_parts(
+        &self,
+        py: Python<'_>,
+        key: &str,
+        parts: Vec<PyBackedBytes>,
+        config: Option<ReplicateConfig>,
+    ) -> PyResult<i64> {
+        let client = self.client()?;
+        let cfg = ReplicateConfig::to_store(config.as_ref());
+        let r = py.detach(|| {
+            let value: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+            client.batch_put_with(&[(key, &value[..])], &cfg)
+        });
+        Ok(r.first().map_or(INVALID_PARAMS, put_code))
+    }
+
+    /// The address peers reach this client's transfer engine at (`host:port`).
+    fn get_hostname(&self) -> PyResult<String> {
+        Ok(self.client()?.client().engine().name().to_string())
+    }
+
     /// 0 if every key was stored, else the first failing key's code.
     #[pyo3(signature = (keys, values, config = None))]
     fn put_batch(

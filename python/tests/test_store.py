@@ -298,6 +298,16 @@ class CompatTest(unittest.TestCase):
             self.assertEqual(s.unregister_buffer(p0), 0)
             self.assertEqual(s.unregister_buffer(p1), 0)
 
+    def test_put_parts_and_hostname(self):
+        s = self.store
+        self.assertEqual(s.put_parts("parts/a", b"head-", bytearray(b"middle-"), b"tail"), 0)
+        self.assertEqual(s.get("parts/a"), b"head-middle-tail")
+        self.assertEqual(mooncake_rs.error_name(s.put_parts("parts/a", b"again")), "OBJECT_ALREADY_EXISTS")
+        self.assertEqual(s.put_parts("parts/b", b"x", config=ReplicateConfig()), 0)
+        host, port = s.get_hostname().rsplit(":", 1)
+        self.assertEqual(host, "127.0.0.1")
+        self.assertGreater(int(port), 0)
+
     def test_sizes_and_remove_all(self):
         s = self.store
         self.assertEqual(s.put("sz/a", b"x" * 300), 0)
