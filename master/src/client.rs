@@ -578,6 +578,18 @@ impl MasterClient {
         }
     }
 
+    /// Removes every removable key `pattern` (a regular expression) matches; returns how many.
+    pub async fn remove_by_regex(&self, pattern: &str, force: bool) -> Result<u64, ErrorCode> {
+        let req = Request::RemoveByRegex {
+            pattern: pattern.to_string(),
+            force,
+        };
+        match self.call(req).await? {
+            Response::Count(r) => r,
+            _ => Err(ErrorCode::RpcFail),
+        }
+    }
+
     /// Single-key PutStart.
     pub async fn put_start(
         &self,

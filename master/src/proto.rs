@@ -302,6 +302,9 @@ pub enum Request<K = String> {
     BatchRemove { keys: Vec<K>, force: bool },
     /// Remove every removable key.
     RemoveAll { force: bool },
+    /// Remove every removable key that the regular expression `pattern` matches (anywhere in
+    /// the key, as `regex::Regex::is_match`; anchor with `^...$`).
+    RemoveByRegex { pattern: K, force: bool },
 }
 
 impl<K> Request<K> {
@@ -320,6 +323,7 @@ impl<K> Request<K> {
             Request::BatchExistKey { .. } => "batch_exist_key",
             Request::BatchRemove { .. } => "batch_remove",
             Request::RemoveAll { .. } => "remove_all",
+            Request::RemoveByRegex { .. } => "remove_by_regex",
         }
     }
 
@@ -355,7 +359,7 @@ pub enum Response {
     Units(BatchResult<()>),
     /// Per-key existence.
     Bools(BatchResult<bool>),
-    /// A count (RemoveAll).
+    /// A count (RemoveAll, RemoveByRegex).
     Count(Result<u64, ErrorCode>),
 }
 

@@ -29,6 +29,11 @@ pub const MAX_REPLICAS: usize = 16;
 /// Most preferred segments one call may name.
 pub const MAX_PREFERRED_SEGMENTS: usize = 64;
 
+/// Longest pattern RemoveByRegex takes.
+pub const MAX_REGEX_LEN: usize = 4096;
+/// Most memory a RemoveByRegex pattern may compile to.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
 /// Tunables of the state machine (all durations on the injected clock).
 #[derive(Clone, Debug)]
 pub struct ServiceConfig {
@@ -232,6 +237,9 @@ impl MasterService {
                 Response::Units(self.batch_remove(&keys, force))
             }
             Request::RemoveAll { force } => Response::Count(Ok(self.remove_all(force))),
+            Request::RemoveByRegex { pattern, force } => {
+                Response::Count(self.remove_by_regex(pattern.as_ref(), force))
+            }
         }
     }
 
@@ -590,6 +598,24 @@ impl MasterService {
 
     /// Removes every removable key; the number removed.
     pub fn remove_all(&self, force: bool) -> u64 {
+        self.remove_where(|_| true, force)
+    }
+
+    /// Removes every removable key `pattern` matches; INVALID_PARAMS for a pattern that is not
+    /// a regular expression, longer than [`MAX_REGEX_LEN`] or too large once compiled (the
+    /// pattern comes over the network).
+    pub fn remove_by_regex(&self, pattern: &str, force: bool) -> Result<u64, ErrorCode> {
+        if pattern.len() > MAX_REGEX_LEN {
+            return Err(ErrorCode::InvalidParams);
+        }
+        let re = regex::RegexBuilder::new(pattern)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+            .map_err(|_| ErrorCode::InvalidParams)?;
+        Ok(self.remove_where(|k| re.is_match(k), force))
+    }
+
+    fn remove_where(&self, matches: impl Fn(&str) -> bool, force: bool) -> u64 {
         let now = self.clock.now_ms();
         let mut removed = 0;
         let mut later = Vec::new();
@@ -597,7 +623,7 @@ impl MasterService {
             let mut map = self.index.shard(s).write();
             let keys: Vec<String> = map
                 .iter()
-                .filter(|(_, e)| self.check_removable(e, now, force).is_ok())
+                .filter(|(k, e)| matches(k) && self.check_removable(e, now, force).is_ok())
                 .map(|(k, _)| k.clone())
                 .collect();
             for k in keys {

@@ -22,6 +22,15 @@ use crate::ConnectArgs;
 const INVALID_PARAMS: i64 = ErrorCode::InvalidParams as i64;
 const RPC_FAIL: i64 = ErrorCode::RpcFail as i64;
 
+/// A count, or the master's negative code.
+fn count_code(r: Result<u64, store_client::ClientError>) -> i64 {
+    match r {
+        Ok(n) => i64::try_from(n).unwrap_or(i64::MAX),
+        Err(store_client::ClientError::Refused { code, .. }) => i64::from(code.code()),
+        Err(_) => RPC_FAIL,
+    }
+}
+
 /// Replication of a put (Mooncake's `ReplicateConfig`).
 #[pyclass(module = "mooncake_rs")]
 #[derive(Clone, Debug)]
@@ -401,6 +410,15 @@ impl MooncakeDistributedStore {
         Ok(unit_code(&py.detach(|| client.remove(key))))
     }
 
+    /// Removes every object whose key the regular expression matches, except those under a
+    /// read lease; how many, or a negative code (INVALID_PARAMS for a bad pattern).
+    fn remove_by_regex(&self, py: Python<'_>, regex_pattern: &str) -> PyResult<i64> {
+        let client = self.client()?;
+        Ok(count_code(
+            py.detach(|| client.remove_by_regex(regex_pattern, false)),
+        ))
+    }
+
     /// The object's size in bytes, or a negative code.
     fn get_size(&self, py: Python<'_>, key: &str) -> PyResult<i64> {
         let client = self.client()?;
@@ -411,11 +429,7 @@ impl MooncakeDistributedStore {
     /// it); how many, or a negative code.
     fn remove_all(&self, py: Python<'_>) -> PyResult<i64> {
         let client = self.client()?;
-        Ok(match py.detach(|| client.remove_all(false)) {
-            Ok(n) => i64::try_from(n).unwrap_or(i64::MAX),
-            Err(store_client::ClientError::Refused { code, .. }) => i64::from(code.code()),
-            Err(_) => RPC_FAIL,
-        })
+        Ok(count_code(py.detach(|| client.remove_all(false))))
     }
 
     /// 0, or a negative code (INVALID_PARAMS for a null or overlapping range).

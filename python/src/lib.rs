@@ -258,6 +258,17 @@ impl Store {
             })
     }
 
+    /// Removes every object whose key the regular expression `pattern` matches (anywhere in
+    /// the key) and returns how many; `force` as for `remove_all`.
+    #[pyo3(signature = (pattern, force = false))]
+    fn remove_by_regex(&self, py: Python<'_>, pattern: &str, force: bool) -> PyResult<u64> {
+        py.detach(|| self.client.remove_by_regex(pattern, force))
+            .map_err(|e| match e {
+                ClientError::Refused { code, .. } => store_error(code, &e.to_string()),
+                other => store_error(ErrorCode::RpcFail, &other.to_string()),
+            })
+    }
+
     /// Stores each value under its key: per key 0 or a negative error code.
     fn batch_put(
         &self,

@@ -328,10 +328,15 @@ class CompatTest(unittest.TestCase):
             # all/0, all/2 and all/3 are leased by those lookups: only all/1 goes without force.
             compat = MooncakeDistributedStore()
             self.assertEqual(compat.setup("127.0.0.1", "P2PHANDSHAKE", 0, MIB, "tcp", "", master.address), 0)
-            self.assertEqual(compat.remove_all(), 1)
+            self.assertEqual(compat.remove_by_regex("^all/[01]$"), 1)
+            self.assertEqual(mooncake_rs.error_name(compat.remove_by_regex("(")), "INVALID_PARAMS")
+            self.assertEqual(compat.remove_all(), 0)
             compat.close()
-            self.assertEqual(worker.remove_all(), 0)
-            self.assertEqual(worker.remove_all(force=True), 3)
+            self.assertEqual(worker.remove_by_regex("^all/[23]$", force=True), 2)
+            with self.assertRaises(StoreError) as e:
+                worker.remove_by_regex("[")
+            self.assertEqual(e.exception.args[1], "INVALID_PARAMS")
+            self.assertEqual(worker.remove_all(force=True), 1)
             self.assertEqual(worker.batch_exists(keys), [0] * 4)
         finally:
             worker.close()

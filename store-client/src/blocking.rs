@@ -103,6 +103,11 @@ impl BlockingClient {
     pub fn remove_all(&self, force: bool) -> Result<u64, ClientError> {
         self.runtime.block_on(self.client.remove_all(force))
     }
+    /// See [`Client::remove_by_regex`].
+    pub fn remove_by_regex(&self, pattern: &str, force: bool) -> Result<u64, ClientError> {
+        self.runtime
+            .block_on(self.client.remove_by_regex(pattern, force))
+    }
     /// See [`Client::batch_remove`].
     pub fn batch_remove<K: AsRef<str>>(&self, keys: &[K]) -> Vec<KeyResult<()>> {
         self.runtime.block_on(self.client.batch_remove(keys))

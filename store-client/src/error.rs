@@ -64,7 +64,8 @@ pub enum ClientError {
         /// What failed.
         reason: String,
     },
-    /// The master refused (or could not be asked) a segment operation or `remove_all`.
+    /// The master refused (or could not be asked) a segment operation, `remove_all` or
+    /// `remove_by_regex`.
     #[error("master refused {what}: {code}")]
     Refused {
         /// The operation.

@@ -388,7 +388,18 @@ async fn sizes_per_key_and_remove_all() {
 
     // The size lookups leased three objects: a plain removal takes the other two, a forced
     // one the rest.
-    assert_eq!(reader.remove_all(false).await.unwrap(), 2);
+    assert_eq!(
+        reader.remove_by_regex("^sized[12]$", false).await.unwrap(),
+        2
+    );
+    assert!(matches!(
+        reader.remove_by_regex("(", false).await,
+        Err(store_client::ClientError::Refused {
+            code: ErrorCode::InvalidParams,
+            ..
+        })
+    ));
+    assert_eq!(reader.remove_all(false).await.unwrap(), 0);
     assert_eq!(reader.remove_all(true).await.unwrap(), 3);
     assert_eq!(
         reader.get_size("sized3").await.code(),

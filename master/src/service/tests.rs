@@ -699,6 +699,46 @@ fn handle_dispatches_and_remove_all_counts() {
     );
 }
 
+#[test]
+fn remove_by_regex_removes_matching_removable_keys_and_refuses_bad_patterns() {
+    let f = fixture(ServiceConfig::default());
+    let a = Uuid::new_v4();
+    f.svc.mount_segment(a, segment("h:1", SEG)).unwrap();
+    for k in ["req1/L00", "req1/L01", "req2/L00", "xreq1/L00"] {
+        put(&f.svc, a, k, 16).unwrap();
+    }
+    // A lease protects req1/L01 from a plain removal.
+    f.svc.batch_get_replica_list(&keys(&["req1/L01"])).unwrap();
+    let by = |pattern: &str, force| {
+        f.svc.handle(Request::<String>::RemoveByRegex {
+            pattern: pattern.to_string(),
+            force,
+        })
+    };
+    assert_eq!(by("^req1/", false), Response::Count(Ok(1)));
+    assert_eq!(by("^req1/", true), Response::Count(Ok(1)));
+    assert_eq!(
+        by("L00$", false),
+        Response::Count(Ok(2)),
+        "req2/L00 and xreq1/L00"
+    );
+    assert_eq!(
+        by("(unclosed", false),
+        Response::Count(Err(ErrorCode::InvalidParams))
+    );
+    let long = "a".repeat(MAX_REGEX_LEN + 1);
+    assert_eq!(
+        by(&long, false),
+        Response::Count(Err(ErrorCode::InvalidParams))
+    );
+    // Compiles to more than the size limit.
+    assert_eq!(
+        by("(a{1000}){1000}", false),
+        Response::Count(Err(ErrorCode::InvalidParams))
+    );
+    assert_eq!(assert_no_overlap(&f.svc), 0);
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Put(u8, u16),

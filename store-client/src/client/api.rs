@@ -625,6 +625,20 @@ impl Client {
             })
     }
 
+    /// Removes every object whose key the regular expression `pattern` matches (anywhere in
+    /// the key; anchor with `^...$`), with the same `force` rule as [`Client::remove_all`];
+    /// returns how many. INVALID_PARAMS for a pattern the master does not take.
+    pub async fn remove_by_regex(&self, pattern: &str, force: bool) -> Result<u64, ClientError> {
+        self.inner
+            .master
+            .remove_by_regex(pattern, force)
+            .await
+            .map_err(|code| ClientError::Refused {
+                what: "remove_by_regex",
+                code,
+            })
+    }
+
     async fn exists_many<K: AsRef<str>>(&self, keys: &[K]) -> Vec<KeyResult<bool>> {
         let inner = &self.inner;
         self.key_rpc(keys, |todo| async move {
