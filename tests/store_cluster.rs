@@ -335,3 +335,55 @@ async fn same_host_clients_move_bytes_through_shared_memory() {
     assert!(s.bytes >= 2 * total + vals[7].len() as u64, "{s:?}");
     c.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_prefer_a_replica_on_this_host() {
+    let m = master(Duration::from_secs(30)).await;
+    let addr = m.rpc_addr().to_string();
+    // One holder shares its pool with this host's clients, the other only serves over TCP
+    // (standing for a holder on another host).
+    let far = Holder::spawn_with(&addr, "32M", 1000, false);
+    let _near = Holder::spawn_with(&addr, "32M", 1000, true);
+    let c = reader_with(&addr, false, true).await;
+    let keys: Vec<String> = (0..32).map(|i| format!("two/{i}")).collect();
+    let vals: Vec<Vec<u8>> = (0..32).map(|i| value(i, 2048 + i)).collect();
+    let items: Vec<(&str, &[u8])> = keys
+        .iter()
+        .zip(&vals)
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .collect();
+    let cfg = ReplicateConfig {
+        replica_num: 2,
+        ..Default::default()
+    };
+    assert!(c
+        .batch_put_with(&items, &cfg)
+        .await
+        .iter()
+        .all(|r| r.is_ok()));
+    // The test means something only if the master lists the far replica first for some keys.
+    let lists = c
+        .master()
+        .batch_get_replica_list(keys.clone())
+        .await
+        .unwrap();
+    let far_first = lists
+        .iter()
+        .filter(|l| l.as_ref().unwrap()[0].segment_name == far.info.segment)
+        .count();
+    assert!(far_first > 0, "every key lists the near replica first");
+
+    let before = c.engine().shm_stats().requests;
+    let got = c.batch_get(&keys).await;
+    for (i, r) in got.iter().enumerate() {
+        assert_eq!(r.value(), Some(&vals[i]), "key {i}");
+    }
+    // Adjacent objects merge into few requests: count bytes, not requests.
+    let moved = c.engine().shm_stats().bytes - before;
+    let total: u64 = vals.iter().map(|v| v.len() as u64).sum();
+    assert!(
+        moved >= total,
+        "only {moved} of {total} bytes came through shared memory"
+    );
+    c.close().await;
+}

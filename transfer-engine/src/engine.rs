@@ -336,6 +336,19 @@ impl Engine {
         self.publish()
     }
 
+    /// Whether the segment `name`, already opened, is served through same-host shared memory
+    /// (so reading it costs no network transfer). False for a segment not opened yet: this
+    /// asks no one.
+    pub fn is_same_host(&self, name: &str) -> bool {
+        let Some(shm) = &self.inner.local.shm else {
+            return false;
+        };
+        self.inner
+            .segments
+            .get_by_name(name)
+            .is_some_and(|seg| !seg.local && shm.is_same_host(&seg.descriptor()))
+    }
+
     /// Counters of the same-host shared-memory path (zero when it is off).
     pub fn shm_stats(&self) -> ShmStats {
         self.inner

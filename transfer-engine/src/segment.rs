@@ -73,4 +73,10 @@ impl SegmentTable {
     pub fn get(&self, handle: SegmentHandle) -> Option<Arc<OpenSegment>> {
         self.by_id.read().get(&handle.0).cloned()
     }
+
+    /// The opened segment of that name, if it was opened.
+    pub fn get_by_name(&self, name: &str) -> Option<Arc<OpenSegment>> {
+        let id = *self.by_name.lock().get(name)?;
+        self.get(SegmentHandle(id))
+    }
 }

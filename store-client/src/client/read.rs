@@ -141,6 +141,7 @@ impl Inner {
             }
         };
         let local = self.mounted.as_ref().map(|m| m.segment.name.clone());
+        let near = NearSegments::new(&self.engine);
         let mut direct = Vec::new();
         let mut copy = Vec::new();
         for (i, (lookup, dst)) in lookups.into_iter().zip(dsts).enumerate() {
@@ -187,7 +188,7 @@ impl Inner {
                 }
                 _ => (replicas, len),
             };
-            let cursor = ReplicaCursor::new(&replicas, local.as_deref());
+            let cursor = ReplicaCursor::new(&replicas, local.as_deref(), |s| near.is(s));
             if cursor.readable() == 0 {
                 results[i] = Some(Err(KeyError::new(
                     ErrorCode::ReplicaIsNotReady,
@@ -422,6 +423,31 @@ impl Inner {
         }
         let outcomes = outcomes.into_iter().map(|o| o.unwrap_or(Ok(()))).collect();
         (outcomes, retries)
+    }
+}
+
+/// Which segments are on this host (read through shared memory), asked of the engine once
+/// per segment and call.
+struct NearSegments<'a> {
+    engine: &'a transfer_engine::Engine,
+    known: std::cell::RefCell<HashMap<String, bool>>,
+}
+
+impl<'a> NearSegments<'a> {
+    fn new(engine: &'a transfer_engine::Engine) -> Self {
+        Self {
+            engine,
+            known: Default::default(),
+        }
+    }
+
+    fn is(&self, segment: &str) -> bool {
+        if let Some(&near) = self.known.borrow().get(segment) {
+            return near;
+        }
+        let near = self.engine.is_same_host(segment);
+        self.known.borrow_mut().insert(segment.to_string(), near);
+        near
     }
 }
 

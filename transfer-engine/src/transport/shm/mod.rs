@@ -232,6 +232,24 @@ impl ShmTransport {
         postcard::to_stdvec(&info).ok()
     }
 
+    /// Whether `target` is a peer on this host whose shared regions this engine maps (or may
+    /// map: it has not been found unusable).
+    pub fn is_same_host(&self, target: &SegmentDescriptor) -> bool {
+        let Some(info) = target
+            .transports
+            .get(NAME)
+            .and_then(|raw| postcard::from_bytes::<ShmInfo>(raw).ok())
+        else {
+            return false;
+        };
+        info.host == self.host
+            && info.socket != self.socket
+            && !matches!(
+                self.peers.lock().get(&info.socket),
+                Some(PeerEntry::Down(_))
+            )
+    }
+
     /// Tells the peers that the region with registration id `id` is no longer shared; a
     /// transfer they start after this returns does not use it.
     pub fn revoke(&self, id: u64) {
