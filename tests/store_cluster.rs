@@ -137,19 +137,7 @@ async fn fall_back_when_a_holder_dies(shm: bool) {
         Holder::spawn_with(&addr, "32M", 1000, shm),
     ];
     let c = reader_with(&addr, false, shm).await;
-    let keys: Vec<String> = (0..12).map(|i| format!("two-copies/{i}")).collect();
-    let vals: Vec<Vec<u8>> = (0..12).map(|i| value(i, 4096 + i)).collect();
-    let items: Vec<(&str, &[u8])> = keys
-        .iter()
-        .zip(&vals)
-        .map(|(k, v)| (k.as_str(), v.as_slice()))
-        .collect();
-    let cfg = ReplicateConfig {
-        replica_num: 2,
-        ..Default::default()
-    };
-    let put = c.batch_put_with(&items, &cfg).await;
-    assert!(put.iter().all(|r| r.is_ok()), "{put:?}");
+    let (keys, vals) = put_two_copies(&c, "two-copies", 12, 4096, None).await;
 
     // Every key has a replica in each holder; kill the holder key 0 would be read from first.
     let lists = c
@@ -345,23 +333,8 @@ async fn reads_prefer_a_replica_on_this_host() {
     let far = Holder::spawn_with(&addr, "32M", 1000, false);
     let _near = Holder::spawn_with(&addr, "32M", 1000, true);
     let c = reader_with(&addr, false, true).await;
-    let keys: Vec<String> = (0..32).map(|i| format!("two/{i}")).collect();
-    let vals: Vec<Vec<u8>> = (0..32).map(|i| value(i, 2048 + i)).collect();
-    let items: Vec<(&str, &[u8])> = keys
-        .iter()
-        .zip(&vals)
-        .map(|(k, v)| (k.as_str(), v.as_slice()))
-        .collect();
-    let cfg = ReplicateConfig {
-        replica_num: 2,
-        ..Default::default()
-    };
-    assert!(c
-        .batch_put_with(&items, &cfg)
-        .await
-        .iter()
-        .all(|r| r.is_ok()));
-    // The test means something only if the master lists the far replica first for some keys.
+    // The far holder preferred: the master lists its replica first.
+    let (keys, vals) = put_two_copies(&c, "two", 32, 2048, Some(&far.info.segment)).await;
     let lists = c
         .master()
         .batch_get_replica_list(keys.clone())
@@ -371,7 +344,7 @@ async fn reads_prefer_a_replica_on_this_host() {
         .iter()
         .filter(|l| l.as_ref().unwrap()[0].segment_name == far.info.segment)
         .count();
-    assert!(far_first > 0, "every key lists the near replica first");
+    assert_eq!(far_first, keys.len(), "the far replica is listed first");
 
     let before = c.engine().shm_stats().requests;
     let got = c.batch_get(&keys).await;
@@ -386,4 +359,30 @@ async fn reads_prefer_a_replica_on_this_host() {
         "only {moved} of {total} bytes came through shared memory"
     );
     c.close().await;
+}
+
+/// Stores `n` objects `prefix/i` of `size + i` bytes with two replicas each (the first in
+/// `preferred` if given).
+async fn put_two_copies(
+    c: &store_client::Client,
+    prefix: &str,
+    n: usize,
+    size: usize,
+    preferred: Option<&str>,
+) -> (Vec<String>, Vec<Vec<u8>>) {
+    let keys: Vec<String> = (0..n).map(|i| format!("{prefix}/{i}")).collect();
+    let vals: Vec<Vec<u8>> = (0..n).map(|i| value(i, size + i)).collect();
+    let items: Vec<(&str, &[u8])> = keys
+        .iter()
+        .zip(&vals)
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .collect();
+    let cfg = ReplicateConfig {
+        replica_num: 2,
+        preferred_segments: preferred.into_iter().map(str::to_string).collect(),
+        ..Default::default()
+    };
+    let put = c.batch_put_with(&items, &cfg).await;
+    assert!(put.iter().all(|r| r.is_ok()), "{put:?}");
+    (keys, vals)
 }

@@ -235,11 +235,7 @@ impl ShmTransport {
     /// Whether `target` is a peer on this host whose shared regions this engine maps (or may
     /// map: it has not been found unusable).
     pub fn is_same_host(&self, target: &SegmentDescriptor) -> bool {
-        let Some(info) = target
-            .transports
-            .get(NAME)
-            .and_then(|raw| postcard::from_bytes::<ShmInfo>(raw).ok())
-        else {
+        let Some(info) = info_of(target) else {
             return false;
         };
         info.host == self.host
@@ -285,11 +281,7 @@ impl ShmTransport {
         items: Vec<(usize, TransferRequest)>,
         sink: &CompletionSink,
     ) -> Vec<(usize, TransferRequest)> {
-        let Some(info) = target
-            .transports
-            .get(NAME)
-            .and_then(|raw| postcard::from_bytes::<ShmInfo>(raw).ok())
-        else {
+        let Some(info) = info_of(target) else {
             return items;
         };
         if info.host != self.host || info.socket == self.socket {
@@ -376,6 +368,11 @@ impl ShmTransport {
             PeerEntry::Down(_) => None,
         }
     }
+}
+
+/// What `target` publishes for this transport, if anything (readable).
+fn info_of(target: &SegmentDescriptor) -> Option<ShmInfo> {
+    postcard::from_bytes(target.transports.get(NAME)?).ok()
 }
 
 /// The shared region holding all of `[addr, addr + len)`, if one does.
