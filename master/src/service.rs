@@ -620,13 +620,27 @@ impl MasterService {
         let mut removed = 0;
         let mut later = Vec::new();
         for s in 0..self.index.num_shards() {
-            let mut map = self.index.shard(s).write();
-            let keys: Vec<String> = map
+            // Keys are matched under the read lock (a pattern may be slow to match), and only
+            // the removal takes the write lock, checking each key again.
+            let keys: Vec<String> = self
+                .index
+                .shard(s)
+                .read()
                 .iter()
                 .filter(|(k, e)| matches(k) && self.check_removable(e, now, force).is_ok())
                 .map(|(k, _)| k.clone())
                 .collect();
+            if keys.is_empty() {
+                continue;
+            }
+            let mut map = self.index.shard(s).write();
             for k in keys {
+                let still = map
+                    .get(&k)
+                    .is_some_and(|e| self.check_removable(e, now, force).is_ok());
+                if !still {
+                    continue;
+                }
                 if let Some(e) = map.remove(&k) {
                     removed += 1;
                     self.release_after_removal(e, now, &mut later);
