@@ -137,7 +137,7 @@ async fn fall_back_when_a_holder_dies(shm: bool) {
         Holder::spawn_with(&addr, "32M", 1000, shm),
     ];
     let c = reader_with(&addr, false, shm).await;
-    let (keys, vals) = put_two_copies(&c, "two-copies", 12, 4096, None).await;
+    let (keys, vals) = put_objects(&c, "two-copies", 12, |i| 4096 + i, two_copies(None)).await;
 
     // Every key has a replica in each holder; kill the holder key 0 would be read from first.
     let lists = c
@@ -286,15 +286,8 @@ async fn same_host_clients_move_bytes_through_shared_memory() {
     let addr = m.rpc_addr().to_string();
     let _holder = Holder::spawn_with(&addr, "32M", 1000, true);
     let c = reader_with(&addr, false, true).await;
-    let keys: Vec<String> = (0..24).map(|i| format!("shm/{i}")).collect();
-    let vals: Vec<Vec<u8>> = (0..24).map(|i| value(i, 1 + i * 4099)).collect();
-    let items: Vec<(&str, &[u8])> = keys
-        .iter()
-        .zip(&vals)
-        .map(|(k, v)| (k.as_str(), v.as_slice()))
-        .collect();
-    let put = c.batch_put(&items).await;
-    assert!(put.iter().all(|r| r.is_ok()), "{put:?}");
+    let cfg = ReplicateConfig::default();
+    let (keys, vals) = put_objects(&c, "shm", 24, |i| 1 + i * 4099, cfg).await;
     let got = c.batch_get(&keys).await;
     for (i, r) in got.iter().enumerate() {
         assert_eq!(r.value(), Some(&vals[i]), "key {i}");
@@ -334,7 +327,8 @@ async fn reads_prefer_a_replica_on_this_host() {
     let _near = Holder::spawn_with(&addr, "32M", 1000, true);
     let c = reader_with(&addr, false, true).await;
     // The far holder preferred: the master lists its replica first.
-    let (keys, vals) = put_two_copies(&c, "two", 32, 2048, Some(&far.info.segment)).await;
+    let cfg = two_copies(Some(&far.info.segment));
+    let (keys, vals) = put_objects(&c, "two", 32, |i| 2048 + i, cfg).await;
     let lists = c
         .master()
         .batch_get_replica_list(keys.clone())
@@ -361,27 +355,30 @@ async fn reads_prefer_a_replica_on_this_host() {
     c.close().await;
 }
 
-/// Stores `n` objects `prefix/i` of `size + i` bytes with two replicas each (the first in
-/// `preferred` if given).
-async fn put_two_copies(
+/// Two replicas each, the first in `preferred` if given.
+fn two_copies(preferred: Option<&str>) -> ReplicateConfig {
+    ReplicateConfig {
+        replica_num: 2,
+        preferred_segments: preferred.into_iter().map(str::to_string).collect(),
+        ..Default::default()
+    }
+}
+
+/// Stores `n` objects `prefix/i` of `size(i)` bytes with `cfg` in one batch.
+async fn put_objects(
     c: &store_client::Client,
     prefix: &str,
     n: usize,
-    size: usize,
-    preferred: Option<&str>,
+    size: impl Fn(usize) -> usize,
+    cfg: ReplicateConfig,
 ) -> (Vec<String>, Vec<Vec<u8>>) {
     let keys: Vec<String> = (0..n).map(|i| format!("{prefix}/{i}")).collect();
-    let vals: Vec<Vec<u8>> = (0..n).map(|i| value(i, size + i)).collect();
+    let vals: Vec<Vec<u8>> = (0..n).map(|i| value(i, size(i))).collect();
     let items: Vec<(&str, &[u8])> = keys
         .iter()
         .zip(&vals)
         .map(|(k, v)| (k.as_str(), v.as_slice()))
         .collect();
-    let cfg = ReplicateConfig {
-        replica_num: 2,
-        preferred_segments: preferred.into_iter().map(str::to_string).collect(),
-        ..Default::default()
-    };
     let put = c.batch_put_with(&items, &cfg).await;
     assert!(put.iter().all(|r| r.is_ok()), "{put:?}");
     (keys, vals)

@@ -212,6 +212,20 @@ impl MooncakeDistributedStore {
             .ok_or_else(|| PyRuntimeError::new_err("call setup() first"))
     }
 
+    /// Stores `value` under `key`: 0, or a negative code.
+    fn put_value(
+        &self,
+        py: Python<'_>,
+        key: &str,
+        value: &[u8],
+        config: Option<ReplicateConfig>,
+    ) -> PyResult<i64> {
+        let client = self.client()?;
+        let cfg = ReplicateConfig::to_store(config.as_ref());
+        let r = py.detach(|| client.batch_put_with(&[(key, value)], &cfg));
+        Ok(r.first().map_or(INVALID_PARAMS, put_code))
+    }
+
     fn put_many(
         &self,
         py: Python<'_>,
@@ -310,10 +324,7 @@ impl MooncakeDistributedStore {
         value: PyBackedBytes,
         config: Option<ReplicateConfig>,
     ) -> PyResult<i64> {
-        let client = self.client()?;
-        let cfg = ReplicateConfig::to_store(config.as_ref());
-        let r = py.detach(|| client.batch_put_with(&[(key, &value[..])], &cfg));
-        Ok(r.first().map_or(INVALID_PARAMS, put_code))
+        self.put_value(py, key, &value, config)
     }
 
     /// Stores the concatenation of `parts` (bytes or bytearray) under `key`: 0, or a negative
@@ -326,13 +337,9 @@ impl MooncakeDistributedStore {
         parts: Vec<PyBackedBytes>,
         config: Option<ReplicateConfig>,
     ) -> PyResult<i64> {
-        let client = self.client()?;
-        let cfg = ReplicateConfig::to_store(config.as_ref());
-        let r = py.detach(|| {
-            let value: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
-            client.batch_put_with(&[(key, &value[..])], &cfg)
-        });
-        Ok(r.first().map_or(INVALID_PARAMS, put_code))
+        // The concatenation is made with the GIL released, as the put is.
+        let value: Vec<u8> = py.detach(|| parts.iter().flat_map(|p| p.iter().copied()).collect());
+        self.put_value(py, key, &value, config)
     }
 
     /// The address peers reach this client's transfer engine at (`host:port`).

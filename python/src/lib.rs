@@ -42,6 +42,14 @@ fn raise<T>(r: KeyResult<T>) -> PyResult<T> {
     r.result.map_err(|e| store_error(e.code, &e.message))
 }
 
+/// A count from the master, or StoreError with its code (RPC_FAIL if it could not be asked).
+fn raise_count(r: Result<u64, ClientError>) -> PyResult<u64> {
+    r.map_err(|e| match e {
+        ClientError::Refused { code, .. } => store_error(code, &e.to_string()),
+        other => store_error(ErrorCode::RpcFail, &other.to_string()),
+    })
+}
+
 /// Bytes moved, or the negative error code.
 pub(crate) fn code_of(r: &KeyResult<u64>) -> i64 {
     match &r.result {
@@ -251,22 +259,14 @@ impl Store {
     /// too); without `force`, objects under a read lease or still being written stay.
     #[pyo3(signature = (force = false))]
     fn remove_all(&self, py: Python<'_>, force: bool) -> PyResult<u64> {
-        py.detach(|| self.client.remove_all(force))
-            .map_err(|e| match e {
-                ClientError::Refused { code, .. } => store_error(code, &e.to_string()),
-                other => store_error(ErrorCode::RpcFail, &other.to_string()),
-            })
+        raise_count(py.detach(|| self.client.remove_all(force)))
     }
 
     /// Removes every object whose key the regular expression `pattern` matches (anywhere in
     /// the key) and returns how many; `force` as for `remove_all`.
     #[pyo3(signature = (pattern, force = false))]
     fn remove_by_regex(&self, py: Python<'_>, pattern: &str, force: bool) -> PyResult<u64> {
-        py.detach(|| self.client.remove_by_regex(pattern, force))
-            .map_err(|e| match e {
-                ClientError::Refused { code, .. } => store_error(code, &e.to_string()),
-                other => store_error(ErrorCode::RpcFail, &other.to_string()),
-            })
+        raise_count(py.detach(|| self.client.remove_by_regex(pattern, force)))
     }
 
     /// Stores each value under its key: per key 0 or a negative error code.

@@ -55,6 +55,17 @@ struct LocalSegment {
     shm: Option<ShmTransport>,
 }
 
+impl LocalSegment {
+    /// Stops sharing the region at `addr`, if it was shared: drops this engine's mapping and
+    /// tells the peers, which drop theirs before their next transfer (or within a second).
+    fn unshare(&self, addr: u64) {
+        let id = self.shared.lock().remove(addr);
+        if let (Some(id), Some(shm)) = (id, &self.shm) {
+            shm.revoke(id);
+        }
+    }
+}
+
 impl ControlHandler for LocalSegment {
     fn descriptor(&self) -> SegmentDescriptor {
         let mut transports = BTreeMap::new();
@@ -313,10 +324,7 @@ impl Engine {
         let registered = unsafe { self.register_memory(ptr, len, Location::Host) };
         if registered.is_err() {
             // The live descriptor listed it meanwhile: a peer may have mapped it.
-            let id = local.shared.lock().remove(ptr as u64);
-            if let (Some(id), Some(shm)) = (id, &local.shm) {
-                shm.revoke(id);
-            }
+            local.unshare(ptr as u64);
         }
         registered
     }
@@ -326,12 +334,7 @@ impl Engine {
         let local = &self.inner.local;
         let region = local.registry.remove(ptr as u64)?;
         let unregistered = local.transport.unregister_memory(&region);
-        // This drops only this engine's mapping of a shared region; peers drop theirs when
-        // they apply the revocation (before their next transfer, or within a second).
-        let revoked = local.shared.lock().remove(region.addr);
-        if let (Some(id), Some(shm)) = (revoked, &local.shm) {
-            shm.revoke(id);
-        }
+        local.unshare(region.addr);
         unregistered?;
         self.publish()
     }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use common::{pattern_bytes, registered, req};
 use rand::{Rng, SeedableRng};
 use transfer_engine::{
-    Engine, EngineConfig, OpCode, Protocol, SharedMemory, TransferRequest, TransferState,
-    TransferStatus,
+    AlignedBuffer, Engine, EngineConfig, OpCode, Protocol, SegmentHandle, SharedMemory,
+    TransferRequest, TransferState, TransferStatus,
 };
 
 fn engine(shared_memory: bool) -> Engine {
@@ -43,6 +43,60 @@ fn contents(mem: &SharedMemory) -> Vec<u8> {
     unsafe { std::slice::from_raw_parts(mem.as_ptr(), mem.len()) }.to_vec()
 }
 
+/// An owner sharing a pool, and a reader with a registered buffer that has opened the owner's
+/// segment (keep `owner` bound: dropping it stops the owner).
+struct Pair {
+    owner: Engine,
+    pool: Arc<SharedMemory>,
+    reader: Engine,
+    local: AlignedBuffer,
+    seg: SegmentHandle,
+}
+
+/// A pool of `pool_len` bytes filled with `init`'s bytes (when given), and a reader with
+/// shared memory on or off and a `local_len`-byte buffer.
+fn pair(pool_len: usize, init: Option<&[u8]>, reader_shm: bool, local_len: usize) -> Pair {
+    let owner = engine(true);
+    let pool = shared(&owner, pool_len);
+    if let Some(init) = init {
+        fill(&pool, init);
+    }
+    let reader = engine(reader_shm);
+    let local = registered(&reader, local_len);
+    let seg = reader.open_segment(owner.name()).unwrap();
+    Pair {
+        owner,
+        pool,
+        reader,
+        local,
+        seg,
+    }
+}
+
+/// A READ of `len` bytes at `remote` into the start of `local`.
+fn read(local: &AlignedBuffer, seg: SegmentHandle, remote: u64, len: u64) -> TransferRequest {
+    req(OpCode::Read, local.addr(), seg, remote, len)
+}
+
+/// A reader that read once through its mapping of an owner's pool, after the owner went
+/// away (its memory stays mapped on the reader's side until the reader notices); the reader's
+/// buffer and that read.
+fn mapped_then_owner_gone() -> (Engine, AlignedBuffer, [TransferRequest; 1]) {
+    let Pair {
+        owner,
+        pool,
+        reader,
+        local,
+        seg,
+    } = pair(64 << 10, None, true, 64 << 10);
+    let one = [read(&local, seg, pool.as_ptr() as u64, 4096)];
+    assert_eq!(run(&reader, &one)[0], TransferStatus::completed(4096));
+    assert_eq!(reader.shm_stats().peers, 1);
+    drop(owner);
+    drop(pool);
+    (reader, local, one)
+}
+
 fn run(e: &Engine, reqs: &[TransferRequest]) -> Vec<TransferStatus> {
     let b = e.allocate_batch(reqs.len()).unwrap();
     e.submit(b, reqs).unwrap();
@@ -54,13 +108,14 @@ fn run(e: &Engine, reqs: &[TransferRequest]) -> Vec<TransferStatus> {
 #[test]
 fn random_reads_and_writes_go_through_the_mapping_and_keep_every_byte() {
     const POOL: usize = 4 << 20;
-    let owner = engine(true);
-    let pool = shared(&owner, POOL);
     let init = pattern_bytes(1, POOL as u64);
-    fill(&pool, &init);
-    let reader = engine(true);
-    let mut local = registered(&reader, POOL);
-    let seg = reader.open_segment(owner.name()).unwrap();
+    let Pair {
+        pool,
+        reader,
+        mut local,
+        seg,
+        owner: _owner,
+    } = pair(POOL, Some(&init), true, POOL);
     let base = pool.as_ptr() as u64;
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -115,23 +170,18 @@ fn random_reads_and_writes_go_through_the_mapping_and_keep_every_byte() {
 
 #[test]
 fn ordinary_memory_of_the_same_peer_still_goes_over_tcp() {
-    let owner = engine(true);
-    let pool = shared(&owner, 64 << 10);
-    fill(&pool, &[0x5a; 64 << 10]);
+    let Pair {
+        owner,
+        pool,
+        reader,
+        local,
+        seg,
+    } = pair(64 << 10, Some(&[0x5a; 64 << 10]), true, 128 << 10);
     let plain = registered(&owner, 64 << 10);
-    let reader = engine(true);
-    let local = registered(&reader, 128 << 10);
-    let seg = reader.open_segment(owner.name()).unwrap();
     let st = run(
         &reader,
         &[
-            req(
-                OpCode::Read,
-                local.addr(),
-                seg,
-                pool.as_ptr() as u64,
-                64 << 10,
-            ),
+            read(&local, seg, pool.as_ptr() as u64, 64 << 10),
             req(
                 OpCode::Read,
                 local.addr() + (64 << 10),
@@ -140,13 +190,7 @@ fn ordinary_memory_of_the_same_peer_still_goes_over_tcp() {
                 64 << 10,
             ),
             // Straddles the end of the shared region: refused by the engine's own check.
-            req(
-                OpCode::Read,
-                local.addr(),
-                seg,
-                pool.as_ptr() as u64 + 100,
-                64 << 10,
-            ),
+            read(&local, seg, pool.as_ptr() as u64 + 100, 64 << 10),
         ],
     );
     assert_eq!(st[0], TransferStatus::completed(64 << 10));
@@ -163,21 +207,16 @@ fn ordinary_memory_of_the_same_peer_still_goes_over_tcp() {
 
 #[test]
 fn with_shared_memory_off_everything_goes_over_tcp() {
-    let owner = engine(true);
-    let pool = shared(&owner, 64 << 10);
-    fill(&pool, &[3; 64 << 10]);
-    let reader = engine(false);
-    let local = registered(&reader, 64 << 10);
-    let seg = reader.open_segment(owner.name()).unwrap();
+    let Pair {
+        pool,
+        reader,
+        local,
+        seg,
+        owner: _owner,
+    } = pair(64 << 10, Some(&[3; 64 << 10]), false, 64 << 10);
     let st = run(
         &reader,
-        &[req(
-            OpCode::Read,
-            local.addr(),
-            seg,
-            pool.as_ptr() as u64,
-            64 << 10,
-        )],
+        &[read(&local, seg, pool.as_ptr() as u64, 64 << 10)],
     );
     assert_eq!(st[0], TransferStatus::completed(64 << 10));
     assert!(local.as_slice().iter().all(|&b| b == 3));
@@ -186,19 +225,7 @@ fn with_shared_memory_off_everything_goes_over_tcp() {
 
 #[test]
 fn a_peer_that_went_away_fails_like_any_dead_peer_and_its_mapping_is_dropped() {
-    let owner = engine(true);
-    let pool = shared(&owner, 64 << 10);
-    let addr = pool.as_ptr() as u64;
-    let reader = engine(true);
-    let local = registered(&reader, 64 << 10);
-    let seg = reader.open_segment(owner.name()).unwrap();
-    let one = [req(OpCode::Read, local.addr(), seg, addr, 4096)];
-    assert_eq!(run(&reader, &one)[0], TransferStatus::completed(4096));
-    assert_eq!(reader.shm_stats().peers, 1);
-
-    // The owner goes away (its memory stays mapped on our side until we notice).
-    drop(owner);
-    drop(pool);
+    let (reader, _local, one) = mapped_then_owner_gone();
     let st = run(&reader, &one);
     assert!(
         matches!(
@@ -217,19 +244,14 @@ fn a_peer_that_went_away_fails_like_any_dead_peer_and_its_mapping_is_dropped() {
 
 #[test]
 fn an_unregistered_region_is_not_used_through_an_old_mapping() {
-    let owner = engine(true);
-    let old = shared(&owner, 64 << 10);
-    fill(&old, &[1; 64 << 10]);
-    let reader = engine(true);
-    let local = registered(&reader, 64 << 10);
-    let seg = reader.open_segment(owner.name()).unwrap();
-    let at_old = [req(
-        OpCode::Read,
-        local.addr(),
+    let Pair {
+        owner,
+        pool: old,
+        reader,
+        local,
         seg,
-        old.as_ptr() as u64,
-        4096,
-    )];
+    } = pair(64 << 10, Some(&[1; 64 << 10]), true, 64 << 10);
+    let at_old = [read(&local, seg, old.as_ptr() as u64, 4096)];
     assert_eq!(run(&reader, &at_old)[0], TransferStatus::completed(4096));
     assert_eq!(reader.shm_stats().requests, 1);
 
@@ -247,13 +269,7 @@ fn an_unregistered_region_is_not_used_through_an_old_mapping() {
     );
 
     // The new region is found (descriptor refreshed) and mapped.
-    let at_new = [req(
-        OpCode::Read,
-        local.addr(),
-        seg,
-        new.as_ptr() as u64,
-        4096,
-    )];
+    let at_new = [read(&local, seg, new.as_ptr() as u64, 4096)];
     assert_eq!(run(&reader, &at_new)[0], TransferStatus::completed(4096));
     assert!(local.as_slice()[..4096].iter().all(|&b| b == 2));
     let s = reader.shm_stats();
@@ -262,22 +278,7 @@ fn an_unregistered_region_is_not_used_through_an_old_mapping() {
 
 #[test]
 fn a_dead_owners_mapping_is_dropped_even_without_traffic_to_it() {
-    let owner = engine(true);
-    let pool = shared(&owner, 64 << 10);
-    let reader = engine(true);
-    let local = registered(&reader, 64 << 10);
-    let seg = reader.open_segment(owner.name()).unwrap();
-    let one = [req(
-        OpCode::Read,
-        local.addr(),
-        seg,
-        pool.as_ptr() as u64,
-        4096,
-    )];
-    assert_eq!(run(&reader, &one)[0], TransferStatus::completed(4096));
-    assert_eq!(reader.shm_stats().peers, 1);
-    drop(owner);
-    drop(pool);
+    let (reader, _local, _) = mapped_then_owner_gone();
     // Nothing is sent to it again: the reaper alone notices (it looks every second).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while reader.shm_stats().peers != 0 {

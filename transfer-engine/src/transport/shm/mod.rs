@@ -153,7 +153,7 @@ fn sweep(peers: &Peers) {
     };
     let gone: Vec<String> = up
         .into_iter()
-        .filter(|(_, p)| !p.alive())
+        .filter(|(_, p)| !p.alive(None))
         .map(|(k, _)| k)
         .collect();
     if gone.is_empty() {
@@ -290,27 +290,34 @@ impl ShmTransport {
         let Some(peer) = self.peer(&info.socket) else {
             return items;
         };
-        if !peer.alive() {
+        if !peer.alive(Some(&info.regions)) {
             self.peers
                 .lock()
                 .insert(info.socket.clone(), PeerEntry::Down(Instant::now()));
             return items;
         }
-        peer.retain(&info.regions);
         let devices = self.registry.has_device_memory();
         let mut copies = Vec::with_capacity(items.len());
-        let mut held: Vec<Arc<Mapping>> = Vec::new();
+        // Mappings in use by this batch's copies, with their regions (in first-use order).
+        let mut held: Vec<(RegionRef, Arc<Mapping>)> = Vec::new();
         let mut rest = Vec::new();
         let mut bytes = 0u64;
         for (i, r) in items {
-            let mapped = region_of(&info.regions, r.target_offset, r.len)
-                .and_then(|region| peer.mapping(region).ok().map(|m| (region.base, m)));
-            let Some((base, map)) = mapped else {
+            let Some(region) = region_of(&info.regions, r.target_offset, r.len) else {
+                rest.push((i, r));
+                continue;
+            };
+            // A batch's requests mostly fall in one region: the peer is asked once for it.
+            let cached = held
+                .last()
+                .filter(|(have, _)| *have == region)
+                .map(|(_, m)| m.clone());
+            let Some(map) = cached.or_else(|| peer.mapping(region).ok()) else {
                 rest.push((i, r));
                 continue;
             };
             // Inside the region (checked by `region_of`), and the mapping is the whole region.
-            let offset = r.target_offset - base;
+            let offset = r.target_offset - region.base;
             map.prepare(offset as usize, r.len as usize);
             let remote = map.as_ptr() as u64 + offset;
             let local = if devices {
@@ -322,8 +329,8 @@ impl ShmTransport {
             };
             copies.push(Copy::of(i, &r, remote, Location::Host, local));
             bytes += r.len;
-            if !held.last().is_some_and(|h| Arc::ptr_eq(h, &map)) {
-                held.push(map);
+            if !held.last().is_some_and(|(have, _)| *have == region) {
+                held.push((region, map));
             }
         }
         if !copies.is_empty() {

@@ -133,13 +133,14 @@ impl Peer {
     }
 
     /// Whether the owner still holds its end of the connection; first applies the
-    /// revocations it sent. Once it is gone, its mappings are dropped here (the memory goes
-    /// back to the kernel when no one maps it).
-    pub fn alive(&self) -> bool {
+    /// revocations it sent, and with `published` (the regions its current descriptor lists)
+    /// drops mappings of regions it no longer publishes. Once it is gone, its mappings are
+    /// dropped here (the memory goes back to the kernel when no one maps it).
+    pub fn alive(&self, published: Option<&[RegionRef]>) -> bool {
         let mut st = self.state.lock();
         loop {
             match st.stream.as_ref().map_or(Pending::Closed, pending) {
-                Pending::Nothing => return true,
+                Pending::Nothing => break,
                 Pending::Closed => {
                     st.gone();
                     return false;
@@ -154,14 +155,10 @@ impl Peer {
                 },
             }
         }
-    }
-
-    /// Drops the mappings of regions the owner no longer publishes (not in `regions`).
-    pub fn retain(&self, regions: &[RegionRef]) {
-        self.state
-            .lock()
-            .maps
-            .retain(|_, (r, _)| regions.contains(r));
+        if let Some(regions) = published {
+            st.maps.retain(|_, (r, _)| regions.contains(r));
+        }
+        true
     }
 
     /// Mappings held now.

@@ -152,7 +152,7 @@ impl ShmServer {
     pub fn revoke(&self, id: u64) {
         let conns: Vec<Conn> = {
             let mut c = self.conns.lock();
-            c.retain(|s| s.try_lock().is_none_or(|s| pending(&s) != Pending::Closed));
+            prune_closed(&mut c);
             c.clone()
         };
         for c in conns {
@@ -183,6 +183,11 @@ impl Drop for ShmServer {
             let _ = t.join();
         }
     }
+}
+
+/// Forgets connections whose peers left (their threads have ended); one busy now is kept.
+fn prune_closed(conns: &mut Vec<Conn>) {
+    conns.retain(|s| s.try_lock().is_none_or(|s| pending(&s) != Pending::Closed));
 }
 
 fn accept_loop(
@@ -228,9 +233,7 @@ fn accept_loop(
             if stop.load(Ordering::Acquire) {
                 return;
             }
-            // Forget connections whose peers left (their threads have ended); one busy now
-            // is kept.
-            c.retain(|s| s.try_lock().is_none_or(|s| pending(&s) != Pending::Closed));
+            prune_closed(&mut c);
             c.push(conn.clone());
         }
         let regions = regions.clone();
