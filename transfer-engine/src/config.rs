@@ -97,6 +97,10 @@ pub struct EngineConfig {
     /// this engine maps theirs, instead of moving bytes over the network transport (see
     /// [`crate::transport::shm`]).
     pub shared_memory: bool,
+    /// Threads that copy large memcpy batches (same process, same-host shared memory) in
+    /// pieces; 0: the CPUs this process may use, at most 8; 1: every batch in the submitting
+    /// thread (see [`crate::transport::parallel_copy`]).
+    pub copy_threads: usize,
 }
 
 impl Default for EngineConfig {
@@ -111,6 +115,7 @@ impl Default for EngineConfig {
             tcp_stripe_size: 1 << 20,
             rdma: RdmaConfig::default(),
             shared_memory: true,
+            copy_threads: 0,
         }
     }
 }

@@ -31,6 +31,7 @@ use crate::metadata::{self, MetadataStore};
 use crate::registry::{MemoryRegistry, Region};
 use crate::segment::{OpenSegment, SegmentTable};
 use crate::transport::local::LocalTransport;
+use crate::transport::parallel_copy::CopyPool;
 use crate::transport::shm::{self, SharedRegions, ShmTransport};
 use crate::transport::tcp::TcpTransport;
 use crate::transport::{Transport, TransportContext};
@@ -199,8 +200,14 @@ impl Engine {
         };
         let (protocol, transport) = choose_transport(&ctx)?;
         let shared = SharedRegions::default();
+        let copier = Arc::new(CopyPool::new(ctx.config.copy_threads));
         let shm = if ctx.config.shared_memory {
-            ShmTransport::new(registry.clone(), shared.clone(), ctx.config.request_timeout)
+            ShmTransport::new(
+                registry.clone(),
+                copier.clone(),
+                shared.clone(),
+                ctx.config.request_timeout,
+            )
                 .map_err(|e| {
                     tracing::info!(error = %e, "same-host shared memory unavailable; peers on this host use the network transport");
                 })
@@ -229,7 +236,7 @@ impl Engine {
                 protocol,
                 publishes,
                 metadata,
-                memcpy: LocalTransport::new(registry),
+                memcpy: LocalTransport::new(registry, copier),
                 segments: SegmentTable::default(),
                 batches: BatchTable::default(),
             }),

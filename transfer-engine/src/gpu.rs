@@ -126,6 +126,21 @@ pub struct GpuStats {
 }
 
 impl GpuStats {
+    /// One line for benchmark output: pinned allocations, copy groups and their waits.
+    pub fn summary(&self) -> String {
+        let groups = self.copy_groups.max(1) as f64;
+        format!(
+            "{} pinned allocs ({} us), {} copy groups of {:.1} copies, {:.1} MiB, {} us waiting ({:.1} us per group)",
+            self.pinned_allocs,
+            self.pinned_alloc_us,
+            self.copy_groups,
+            self.copies as f64 / groups,
+            self.copy_bytes as f64 / (1 << 20) as f64,
+            self.copy_us,
+            self.copy_us as f64 / groups,
+        )
+    }
+
     /// Counts since `earlier`.
     pub fn since(&self, earlier: &GpuStats) -> GpuStats {
         GpuStats {

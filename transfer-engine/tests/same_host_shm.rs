@@ -166,6 +166,25 @@ fn random_reads_and_writes_go_through_the_mapping_and_keep_every_byte() {
     assert_eq!(contents(&pool), fresh);
     assert_eq!(reader.shm_stats().requests, 68);
     assert_eq!(reader.shm_stats().bytes, after_reads.bytes + POOL as u64);
+
+    // Back in one batch of 16 reads with the halves of the pool swapped: 4 MiB without
+    // overlaps, so it is spread over the copy threads (unless this host has one CPU).
+    local.as_mut_slice().fill(0);
+    let quarter = (POOL / 16) as u64;
+    let reads: Vec<_> = (0..16u64)
+        .map(|k| {
+            let (at, from) = (k * quarter, ((k + 8) % 16) * quarter);
+            req(OpCode::Read, local.addr() + at, seg, base + from, quarter)
+        })
+        .collect();
+    let st = run(&reader, &reads);
+    assert!(
+        st.iter().all(|s| *s == TransferStatus::completed(quarter)),
+        "{st:?}"
+    );
+    let half = POOL / 2;
+    assert!(local.as_slice()[..half] == fresh[half..]);
+    assert!(local.as_slice()[half..] == fresh[..half]);
 }
 
 #[test]

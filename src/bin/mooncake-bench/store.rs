@@ -78,6 +78,10 @@ pub struct Args {
     /// the main job stands in for).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     shm: bool,
+    /// Threads the benchmark client's engine spreads large memcpy batches over (same-host
+    /// shared memory; 0: its default, the CPUs it may use up to 8; 1: the submitting thread).
+    #[arg(long, default_value_t = 0)]
+    copy_threads: usize,
     /// Concurrent single-key getters in the auto-batching comparison (0 = skip it).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -196,11 +200,12 @@ async fn bench(
         .max()
         .unwrap_or(1 << 20);
     let staging = (biggest_batch * 2).max(64 << 20);
-    let cfg = ClientConfig::new(master)
+    let mut cfg = ClientConfig::new(master)
         .protocol(protocol)
         .shared_memory(args.shm)
         .segment_size(0)
         .staging_size(staging);
+    cfg.engine.copy_threads = args.copy_threads;
     let client = Client::connect(cfg.clone())
         .await
         .context("connecting the benchmark client")?;

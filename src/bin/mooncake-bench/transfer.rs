@@ -326,16 +326,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 if args.gpu {
                     let g = transfer_engine::gpu::stats().since(&gpu_before);
                     eprintln!(
-                        "  gpu staging, {} {} x {batch}: {} pinned allocs ({} us), {} copy groups of {:.1} copies, {:.1} MiB, {} us waiting ({:.1} us per group)",
+                        "  gpu staging, {} {} x {batch}: {}",
                         r.op,
                         sizes::show(block),
-                        g.pinned_allocs,
-                        g.pinned_alloc_us,
-                        g.copy_groups,
-                        g.copies as f64 / g.copy_groups.max(1) as f64,
-                        g.copy_bytes as f64 / (1 << 20) as f64,
-                        g.copy_us,
-                        g.copy_us as f64 / g.copy_groups.max(1) as f64,
+                        g.summary()
                     );
                 }
                 match op {

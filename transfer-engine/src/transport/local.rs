@@ -7,18 +7,20 @@ use std::sync::Arc;
 use crate::batch::CompletionSink;
 use crate::descriptor::SegmentDescriptor;
 use crate::registry::MemoryRegistry;
+use crate::transport::parallel_copy::{CopyPool, HostCopy};
 use crate::transport::Transport;
 use crate::{gpu, Location, OpCode, TransferRequest, TransferStatus};
 
 /// Copies between registered regions of one engine.
 pub struct LocalTransport {
     registry: Arc<MemoryRegistry>,
+    copier: Arc<CopyPool>,
 }
 
 impl LocalTransport {
-    /// A transport over `registry`.
-    pub fn new(registry: Arc<MemoryRegistry>) -> Self {
-        LocalTransport { registry }
+    /// A transport over `registry` whose large batches run on `copier`.
+    pub fn new(registry: Arc<MemoryRegistry>, copier: Arc<CopyPool>) -> Self {
+        LocalTransport { registry, copier }
     }
 }
 
@@ -69,7 +71,7 @@ impl Transport for LocalTransport {
             // SAFETY: both ranges of every copy lie inside registered regions (the engine
             // checked the local one, the lookup above the target one), which their owner keeps
             // valid while registered.
-            (failed, unsafe { run_host_copies(copies, sink) })
+            (failed, unsafe { run_host_copies(copies, sink, &self.copier) })
         });
         sink.finish_many(failed);
         // SAFETY: as above. The driver's copies run outside the lock (they wait for the
@@ -117,43 +119,49 @@ impl Copy {
             len: r.len,
         }
     }
-}
 
-/// Runs `copies` and finishes each through `sink`: host-to-host ones by memcpy at once, the
-/// ones touching device memory through the CUDA driver together, with one wait.
-///
-/// # Safety
-/// Both ranges of every copy lie in memory that stays valid (at its location) for the call.
-pub(crate) unsafe fn run_copies(copies: Vec<Copy>, sink: &CompletionSink) {
-    // SAFETY: the caller's guarantee, passed on.
-    unsafe {
-        let device = run_host_copies(copies, sink);
-        run_device_copies(device, sink);
+    /// The addresses and length alone.
+    pub fn plain(&self) -> HostCopy {
+        HostCopy {
+            src: self.src,
+            dst: self.dst,
+            len: self.len,
+        }
+    }
+
+    /// The copy for the CUDA driver.
+    pub fn gpu(&self) -> gpu::GpuCopy {
+        gpu::GpuCopy {
+            dst: self.dst,
+            dst_loc: self.dst_loc,
+            src: self.src,
+            src_loc: self.src_loc,
+            len: self.len as usize,
+        }
     }
 }
 
-/// Runs the host-to-host copies of `copies` by memcpy, finishing each through `sink`, and
-/// returns the others (those touching device memory).
+/// Runs the host-to-host copies of `copies` by memcpy (a large batch spread over `copier`'s
+/// threads), finishing each through `sink`, and returns the others (those touching device
+/// memory).
 ///
 /// # Safety
-/// As for [`run_copies`].
-pub(crate) unsafe fn run_host_copies(copies: Vec<Copy>, sink: &CompletionSink) -> Vec<Copy> {
-    let mut device = Vec::new();
-    let results: Vec<_> = copies
+/// Both ranges of every copy lie in memory that stays valid (at its location) for the call.
+pub(crate) unsafe fn run_host_copies(
+    copies: Vec<Copy>,
+    sink: &CompletionSink,
+    copier: &CopyPool,
+) -> Vec<Copy> {
+    let (host, device): (Vec<Copy>, Vec<Copy>) = copies
         .into_iter()
-        .filter_map(|c| {
-            if c.src_loc != Location::Host || c.dst_loc != Location::Host {
-                device.push(c);
-                return None;
-            }
-            // SAFETY: the caller guarantees both ranges; `copy` tolerates overlap.
-            unsafe {
-                std::ptr::copy(c.src as *const u8, c.dst as *mut u8, c.len as usize);
-            }
-            Some((c.index, TransferStatus::completed(c.len)))
-        })
-        .collect();
-    sink.finish_many(results);
+        .partition(|c| c.src_loc == Location::Host && c.dst_loc == Location::Host);
+    let plain: Vec<HostCopy> = host.iter().map(Copy::plain).collect();
+    // SAFETY: the caller guarantees both ranges of every copy.
+    unsafe { copier.run(&plain) };
+    sink.finish_many(
+        host.iter()
+            .map(|c| (c.index, TransferStatus::completed(c.len))),
+    );
     device
 }
 
@@ -162,7 +170,7 @@ pub(crate) unsafe fn run_host_copies(copies: Vec<Copy>, sink: &CompletionSink) -
 /// ones).
 ///
 /// # Safety
-/// As for [`run_copies`].
+/// Both ranges of every copy lie in memory that stays valid (at its location) for the call.
 pub(crate) unsafe fn run_device_copies(copies: Vec<Copy>, sink: &CompletionSink) {
     let mut gpu_copies: Vec<(usize, u64, gpu::GpuCopy)> = Vec::new();
     let mut overlapping = Vec::new();
@@ -176,14 +184,7 @@ pub(crate) unsafe fn run_device_copies(copies: Vec<Copy>, sink: &CompletionSink)
             ));
             continue;
         }
-        let copy = gpu::GpuCopy {
-            dst: c.dst,
-            dst_loc: c.dst_loc,
-            src: c.src,
-            src_loc: c.src_loc,
-            len: c.len as usize,
-        };
-        gpu_copies.push((c.index, c.len, copy));
+        gpu_copies.push((c.index, c.len, c.gpu()));
     }
     sink.finish_many(overlapping);
     if gpu_copies.is_empty() {

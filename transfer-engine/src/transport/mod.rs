@@ -27,6 +27,7 @@
 
 pub mod inflight;
 pub mod local;
+pub mod parallel_copy;
 pub mod shm;
 pub mod slicing;
 pub mod tcp;

@@ -122,15 +122,19 @@ impl CellRun<'_> {
         let mut rows = Vec::new();
         rows.push(self.put().await.row(self.names("put", "batch_put"), s, b));
         rows.push(self.get().await.row(self.names("get", "batch_get"), s, b));
-        rows.push(
-            self.put_from()
-                .await
-                .row(self.names("put_from", "batch_put_from"), s, b),
-        );
+        let before = transfer_engine::gpu::stats();
+        let pf = self
+            .put_from()
+            .await
+            .row(self.names("put_from", "batch_put_from"), s, b);
+        self.gpu_line(&pf, &before);
+        rows.push(pf);
+        let before = transfer_engine::gpu::stats();
         let gi = self
             .get_into()
             .await
             .row(self.names("get_into", "batch_get_into"), s, b);
+        self.gpu_line(&gi, &before);
         after_get_into(&gi);
         rows.push(gi);
         rows.push(
@@ -144,6 +148,22 @@ impl CellRun<'_> {
                 .row(self.names("remove", "batch_remove"), s, b),
         );
         rows
+    }
+
+    /// With `--gpu`: this process's staging counters for the row, on stderr (the JSON on
+    /// stdout stays one object).
+    fn gpu_line(&self, row: &Row, before: &transfer_engine::gpu::GpuStats) {
+        if self.gpu.is_none() {
+            return;
+        }
+        let g = transfer_engine::gpu::stats().since(before);
+        eprintln!(
+            "  gpu staging, {} {} x {}: {}",
+            row.op,
+            self.cell.value_size,
+            self.cell.batch,
+            g.summary()
+        );
     }
 
     async fn put(&self) -> Measured {

@@ -27,8 +27,9 @@
 //! master's client liveness, not the transport, decides when its segment is gone; and a
 //! transfer that raced the owner's death completes into memory nobody will read again, as an
 //! RDMA WRITE that raced it would have. Device memory on the local side is copied by the CUDA
-//! driver, as by the memcpy transport.
+//! driver, large batches through pinned staging on the copy threads ([`gpu_copy`]).
 
+mod gpu_copy;
 mod peer;
 mod server;
 
@@ -45,7 +46,8 @@ use parking_lot::Mutex;
 use crate::batch::CompletionSink;
 use crate::descriptor::SegmentDescriptor;
 use crate::registry::MemoryRegistry;
-use crate::transport::local::{run_copies, Copy};
+use crate::transport::local::{run_host_copies, Copy};
+use crate::transport::parallel_copy::CopyPool;
 use crate::{Location, TransferRequest};
 
 use peer::{Mapping, Peer};
@@ -171,6 +173,7 @@ pub struct ShmTransport {
     socket: String,
     regions: SharedRegions,
     registry: Arc<MemoryRegistry>,
+    copier: Arc<CopyPool>,
     peers: Peers,
     timeout: Duration,
     requests: AtomicU64,
@@ -193,6 +196,7 @@ impl ShmTransport {
     /// Starts serving `regions` (the engine's shared regions) on a fresh abstract socket.
     pub fn new(
         registry: Arc<MemoryRegistry>,
+        copier: Arc<CopyPool>,
         regions: SharedRegions,
         timeout: Duration,
     ) -> std::io::Result<ShmTransport> {
@@ -209,6 +213,7 @@ impl ShmTransport {
             socket,
             regions,
             registry,
+            copier,
             peers,
             timeout: timeout.min(MAX_OWNER_WAIT),
             requests: AtomicU64::new(0),
@@ -340,7 +345,10 @@ impl ShmTransport {
             // SAFETY: every remote range lies inside a mapping held in `held` until after the
             // copies; every local range inside memory registered with this engine (checked by
             // the engine), which its owner keeps valid while registered.
-            unsafe { run_copies(copies, sink) };
+            unsafe {
+                let device = run_host_copies(copies, sink, &self.copier);
+                gpu_copy::run(device, sink, &self.copier);
+            }
         }
         drop(held);
         rest

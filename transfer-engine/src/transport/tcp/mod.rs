@@ -10,7 +10,7 @@
 //! out everything in flight on it.
 
 pub mod connection;
-mod gpu_staging;
+pub(crate) mod gpu_staging;
 pub mod server;
 pub mod wire;
 
