@@ -20,11 +20,10 @@ pub fn page_size() -> usize {
     }
 }
 
-/// Maps `len` bytes of zeroed, page-aligned, private anonymous memory. With `populate`, the
-/// kernel faults the pages in now (as registering with an RDMA NIC would), so that the data
-/// path does not stop on page faults; it does so best effort (pages it cannot get now are
-/// faulted later, and a host short of memory may meet the OOM killer here rather than an
-/// error).
+/// Maps `len` bytes of zeroed, page-aligned, private anonymous memory, asking for transparent
+/// huge pages (see [`advise_huge_pages`]). With `populate`, the pages are faulted in now (as
+/// registering with an RDMA NIC would), so that the data path does not stop on page faults;
+/// best effort (a host short of memory may meet the OOM killer here rather than an error).
 pub fn map(len: usize, populate: bool) -> io::Result<NonNull<u8>> {
     if len == 0 {
         return Err(io::Error::new(
@@ -32,12 +31,64 @@ pub fn map(len: usize, populate: bool) -> io::Result<NonNull<u8>> {
             "cannot map zero bytes",
         ));
     }
-    let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
-    if populate {
-        flags |= libc::MAP_POPULATE;
-    }
     // SAFETY: an anonymous mapping touches no existing memory.
-    unsafe { map_read_write(len, flags, -1) }
+    let ptr = unsafe { map_read_write(len, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1)? };
+    // SAFETY: the whole of a fresh mapping of this length, which nothing else uses yet.
+    unsafe {
+        advise_huge_pages(ptr, len);
+        if populate {
+            fault_in_fresh(ptr, len);
+        }
+    }
+    Ok(ptr)
+}
+
+/// Asks for transparent huge pages on `[ptr, +len)`, best effort: where the kernel's policy
+/// allows it (`enabled` / `shmem_enabled` under /sys/kernel/mm/transparent_hugepage set to
+/// `madvise` / `advise` or more), a pool is mapped in 2 MiB pages: 512 times fewer faults and
+/// page-table entries (which matters when several same-host peers map each pool), fewer TLB
+/// misses, and fewer pages for an RDMA NIC to pin. A policy of `never` leaves 4 KiB pages.
+///
+/// # Safety
+/// `[ptr, +len)` is a mapping this process owns.
+pub unsafe fn advise_huge_pages(ptr: NonNull<u8>, len: usize) {
+    // SAFETY: the caller's mapping; MADV_HUGEPAGE changes how pages are backed, not their
+    // contents.
+    let _ = unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_HUGEPAGE) };
+}
+
+/// The kernel's transparent-huge-page policy for shared memory (memfds): the selected word of
+/// /sys/kernel/mm/transparent_hugepage/shmem_enabled (`never`, `advise`, `within_size`,
+/// `always`, ...), or `None` if the kernel does not say.
+pub fn shmem_huge_page_policy() -> Option<String> {
+    let text = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/shmem_enabled").ok()?;
+    selected_word(&text)
+}
+
+/// The word in brackets of a sysfs choice list such as `always [never] deny`.
+fn selected_word(text: &str) -> Option<String> {
+    let start = text.find('[')? + 1;
+    let end = start + text[start..].find(']')?;
+    Some(text[start..end].to_string())
+}
+
+/// Faults in `[ptr, +len)` of memory nobody has written yet: one MADV_POPULATE_WRITE (Linux
+/// 5.14+), else a zero written to each page (the memory is zero already).
+///
+/// # Safety
+/// `[ptr, +len)` is a fresh, zeroed, writable mapping this process owns and nothing uses yet.
+pub(crate) unsafe fn fault_in_fresh(ptr: NonNull<u8>, len: usize) {
+    // SAFETY: the caller's mapping; MADV_POPULATE_WRITE only faults pages in.
+    let rc = unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_POPULATE_WRITE) };
+    if rc == 0 {
+        return;
+    }
+    let page = page_size();
+    for off in (0..len).step_by(page) {
+        // SAFETY: inside the caller's fresh mapping, whose bytes are all zero: writing a zero
+        // changes nothing but faults the page in.
+        unsafe { ptr.as_ptr().add(off).write_volatile(0) };
+    }
 }
 
 /// mmap of `len` read-write bytes at an address the kernel picks.
@@ -133,6 +184,15 @@ mod tests {
             tune_heap_for_batches(),
             cfg!(all(target_os = "linux", target_env = "gnu"))
         );
+    }
+
+    #[test]
+    fn the_selected_policy_is_the_word_in_brackets() {
+        let sysfs = "always within_size advise [never] deny force\n";
+        assert_eq!(selected_word(sysfs).as_deref(), Some("never"));
+        assert_eq!(selected_word("[advise] never").as_deref(), Some("advise"));
+        assert_eq!(selected_word("no choice"), None);
+        assert_eq!(selected_word("[unclosed"), None);
     }
 
     #[test]

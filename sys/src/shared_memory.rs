@@ -38,8 +38,8 @@ fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
 
 impl SharedMemory {
     /// Creates a zeroed memfd of `len` bytes named `name` (shown in `/proc/<pid>/maps`), seals
-    /// its size, and maps it read-write. With `populate`, the pages are faulted in now, best
-    /// effort (see [`crate::host_memory::map`]).
+    /// its size, and maps it read-write, asking for huge pages. With `populate`, the pages are
+    /// allocated now, best effort (see [`crate::host_memory::map`]).
     pub fn create(name: &str, len: usize, populate: bool) -> io::Result<SharedMemory> {
         if len == 0 {
             return Err(io::Error::new(
@@ -66,7 +66,12 @@ impl SharedMemory {
                 libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
             ))?;
         }
-        Self::map_fd(fd, len, populate)
+        let mem = Self::map_fd(fd, len, false)?;
+        if populate {
+            // SAFETY: the whole of a fresh, zeroed mapping nobody else has seen yet.
+            unsafe { crate::host_memory::fault_in_fresh(mem.ptr, len) };
+        }
+        Ok(mem)
     }
 
     /// Maps `len` bytes of a memfd received from its owner. Refuses a file that is not sealed
@@ -101,14 +106,20 @@ impl SharedMemory {
         Self::map_fd(fd, len, populate)
     }
 
+    /// Maps the file, asking for huge pages ([`crate::host_memory::advise_huge_pages`]; for
+    /// a memfd the policy is `shmem_enabled`). With `populate`, fills the page tables (best
+    /// effort).
     fn map_fd(fd: OwnedFd, len: usize, populate: bool) -> io::Result<SharedMemory> {
-        let mut flags = libc::MAP_SHARED;
-        if populate {
-            flags |= libc::MAP_POPULATE;
-        }
         // SAFETY: the callers checked that the file is at least `len` bytes long.
-        let ptr = unsafe { crate::host_memory::map_read_write(len, flags, fd.as_raw_fd())? };
-        Ok(SharedMemory { ptr, len, fd })
+        let ptr =
+            unsafe { crate::host_memory::map_read_write(len, libc::MAP_SHARED, fd.as_raw_fd())? };
+        // SAFETY: the whole of the mapping just made.
+        unsafe { crate::host_memory::advise_huge_pages(ptr, len) };
+        let mem = SharedMemory { ptr, len, fd };
+        if populate {
+            let _ = mem.populate(0, len);
+        }
+        Ok(mem)
     }
 
     /// Fills the page tables for `[offset, offset + len)` of the mapping now, writable (one
