@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+use transfer_engine::transport::parallel_copy::{CopyPool, HostCopy};
 use transfer_engine::AlignedBuffer;
 
 use crate::staging_alloc::RangeAllocator;
@@ -93,23 +94,30 @@ impl StagingLease {
         self.len == 0
     }
 
-    /// Copies `bytes` into the range at offset `at`. Panics never: out-of-range writes are
-    /// refused with `false`.
-    pub fn write_at(&mut self, at: u64, bytes: &[u8]) -> bool {
-        let Some(end) = at.checked_add(bytes.len() as u64) else {
-            return false;
-        };
-        if end > self.len {
+    /// Copies each `(at, bytes)` into the range, a large set on `pool`'s threads. Copies
+    /// nothing and returns `false` if any would end outside the range.
+    pub fn write_many(&mut self, pool: &CopyPool, items: &[(u64, &[u8])]) -> bool {
+        let inside = items.iter().all(|&(at, bytes)| {
+            at.checked_add(bytes.len() as u64)
+                .is_some_and(|end| end <= self.len)
+        });
+        if !inside {
             return false;
         }
-        // SAFETY: [offset+at, offset+end) lies inside this lease's range (checked above),
-        // which lies inside the staging allocation; the lease is exclusive and `&mut self`
-        // rules out concurrent use through this lease, and no transfer of the lease runs
-        // while its holder writes (the holder submits transfers only after staging).
-        unsafe {
-            let dst = (self.staging.buffer.as_ptr() as *mut u8).add((self.offset + at) as usize);
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len());
-        }
+        let base = self.addr();
+        let copies: Vec<HostCopy> = items
+            .iter()
+            .map(|&(at, bytes)| HostCopy {
+                src: bytes.as_ptr() as u64,
+                dst: base + at,
+                len: bytes.len() as u64,
+            })
+            .collect();
+        // SAFETY: every destination lies inside this lease (checked above), which lies inside
+        // the staging allocation and is exclusive to `&mut self`, with no transfer of it
+        // running while its holder writes; every source is a borrowed slice alive for the
+        // call. Overlapping destinations are copied in order (the pool checks).
+        unsafe { pool.run(&copies) };
         true
     }
 
@@ -151,9 +159,13 @@ mod tests {
         let staging = Arc::new(Staging::new(AlignedBuffer::new(4096).unwrap()));
         assert!(staging.lease(8192).await.is_none());
         let mut a = staging.lease(3000).await.unwrap();
-        assert!(a.write_at(0, b"hello"));
-        assert!(!a.write_at(2999, b"xx"));
+        let pool = CopyPool::new(2);
+        assert!(a.write_many(&pool, &[(0, b"hello"), (10, b"world")]));
+        // One write past the end: nothing is written.
+        assert!(!a.write_many(&pool, &[(20, b"kept"), (2999, b"xx")]));
         assert_eq!(a.read_at(0, 5), Some(&b"hello"[..]));
+        assert_eq!(a.read_at(10, 5), Some(&b"world"[..]));
+        assert_eq!(a.read_at(20, 4), Some(&[0u8; 4][..]));
         let s2 = staging.clone();
         let waiter = tokio::spawn(async move { s2.lease(2000).await.map(|l| l.addr()) });
         tokio::time::sleep(Duration::from_millis(20)).await;

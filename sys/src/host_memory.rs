@@ -20,10 +20,12 @@ pub fn page_size() -> usize {
     }
 }
 
-/// Maps `len` bytes of zeroed, page-aligned, private anonymous memory, asking for transparent
-/// huge pages (see [`advise_huge_pages`]). With `populate`, the pages are faulted in now (as
-/// registering with an RDMA NIC would), so that the data path does not stop on page faults;
-/// best effort (a host short of memory may meet the OOM killer here rather than an error).
+/// Maps `len` bytes of zeroed, page-aligned, private anonymous memory. With `populate` (pools
+/// and staging buffers, used whole), it asks for transparent huge pages (see
+/// [`advise_huge_pages`]) and faults the pages in now (as registering with an RDMA NIC would),
+/// so that the data path does not stop on page faults; best effort (a host short of memory
+/// may meet the OOM killer here rather than an error). Without it, pages are faulted in 4 KiB
+/// at a time on first touch, so sparse use stays small.
 pub fn map(len: usize, populate: bool) -> io::Result<NonNull<u8>> {
     if len == 0 {
         return Err(io::Error::new(
@@ -33,10 +35,10 @@ pub fn map(len: usize, populate: bool) -> io::Result<NonNull<u8>> {
     }
     // SAFETY: an anonymous mapping touches no existing memory.
     let ptr = unsafe { map_read_write(len, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1)? };
-    // SAFETY: the whole of a fresh mapping of this length, which nothing else uses yet.
-    unsafe {
-        advise_huge_pages(ptr, len);
-        if populate {
+    if populate {
+        // SAFETY: the whole of a fresh mapping of this length, which nothing else uses yet.
+        unsafe {
+            advise_huge_pages(ptr, len);
             fault_in_fresh(ptr, len);
         }
     }
@@ -51,7 +53,7 @@ pub fn map(len: usize, populate: bool) -> io::Result<NonNull<u8>> {
 ///
 /// # Safety
 /// `[ptr, +len)` is a mapping this process owns.
-pub unsafe fn advise_huge_pages(ptr: NonNull<u8>, len: usize) {
+pub(crate) unsafe fn advise_huge_pages(ptr: NonNull<u8>, len: usize) {
     // SAFETY: the caller's mapping; MADV_HUGEPAGE changes how pages are backed, not their
     // contents.
     let _ = unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_HUGEPAGE) };
@@ -72,16 +74,25 @@ fn selected_word(text: &str) -> Option<String> {
     Some(text[start..end].to_string())
 }
 
-/// Faults in `[ptr, +len)` of memory nobody has written yet: one MADV_POPULATE_WRITE (Linux
-/// 5.14+), else a zero written to each page (the memory is zero already).
+/// Faults in `[ptr, +len)` of memory nobody has written yet: one MADV_POPULATE_WRITE, or on
+/// kernels without it (before 5.14) a zero written to each page (the memory is zero already).
+/// Any other failure (the memory cgroup's limit) leaves the rest to page faults rather than
+/// pushing on into the OOM killer.
 ///
 /// # Safety
 /// `[ptr, +len)` is a fresh, zeroed, writable mapping this process owns and nothing uses yet.
 pub(crate) unsafe fn fault_in_fresh(ptr: NonNull<u8>, len: usize) {
-    // SAFETY: the caller's mapping; MADV_POPULATE_WRITE only faults pages in.
-    let rc = unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_POPULATE_WRITE) };
-    if rc == 0 {
-        return;
+    loop {
+        // SAFETY: the caller's mapping; MADV_POPULATE_WRITE only faults pages in.
+        let rc = unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_POPULATE_WRITE) };
+        if rc == 0 {
+            return;
+        }
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::EINTR) | Some(libc::EAGAIN) => continue,
+            Some(libc::EINVAL) => break,
+            _ => return,
+        }
     }
     let page = page_size();
     for off in (0..len).step_by(page) {

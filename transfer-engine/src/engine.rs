@@ -103,6 +103,7 @@ struct Inner {
     publishes: bool,
     metadata: Arc<dyn MetadataStore>,
     memcpy: LocalTransport,
+    copier: Arc<CopyPool>,
     segments: SegmentTable,
     batches: BatchTable,
 }
@@ -236,7 +237,8 @@ impl Engine {
                 protocol,
                 publishes,
                 metadata,
-                memcpy: LocalTransport::new(registry, copier),
+                memcpy: LocalTransport::new(registry, copier.clone()),
+                copier,
                 segments: SegmentTable::default(),
                 batches: BatchTable::default(),
             }),
@@ -357,6 +359,12 @@ impl Engine {
             .segments
             .get_by_name(name)
             .is_some_and(|seg| !seg.local && shm.is_same_host(&seg.descriptor()))
+    }
+
+    /// The threads this engine spreads large memcpy batches over
+    /// ([`EngineConfig::copy_threads`]), for callers' own large copies.
+    pub fn copy_pool(&self) -> &CopyPool {
+        &self.inner.copier
     }
 
     /// Counters of the same-host shared-memory path (zero when it is off).

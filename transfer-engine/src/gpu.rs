@@ -199,6 +199,12 @@ pub struct Staging {
 }
 
 impl Staging {
+    /// Whether the buffer is pinned (else heap memory, which the driver copies through its
+    /// own staging).
+    pub fn is_pinned(&self) -> bool {
+        matches!(self.mem, Some(Mem::Pinned(_)))
+    }
+
     /// A staging buffer of `len` bytes for copies with `device` (contents unspecified but
     /// initialised). Pinned memory is allocated under that device's context, so a process
     /// working with one GPU never creates a context on another.

@@ -412,3 +412,71 @@ fn cuda_tcp_merges_adjacent_gpu_ranges_and_keeps_every_byte() {
     drop(a);
     drop(b);
 }
+
+#[test]
+#[ignore = "needs a CUDA device"]
+fn cuda_shared_memory_batches_stage_gpu_bytes_and_keep_every_byte() {
+    // An owner sharing a pool, a reader on the same host whose buffer is GPU memory; large
+    // batches move through pinned staging rounds on the reader's copy threads.
+    let owner = engine(MIB);
+    let len = 5 * MIB + 77;
+    let pool =
+        std::sync::Arc::new(transfer_engine::SharedMemory::create("gpu-pool", len, true).unwrap());
+    owner.register_shared_memory(pool.clone()).unwrap();
+    let init = random(len, 21);
+    // SAFETY: the mapping holds `len` bytes; nothing else uses it until the batches below.
+    unsafe { std::ptr::copy_nonoverlapping(init.as_ptr(), pool.as_ptr(), len) };
+    let reader = Engine::new(EngineConfig {
+        protocol: Protocol::Tcp,
+        request_timeout: Duration::from_secs(30),
+        copy_threads: 4,
+        ..Default::default()
+    })
+    .unwrap();
+    let d = device(len);
+    register_device(&reader, &d);
+    let seg = reader.open_segment(owner.name()).unwrap();
+    let base = pool.as_ptr() as u64;
+
+    // Uneven pieces (across the 1 MiB staging rounds), swapped around: pool -> GPU.
+    let cuts = [0, 1, 4099, MIB - 1, 2 * MIB + 5, 4 * MIB, len];
+    let pieces: Vec<(usize, usize)> = cuts.windows(2).map(|w| (w[0], w[1] - w[0])).collect();
+    let reqs: Vec<_> = pieces
+        .iter()
+        .rev()
+        .map(|&(at, n)| req(OpCode::Read, d.ptr() + at as u64, seg, base + at as u64, n))
+        .collect();
+    all_completed(&run(&reader, &reqs), &reqs);
+    assert!(
+        read_back(&d) == init,
+        "GPU buffer differs after reading the pool"
+    );
+    assert_eq!(reader.shm_stats().requests, reqs.len() as u64);
+
+    // GPU -> pool, the pieces written to each other's places in pairs of equal length.
+    let fresh = random(len, 22);
+    let mut d = d;
+    d.write(0, &fresh).unwrap();
+    let reqs: Vec<_> = pieces
+        .iter()
+        .map(|&(at, n)| {
+            req(
+                OpCode::Write,
+                d.ptr() + at as u64,
+                seg,
+                base + (len - at - n) as u64,
+                n,
+            )
+        })
+        .collect();
+    all_completed(&run(&reader, &reqs), &reqs);
+    // SAFETY: as above; the batch is done.
+    let got = unsafe { std::slice::from_raw_parts(pool.as_ptr(), len) }.to_vec();
+    for &(at, n) in &pieces {
+        assert!(
+            got[len - at - n..len - at] == fresh[at..at + n],
+            "piece at {at} differs in the pool"
+        );
+    }
+    reader.unregister_memory(d.ptr() as *mut u8).unwrap();
+}

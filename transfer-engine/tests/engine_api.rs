@@ -94,6 +94,63 @@ fn own_segment_is_served_by_memcpy_with_range_checks() {
     assert!(matches!(e.wait(b), Err(TransferError::BatchNotFound(_))));
 }
 
+/// Runs `reqs` as one batch and checks that every request completed.
+fn run_completed(e: &Engine, reqs: &[transfer_engine::TransferRequest]) {
+    let b = e.allocate_batch(reqs.len()).unwrap();
+    e.submit(b, reqs).unwrap();
+    let st = e.wait(b).unwrap();
+    e.free_batch(b).unwrap();
+    assert!(
+        st.iter().all(|s| s.state == TransferState::Completed),
+        "{st:?}"
+    );
+}
+
+#[test]
+fn large_own_segment_batches_run_on_copy_threads_and_overlaps_keep_their_order() {
+    let e = Engine::new(EngineConfig {
+        protocol: Protocol::Tcp,
+        copy_threads: 4,
+        ..Default::default()
+    })
+    .unwrap();
+    const LEN: usize = 6 << 20;
+    let mut src = registered(&e, LEN);
+    let dst = registered(&e, LEN);
+    let data = common::pattern_bytes(11, LEN as u64);
+    src.as_mut_slice().copy_from_slice(&data);
+    let me = e.open_segment(e.name()).unwrap();
+    // Uneven, out-of-order WRITEs covering the whole buffer: cut into pieces on 4 threads.
+    let cuts = [0u64, 1, 4097, 3 << 20, (3 << 20) + 100, LEN as u64];
+    let mut reqs: Vec<_> = cuts
+        .windows(2)
+        .map(|w| {
+            req(
+                OpCode::Write,
+                src.addr() + w[0],
+                me,
+                dst.addr() + w[0],
+                w[1] - w[0],
+            )
+        })
+        .collect();
+    reqs.reverse();
+    run_completed(&e, &reqs);
+    assert!(dst.as_slice() == &data[..]);
+
+    // A large WRITE, then a small one over its start: the later one wins, as in one thread
+    // (the unit tests of `parallel_copy` check that such a batch is never spread).
+    let (big, small) = (5u64 << 20, 64u64 << 10);
+    let reqs = [
+        req(OpCode::Write, src.addr(), me, dst.addr(), big),
+        req(OpCode::Write, src.addr() + big, me, dst.addr(), small),
+    ];
+    run_completed(&e, &reqs);
+    let (big, small) = (big as usize, small as usize);
+    assert!(dst.as_slice()[..small] == data[big..big + small]);
+    assert!(dst.as_slice()[small..big] == data[small..big]);
+}
+
 #[test]
 fn in_process_metadata_connects_two_named_engines() {
     let store = Arc::new(InMemoryMetadataStore::new());

@@ -92,7 +92,7 @@ impl Client {
                     "value exceeds the staging buffer; use put_from",
                 )
             })?;
-        lease.write_at(0, value);
+        lease.write_many(self.inner.engine.copy_pool(), &[(0, value)]);
         Ok(WriteItem {
             key: key.to_string(),
             parts: vec![BufferSlice::new(lease.addr(), value.len() as u64)],

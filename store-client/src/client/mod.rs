@@ -50,8 +50,8 @@ pub(crate) enum PoolMemory {
 
 /// Says once per process when a shared pool will be mapped in 4 KiB pages: each same-host
 /// peer then fills page tables for it 4 KiB at a time (its first write into a fresh part of the
-/// pool ran at about a third of the rate with 2 MiB pages, measured) and holds 8 bytes of page
-/// table per 4 KiB it touches.
+/// pool ran at about a third of the rate it reaches with 2 MiB pages, measured) and holds 8
+/// bytes of page table per 4 KiB it touches.
 fn log_shmem_page_policy(len: usize) {
     static SAID: std::sync::Once = std::sync::Once::new();
     if len < 64 << 20 {

@@ -273,7 +273,6 @@ impl Inner {
                     continue;
                 }
             };
-            let n_copy = group.len();
             let offsets: Vec<u64> = group.iter().map(|(_, off)| *off).collect();
             let mut targets: Vec<Target> = group
                 .into_iter()
@@ -290,15 +289,23 @@ impl Inner {
             };
             let (outcomes, r) = self.read_targets(&mut targets, Some(scratch)).await;
             retries += r;
+            // Values out of the staging lease into their own vectors; a large batch on the
+            // engine's copy threads (allocation, page faults and memcpy alike).
+            let ranges: Vec<Option<(u64, u64)>> = targets
+                .iter()
+                .zip(&outcomes)
+                .zip(&offsets)
+                .map(|((t, o), &off)| o.is_ok().then_some((off, t.len)))
+                .collect();
+            let copied: u64 = ranges.iter().flatten().map(|&(_, len)| len).sum();
+            let mut values = self.engine.copy_pool().map(&ranges, copied, |r| {
+                r.and_then(|(off, len)| lease.read_at(off, len).map(<[u8]>::to_vec))
+            });
             for (k, (t, outcome)) in targets.iter().zip(outcomes).enumerate() {
-                let out = outcome.map(|()| match offsets.get(k) {
-                    Some(&off) if k < n_copy => ReadOut::Bytes(
-                        lease
-                            .read_at(off, t.len)
-                            .map(<[u8]>::to_vec)
-                            .unwrap_or_default(),
-                    ),
-                    _ => ReadOut::Len(t.len),
+                // Copy targets come first; the rest are direct reads into caller buffers.
+                let out = outcome.map(|()| match values.get_mut(k) {
+                    Some(v) => ReadOut::Bytes(v.take().unwrap_or_default()),
+                    None => ReadOut::Len(t.len),
                 });
                 results[t.slot] = Some(out);
             }

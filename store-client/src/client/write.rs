@@ -122,14 +122,18 @@ impl Inner {
             match self.staging.lease(total).await {
                 Some(mut lease) => {
                     let mut off = 0u64;
+                    let mut writes = Vec::with_capacity(order.len());
                     for &i in &order {
-                        lease.write_at(off, values[i]);
+                        writes.push((off, values[i]));
                         staged_parts[i] = Some(vec![BufferSlice::new(
                             lease.addr() + off,
                             values[i].len() as u64,
                         )]);
                         off += aligned_len(values[i].len() as u64);
                     }
+                    // Inside the lease by construction: it holds `total`, the sum of the
+                    // aligned lengths.
+                    lease.write_many(self.engine.copy_pool(), &writes);
                     _lease = Some(lease);
                 }
                 None => {

@@ -21,6 +21,8 @@ const MIN_PIECE: u64 = 256 << 10;
 /// At most this many copy threads by default: a few threads already reach most of a socket's
 /// memory bandwidth.
 const MAX_AUTO_THREADS: usize = 8;
+/// At most this many copy threads when asked for more.
+const MAX_THREADS: usize = 64;
 
 /// One copy: `len` bytes from `src` to `dst` (addresses in this process).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,22 +108,24 @@ pub fn group(pieces: Vec<(usize, HostCopy)>, groups: usize) -> Vec<Vec<(usize, H
     out
 }
 
-/// Copy threads of one engine, started on the first batch large enough to use them.
+/// Copy threads of one engine, started on the first batch large enough to use them. Work run
+/// on them only copies: it never takes the engine's locks or submits transfers, so a
+/// submitting thread may wait for it while holding a lock.
 pub struct CopyPool {
     threads: usize,
     pool: OnceLock<Option<rayon::ThreadPool>>,
 }
 
 impl CopyPool {
-    /// A pool of `threads` threads; 0 picks the number of CPUs this process may use, at most
-    /// eight; 1 copies every batch in the caller's thread.
+    /// A pool of `threads` threads (at most 64); 0 picks the number of CPUs this process may
+    /// use, at most eight; 1 copies every batch in the caller's thread.
     pub fn new(threads: usize) -> CopyPool {
         let threads = if threads == 0 {
             std::thread::available_parallelism()
                 .map_or(1, |n| n.get())
                 .min(MAX_AUTO_THREADS)
         } else {
-            threads
+            threads.min(MAX_THREADS)
         };
         CopyPool {
             threads,
@@ -134,20 +138,53 @@ impl CopyPool {
         self.threads
     }
 
-    /// The pieces of `copies` in one group per thread, or `None` when the caller's thread
-    /// should run them as they are (see [`plan`]).
-    pub fn groups(&self, copies: &[HostCopy]) -> Option<Vec<Vec<(usize, HostCopy)>>> {
-        self.pool()?;
-        Some(group(plan(copies, self.threads)?, self.threads))
+    /// The pool, if a batch may use it here: more than one thread, started (on first use),
+    /// and the caller not a worker of another rayon pool, which would wait for ours by running
+    /// its own pool's jobs meanwhile; those may need locks the caller holds (the memcpy
+    /// transport copies under the registry's read lock), so such a caller copies in place.
+    fn usable(&self) -> Option<&rayon::ThreadPool> {
+        if self.threads < 2 {
+            return None;
+        }
+        let pool = self.pool()?;
+        if rayon::current_thread_index().is_some() && pool.current_thread_index().is_none() {
+            return None;
+        }
+        Some(pool)
     }
 
-    /// Runs `f` on the pool's threads (rayon's parallel iterators inside it use them), or in
-    /// the caller's thread if the pool could not start.
-    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        match self.pool() {
-            Some(pool) => pool.install(f),
-            None => f(),
+    /// Runs `f` on each group of the pieces of `copies` (one group per thread, in parallel)
+    /// and returns the groups' results, or `None` when the caller should run the copies
+    /// itself, as they are (see [`plan`]; or the pool is not usable from here).
+    pub fn spread<R: Send>(
+        &self,
+        copies: &[HostCopy],
+        f: impl Fn(&[(usize, HostCopy)]) -> R + Sync,
+    ) -> Option<Vec<R>> {
+        use rayon::prelude::*;
+        let pieces = plan(copies, self.threads)?;
+        let pool = self.usable()?;
+        let groups = group(pieces, self.threads);
+        Some(pool.install(|| groups.par_iter().map(|g| f(g)).collect()))
+    }
+
+    /// `f` of every item, in order: on the pool's threads when the items stand for at least
+    /// [`PARALLEL_MIN`] bytes (`bytes`), else in the caller's thread. For copies the caller
+    /// makes itself, such as values copied out of a staging buffer into their own vectors
+    /// (allocation, page faults and memcpy alike spread over the threads).
+    pub fn map<T: Sync, R: Send>(
+        &self,
+        items: &[T],
+        bytes: u64,
+        f: impl Fn(&T) -> R + Sync,
+    ) -> Vec<R> {
+        use rayon::prelude::*;
+        if bytes >= PARALLEL_MIN {
+            if let Some(pool) = self.usable() {
+                return pool.install(|| items.par_iter().map(&f).collect());
+            }
         }
+        items.iter().map(f).collect()
     }
 
     fn pool(&self) -> Option<&rayon::ThreadPool> {
@@ -171,19 +208,21 @@ impl CopyPool {
     /// Both ranges of every copy lie in memory valid for the call (at host addresses).
     pub unsafe fn run(&self, copies: &[HostCopy]) {
         use rayon::prelude::*;
-        let pieces = plan(copies, self.threads);
-        match (pieces, self.pool()) {
-            (Some(pieces), Some(pool)) => pool.install(|| {
-                pieces.par_iter().for_each(|(_, c)| {
-                    // SAFETY: each piece lies inside a copy the caller vouches for; no piece
-                    // writes bytes another piece reads or writes (`plan` checked).
-                    unsafe { copy(c) }
-                })
-            }),
-            _ => copies.iter().for_each(|c| {
-                // SAFETY: the caller's guarantee.
-                unsafe { copy(c) }
-            }),
+        if let Some(pieces) = plan(copies, self.threads) {
+            if let Some(pool) = self.usable() {
+                pool.install(|| {
+                    pieces.par_iter().for_each(|(_, c)| {
+                        // SAFETY: each piece lies inside a copy the caller vouches for; no
+                        // piece writes bytes another piece reads or writes (`plan` checked).
+                        unsafe { copy(c) }
+                    })
+                });
+                return;
+            }
+        }
+        for c in copies {
+            // SAFETY: the caller's guarantee.
+            unsafe { copy(c) }
         }
     }
 }
@@ -289,6 +328,16 @@ mod tests {
             prop_assert!(groups.len() <= threads && groups.iter().all(|g| !g.is_empty()));
             prop_assert_eq!(groups.concat(), pieces);
         }
+    }
+
+    #[test]
+    fn map_keeps_the_order_serial_or_parallel() {
+        let pool = CopyPool::new(3);
+        let items: Vec<u64> = (0..1000).collect();
+        let serial = pool.map(&items, 0, |i| i * 3);
+        let parallel = pool.map(&items, PARALLEL_MIN, |i| i * 3);
+        assert_eq!(serial, items.iter().map(|i| i * 3).collect::<Vec<_>>());
+        assert_eq!(parallel, serial);
     }
 
     #[test]

@@ -10,8 +10,6 @@
 //! memcpys run side by side, and the driver's DMA from pinned memory is several times faster
 //! than either.
 
-use rayon::prelude::*;
-
 use crate::batch::CompletionSink;
 use crate::transport::local::{run_device_copies, Copy};
 use crate::transport::parallel_copy::{CopyPool, HostCopy};
@@ -24,34 +22,31 @@ use crate::{gpu, Location, TransferStatus};
 /// # Safety
 /// Both ranges of every copy lie in memory valid (at its location) for the call.
 pub(crate) unsafe fn run(copies: Vec<Copy>, sink: &CompletionSink, copier: &CopyPool) {
+    if copies.is_empty() {
+        return;
+    }
     let plain: Vec<HostCopy> = copies.iter().map(Copy::plain).collect();
-    let Some(groups) = copier.groups(&plain) else {
+    let spread = copier.spread(&plain, |g| {
+        let pieces: Vec<(usize, Copy)> = g
+            .iter()
+            .map(|&(i, p)| {
+                let piece = Copy {
+                    src: p.src,
+                    dst: p.dst,
+                    len: p.len,
+                    ..copies[i]
+                };
+                (i, piece)
+            })
+            .collect();
+        // SAFETY: every piece lies inside a copy the caller vouches for; no piece writes
+        // bytes another one touches (`plan` checked).
+        unsafe { staged(&pieces) }
+    });
+    let Some(outcomes) = spread else {
         // SAFETY: forwarded.
         return unsafe { run_device_copies(copies, sink) };
     };
-    let outcomes: Vec<Vec<(usize, Result<(), String>)>> = copier.install(|| {
-        groups
-            .par_iter()
-            .map(|g| {
-                let pieces: Vec<(usize, Copy)> = g
-                    .iter()
-                    .map(|&(i, p)| {
-                        let whole = copies[i];
-                        let piece = Copy {
-                            src: p.src,
-                            dst: p.dst,
-                            len: p.len,
-                            ..whole
-                        };
-                        (i, piece)
-                    })
-                    .collect();
-                // SAFETY: every piece lies inside a copy the caller vouches for; no piece
-                // writes bytes another one touches (`plan` checked).
-                unsafe { staged(&pieces) }
-            })
-            .collect()
-    });
     let mut failed: Vec<Option<String>> = copies.iter().map(|_| None).collect();
     for (i, r) in outcomes.into_iter().flatten() {
         if let (Err(e), Some(slot @ None)) = (r, failed.get_mut(i)) {
@@ -133,7 +128,7 @@ fn rounds(pieces: &[(usize, Copy)]) -> (Vec<Round>, Vec<(usize, Copy)>) {
 /// As for [`run`], for every piece; pieces do not overlap.
 unsafe fn staged(pieces: &[(usize, Copy)]) -> Vec<(usize, Result<(), String>)> {
     let mut out = Vec::with_capacity(pieces.len());
-    let (rounds, direct) = rounds(pieces);
+    let (rounds, mut direct) = rounds(pieces);
     let mut staging: Vec<(u32, gpu::Staging)> = Vec::new();
     for round in rounds {
         let k = match staging.iter().position(|(d, _)| *d == round.device) {
@@ -143,6 +138,11 @@ unsafe fn staged(pieces: &[(usize, Copy)]) -> Vec<(usize, Result<(), String>)> {
                 staging.len() - 1
             }
         };
+        if !staging[k].1.is_pinned() {
+            // Staging in pageable memory would only add a copy: the driver's, directly.
+            direct.extend(round.pieces);
+            continue;
+        }
         // SAFETY: forwarded; the buffer holds STAGE bytes, as many as a round moves at most.
         let r = unsafe { stage_round(round.device, round.up, &round.pieces, &mut staging[k].1) };
         out.extend(round.pieces.iter().map(|(i, _)| (*i, r.clone())));
