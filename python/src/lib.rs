@@ -179,9 +179,10 @@ impl Store {
     /// and contributes `segment_size` bytes of host memory to the pool (0: none). Peers reach
     /// this client at `local_hostname` (default 127.0.0.1: one host only); `rdma_devices`
     /// ("mlx5_0,mlx5_1"; empty: all) picks the NICs. With `shared_memory` (default), clients
-    /// on this host map each other's pools and copy directly instead of using the network.
+    /// on this host map each other's pools and copy directly instead of using the network;
+    /// `copy_threads` threads copy batches of 2 MiB or more (0: the CPUs, up to 8; 1: none).
     #[new]
-    #[pyo3(signature = (master, segment_size = 64 << 20, staging_size = 64 << 20, protocol = "auto", replica_num = 1, auto_batch = false, local_hostname = None, rdma_devices = "", shared_memory = true))]
+    #[pyo3(signature = (master, segment_size = 64 << 20, staging_size = 64 << 20, protocol = "auto", replica_num = 1, auto_batch = false, local_hostname = None, rdma_devices = "", shared_memory = true, copy_threads = 0))]
     #[allow(clippy::too_many_arguments)] // Python keyword arguments
     fn new(
         py: Python<'_>,
@@ -194,6 +195,7 @@ impl Store {
         local_hostname: Option<&str>,
         rdma_devices: &str,
         shared_memory: bool,
+        copy_threads: usize,
     ) -> PyResult<Self> {
         let mut cfg = ConnectArgs {
             master,
@@ -205,6 +207,7 @@ impl Store {
         }
         .config()?
         .shared_memory(shared_memory);
+        cfg.engine.copy_threads = copy_threads;
         cfg.replicate = ReplicateConfig {
             replica_num,
             ..cfg.replicate

@@ -69,6 +69,19 @@ class StoreTest(unittest.TestCase):
             worker.close()
             holder.close()
 
+    def test_large_batches_on_copy_threads_through_shared_memory(self):
+        # 8 MiB per batch: values are staged and copied on 4 threads, and the pool is read and
+        # written through its mapping.
+        worker = Store(self.master.address, segment_size=0, protocol="tcp", staging_size=32 * MIB,
+                       copy_threads=4)
+        try:
+            vals = {f"threads/{i}": (value(i, 4096) * 257)[: MIB + 3 * i] for i in range(8)}
+            self.assertEqual(worker.batch_put(list(vals), list(vals.values())), [0] * 8)
+            self.assertEqual(worker.batch_get(list(vals)), list(vals.values()))
+            self.assertGreater(worker.metrics()["shm"]["requests"], 0)
+        finally:
+            worker.close()
+
     def test_batches_give_one_result_per_key(self):
         w = self.worker
         keys = [f"b{i}" for i in range(64)]
