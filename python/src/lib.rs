@@ -180,9 +180,10 @@ impl Store {
     /// this client at `local_hostname` (default 127.0.0.1: one host only); `rdma_devices`
     /// ("mlx5_0,mlx5_1"; empty: all) picks the NICs. With `shared_memory` (default), clients
     /// on this host map each other's pools and copy directly instead of using the network;
-    /// `copy_threads` threads copy batches of 2 MiB or more (0: the CPUs, up to 8; 1: none).
+    /// `copy_threads` threads copy batches of 2 MiB or more (0: the CPUs, up to 8; 1: none);
+    /// `reserved_huge_pages` puts the segment in the host's reserved huge pages.
     #[new]
-    #[pyo3(signature = (master, segment_size = 64 << 20, staging_size = 64 << 20, protocol = "auto", replica_num = 1, auto_batch = false, local_hostname = None, rdma_devices = "", shared_memory = true, copy_threads = 0))]
+    #[pyo3(signature = (master, segment_size = 64 << 20, staging_size = 64 << 20, protocol = "auto", replica_num = 1, auto_batch = false, local_hostname = None, rdma_devices = "", shared_memory = true, copy_threads = 0, reserved_huge_pages = false))]
     #[allow(clippy::too_many_arguments)] // Python keyword arguments
     fn new(
         py: Python<'_>,
@@ -196,6 +197,7 @@ impl Store {
         rdma_devices: &str,
         shared_memory: bool,
         copy_threads: usize,
+        reserved_huge_pages: bool,
     ) -> PyResult<Self> {
         let mut cfg = ConnectArgs {
             master,
@@ -206,7 +208,8 @@ impl Store {
             rdma_devices,
         }
         .config()?
-        .shared_memory(shared_memory);
+        .shared_memory(shared_memory)
+        .reserved_huge_pages(reserved_huge_pages);
         cfg.engine.copy_threads = copy_threads;
         cfg.replicate = ReplicateConfig {
             replica_num,

@@ -72,8 +72,8 @@ class StoreTest(unittest.TestCase):
     def test_large_batches_on_copy_threads_through_shared_memory(self):
         # 8 MiB per batch: values are staged and copied on 4 threads, and the pool is read and
         # written through its mapping.
-        worker = Store(self.master.address, segment_size=0, protocol="tcp", staging_size=32 * MIB,
-                       copy_threads=4)
+        worker = Store(self.master.address, segment_size=4 * MIB, protocol="tcp", staging_size=32 * MIB,
+                       copy_threads=4, reserved_huge_pages=True)
         try:
             vals = {f"threads/{i}": (value(i, 4096) * 257)[: MIB + 3 * i] for i in range(8)}
             self.assertEqual(worker.batch_put(list(vals), list(vals.values())), [0] * 8)

@@ -19,6 +19,11 @@ pub struct ClientConfig {
     /// writes do not wait on page faults; this commits the memory at once and takes time in
     /// proportion to the size.
     pub segment_size: u64,
+    /// Put the segment in the host's reserved huge pages (`/proc/sys/vm/nr_hugepages`, the
+    /// default huge page size; the segment grows to a multiple of it): fewer pages for an RDMA
+    /// NIC to translate and for same-host peers to map, whatever the transparent-huge-page
+    /// policy. If too few are free the client warns and uses ordinary pages.
+    pub reserved_huge_pages: bool,
     /// The client's own transfer engine (protocol, listen address, metadata, timeouts).
     pub engine: EngineConfig,
     /// Size of the registered staging buffer the copying calls (`put`, `get`, ...) go
@@ -47,6 +52,7 @@ impl ClientConfig {
         Self {
             master_addr: master_addr.into(),
             segment_size: 64 << 20,
+            reserved_huge_pages: false,
             engine: EngineConfig::default(),
             staging_size: 64 << 20,
             replicate: ReplicateConfig::default(),
@@ -61,6 +67,12 @@ impl ClientConfig {
     /// Sets the transfer protocol.
     pub fn protocol(mut self, protocol: Protocol) -> Self {
         self.engine.protocol = protocol;
+        self
+    }
+
+    /// Puts the segment in reserved huge pages (see [`Self::reserved_huge_pages`]).
+    pub fn reserved_huge_pages(mut self, on: bool) -> Self {
+        self.reserved_huge_pages = on;
         self
     }
 

@@ -407,3 +407,67 @@ async fn sizes_per_key_and_remove_all() {
     );
     assert_eq!(holder.remove_all(false).await.unwrap(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_in_reserved_huge_pages_hold_objects_or_fall_back() {
+    use transfer_engine::{free_reserved_huge_pages, reserved_huge_page_size};
+    let master = MasterServer::start(MasterConfig::default()).await.unwrap();
+    let addr = master.rpc_addr().to_string();
+    const SEGMENT: usize = 8 << 20;
+    let free_before = free_reserved_huge_pages().unwrap_or(0);
+    let holder = Client::connect(
+        ClientConfig::new(&addr)
+            .protocol(Protocol::Tcp)
+            .segment_size(SEGMENT as u64)
+            .reserved_huge_pages(true),
+    )
+    .await
+    .unwrap();
+    let free_after = free_reserved_huge_pages().unwrap_or(0);
+    match reserved_huge_page_size() {
+        // Enough free (CI reserves some): the segment took them.
+        Some(page) if free_before >= SEGMENT / page + 4 => assert!(
+            free_before - free_after >= SEGMENT / page,
+            "{free_before} free before, {free_after} after"
+        ),
+        // Too few: ordinary pages, none taken.
+        _ => assert_eq!(free_after, free_before),
+    }
+    // A second holder asking for more than is free falls back to ordinary pages.
+    let too_many = (free_after + 8) * reserved_huge_page_size().unwrap_or(2 << 20);
+    let fallback = Client::connect(
+        ClientConfig::new(&addr)
+            .protocol(Protocol::Tcp)
+            .segment_size(too_many as u64)
+            .reserved_huge_pages(true),
+    )
+    .await
+    .unwrap();
+    assert_eq!(free_reserved_huge_pages().unwrap_or(0), free_after);
+    fallback.close().await;
+
+    let reader = Client::connect(
+        ClientConfig::new(&addr)
+            .protocol(Protocol::Tcp)
+            .segment_size(0),
+    )
+    .await
+    .unwrap();
+    let keys: Vec<String> = (0..16).map(|i| format!("huge/{i}")).collect();
+    let values: Vec<Vec<u8>> = (0..16).map(|i| value(i, 256 << 10)).collect();
+    let items: Vec<(&str, &[u8])> = keys
+        .iter()
+        .zip(&values)
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .collect();
+    assert!(reader.batch_put(&items).await.iter().all(|r| r.is_ok()));
+    let got = reader.batch_get(&keys).await;
+    for (i, r) in got.iter().enumerate() {
+        assert_eq!(r.value(), Some(&values[i]), "key {i}");
+    }
+    assert!(
+        reader.metrics().shm.requests > 0,
+        "the holder's pool was mapped by the reader"
+    );
+    drop(holder);
+}

@@ -102,6 +102,51 @@ pub(crate) unsafe fn fault_in_fresh(ptr: NonNull<u8>, len: usize) {
     }
 }
 
+/// The size of the host's default reserved huge pages (`Hugepagesize` in /proc/meminfo:
+/// usually 2 MiB, 1 GiB where the kernel was booted so), or `None` if it does not say.
+pub fn reserved_huge_page_size() -> Option<usize> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    meminfo_kib(&meminfo, "Hugepagesize").map(|kib| kib * 1024)
+}
+
+/// Reserved huge pages free now (`HugePages_Free` in /proc/meminfo).
+pub fn free_reserved_huge_pages() -> Option<usize> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("HugePages_Free:")?.trim().parse().ok())
+}
+
+/// The value in KiB of `field` in /proc/meminfo's format (`Hugepagesize:    2048 kB`).
+fn meminfo_kib(meminfo: &str, field: &str) -> Option<usize> {
+    meminfo.lines().find_map(|line| {
+        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+        rest.trim().strip_suffix("kB")?.trim().parse().ok()
+    })
+}
+
+/// `len` rounded up to a multiple of `page`.
+pub fn round_up(len: usize, page: usize) -> Option<usize> {
+    len.checked_next_multiple_of(page.max(1))
+}
+
+/// Maps at least `len` bytes (rounded up to the reserved huge page size, returned with the
+/// pointer) of zeroed, private anonymous memory in the host's reserved huge pages
+/// (`/proc/sys/vm/nr_hugepages`), faulted in now. Fails (ENOMEM) if too few are free: the
+/// kernel reserves them all at mmap, so the memory never faults later for want of pages.
+pub fn map_reserved_huge(len: usize) -> io::Result<(NonNull<u8>, usize)> {
+    let page = reserved_huge_page_size()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "no huge page size"))?;
+    let len = round_up(len.max(1), page)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "size too large"))?;
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB;
+    // SAFETY: an anonymous mapping touches no existing memory.
+    let ptr = unsafe { map_read_write(len, flags, -1)? };
+    // SAFETY: the whole of a fresh mapping, which nothing else uses yet.
+    unsafe { fault_in_fresh(ptr, len) };
+    Ok((ptr, len))
+}
+
 /// mmap of `len` read-write bytes at an address the kernel picks.
 ///
 /// # Safety
@@ -195,6 +240,54 @@ mod tests {
             tune_heap_for_batches(),
             cfg!(all(target_os = "linux", target_env = "gnu"))
         );
+    }
+
+    /// Either the host has enough reserved huge pages free and the mapping is made of them
+    /// (the free count drops), or the call fails cleanly; asking for more than are free
+    /// always fails. (CI reserves some, so the first branch runs there.)
+    #[test]
+    fn reserved_huge_pages_are_used_or_refused_cleanly() {
+        let (Some(page), Some(free)) = (reserved_huge_page_size(), free_reserved_huge_pages())
+        else {
+            assert!(map_reserved_huge(1).is_err());
+            return;
+        };
+        // Well beyond what is free, even if a test beside this one gives pages back.
+        assert!(
+            map_reserved_huge((free + 8) * page).is_err(),
+            "more than are free"
+        );
+        match map_reserved_huge(page + 1) {
+            Ok((ptr, len)) => {
+                assert_eq!(len, 2 * page, "rounded up to whole huge pages");
+                assert!(free >= 2);
+                let now = free_reserved_huge_pages().unwrap();
+                assert!(now <= free - 2, "{free} free before, {now} after");
+                // SAFETY: a fresh mapping of `len` bytes, unmapped right after.
+                unsafe {
+                    let bytes = std::slice::from_raw_parts_mut(ptr.as_ptr(), len);
+                    assert!(bytes.iter().all(|&b| b == 0));
+                    bytes[len - 1] = 7;
+                    assert_eq!(bytes[len - 1], 7);
+                    unmap(ptr, len);
+                }
+            }
+            // Too few, or taken by a test beside this one meanwhile.
+            Err(e) => assert!(free < 4, "{free} free, yet: {e}"),
+        }
+    }
+
+    #[test]
+    fn meminfo_fields_parse_in_kib() {
+        let meminfo =
+            "MemTotal:       24000000 kB\nHugePages_Free:       3\nHugepagesize:       2048 kB\n";
+        assert_eq!(meminfo_kib(meminfo, "Hugepagesize"), Some(2048));
+        assert_eq!(meminfo_kib(meminfo, "MemTotal"), Some(24000000));
+        assert_eq!(meminfo_kib(meminfo, "HugePages_Free"), None, "not in kB");
+        assert_eq!(meminfo_kib(meminfo, "Hugepage"), None, "whole names only");
+        assert_eq!(round_up(1, 2 << 20), Some(2 << 20));
+        assert_eq!(round_up(4 << 20, 2 << 20), Some(4 << 20));
+        assert_eq!(round_up(usize::MAX, 2 << 20), None);
     }
 
     #[test]

@@ -41,6 +41,23 @@ impl SharedMemory {
     /// its size, and maps it read-write, asking for huge pages. With `populate`, the pages are
     /// allocated now, best effort (see [`crate::host_memory::map`]).
     pub fn create(name: &str, len: usize, populate: bool) -> io::Result<SharedMemory> {
+        Self::create_with(name, len, populate, false)
+    }
+
+    /// Like [`Self::create`] with the pages in the host's reserved huge pages
+    /// (`/proc/sys/vm/nr_hugepages`, the default huge page size), `len` rounded up to a
+    /// multiple of it ([`Self::len`] says how much), all faulted in now. Fails (ENOMEM) if too
+    /// few are free: the kernel reserves them at mmap, so the pool never faults later for want
+    /// of pages.
+    pub fn create_reserved_huge(name: &str, len: usize) -> io::Result<SharedMemory> {
+        let page = crate::host_memory::reserved_huge_page_size()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "no huge page size"))?;
+        let len = crate::host_memory::round_up(len.max(1), page)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "size too large"))?;
+        Self::create_with(name, len, true, true)
+    }
+
+    fn create_with(name: &str, len: usize, populate: bool, huge: bool) -> io::Result<SharedMemory> {
         if len == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -52,9 +69,11 @@ impl SharedMemory {
         let cname = CString::new(name.replace('\0', "_"))
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad memfd name"))?;
         // SAFETY: `cname` is a valid NUL-terminated string; the flags are plain bits.
-        let raw = cvt(unsafe {
-            libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
-        })?;
+        let mut flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+        if huge {
+            flags |= libc::MFD_HUGETLB;
+        }
+        let raw = cvt(unsafe { libc::memfd_create(cname.as_ptr(), flags) })?;
         // SAFETY: memfd_create returned a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         // SAFETY: ftruncate and fcntl on a descriptor this function owns.
@@ -349,6 +368,38 @@ pub fn own_uid() -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pool in reserved huge pages is shared like any other (a peer maps the same bytes), or
+    /// refused cleanly when too few are free. (CI reserves some, so the first branch runs.)
+    #[test]
+    fn reserved_huge_page_pools_are_shared_or_refused_cleanly() {
+        use crate::host_memory::{free_reserved_huge_pages, reserved_huge_page_size};
+        let (Some(page), Some(free)) = (reserved_huge_page_size(), free_reserved_huge_pages())
+        else {
+            assert!(SharedMemory::create_reserved_huge("huge", 1).is_err());
+            return;
+        };
+        assert!(SharedMemory::create_reserved_huge("too-big", (free + 8) * page).is_err());
+        let owner = match SharedMemory::create_reserved_huge("huge", 10) {
+            Ok(m) => m,
+            Err(e) => {
+                // Too few, or taken by a test beside this one meanwhile.
+                assert!(free < 3, "{free} free, yet: {e}");
+                return;
+            }
+        };
+        assert_eq!(owner.len(), page, "rounded up to one huge page");
+        // SAFETY: fstat writes into `st`, which lives across the call.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        cvt(unsafe { libc::fstat(owner.fd().as_raw_fd(), &mut st) }).unwrap();
+        assert_eq!(st.st_blksize as usize, page, "a hugetlb file");
+        // SAFETY: the owner's mapping of `len` bytes.
+        unsafe { *owner.as_ptr().add(page - 1) = 9 };
+        let dup = owner.fd().try_clone_to_owned().unwrap();
+        let peer = SharedMemory::map(dup, owner.len(), false).unwrap();
+        // SAFETY: the peer's mapping of the same `len` bytes.
+        assert_eq!(unsafe { *peer.as_ptr().add(page - 1) }, 9);
+    }
 
     #[test]
     fn a_peer_maps_the_same_bytes_through_a_passed_descriptor() {

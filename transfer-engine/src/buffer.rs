@@ -39,6 +39,19 @@ impl AlignedBuffer {
         Self::map(len, true)
     }
 
+    /// At least `len` bytes in the host's reserved huge pages (see
+    /// `mooncake_sys::host_memory::map_reserved_huge`), faulted in; [`Self::len`] is `len`
+    /// rounded up to the huge page size. Fails if too few reserved huge pages are free.
+    pub fn reserved_huge(len: usize) -> Result<Self, TransferError> {
+        let (ptr, len) = host_memory::map_reserved_huge(len).map_err(|e| {
+            TransferError::Io(std::io::Error::new(
+                e.kind(),
+                format!("cannot map {len} bytes in reserved huge pages: {e}"),
+            ))
+        })?;
+        Ok(AlignedBuffer { ptr, len })
+    }
+
     fn map(len: usize, populate: bool) -> Result<Self, TransferError> {
         if len == 0 {
             return Err(TransferError::InvalidArgument(

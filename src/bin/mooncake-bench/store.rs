@@ -78,6 +78,10 @@ pub struct Args {
     /// the main job stands in for).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     shm: bool,
+    /// Put the holders' pools in the host's reserved huge pages (/proc/sys/vm/nr_hugepages;
+    /// they fall back to ordinary pages with a warning when too few are free).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    huge_pages: bool,
     /// Threads the benchmark client's engine spreads large memcpy batches over (same-host
     /// shared memory; 0: its default, the CPUs it may use up to 8; 1: the submitting thread).
     #[arg(long, default_value_t = 0)]
@@ -150,7 +154,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("--holders 0 needs --master (an embedded master has no pool otherwise)");
     }
     let holders: Vec<HolderProcess> = (0..args.holders)
-        .map(|_| HolderProcess::spawn(&master_addr, pool_size, &args.protocol, args.shm))
+        .map(|_| {
+            HolderProcess::spawn(
+                &master_addr,
+                pool_size,
+                &args.protocol,
+                args.shm,
+                args.huge_pages,
+            )
+        })
         .collect::<anyhow::Result<_>>()?;
     for h in &holders {
         tracing::info!(segment = %h.info.segment, base = h.info.base, size = h.info.size, "pool holder ready");

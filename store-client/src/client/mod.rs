@@ -69,15 +69,39 @@ fn log_shmem_page_policy(len: usize) {
     });
 }
 
+fn warn_no_huge_pages(len: usize, e: &dyn std::fmt::Display) {
+    tracing::warn!(
+        error = %e,
+        bytes = len,
+        "no reserved huge pages for the segment (see /proc/sys/vm/nr_hugepages); using ordinary pages"
+    );
+}
+
 impl PoolMemory {
-    /// Allocates `len` bytes, faulted in (best effort), and registers them with `engine`.
-    fn register(engine: &Engine, len: usize, shared: bool) -> Result<PoolMemory, ClientError> {
+    /// Allocates `len` bytes (more with `huge`: a multiple of the reserved huge page size),
+    /// faulted in (best effort), and registers them with `engine`.
+    fn register(
+        engine: &Engine,
+        len: usize,
+        shared: bool,
+        huge: bool,
+    ) -> Result<PoolMemory, ClientError> {
         if shared {
             // A host that forbids memfds (a seccomp profile) still gets a pool, only not a
             // shared one: peers on this host then reach it over the network transport.
-            match SharedMemory::create("mooncake-pool", len, true) {
+            let made = if huge {
+                SharedMemory::create_reserved_huge("mooncake-pool", len).or_else(|e| {
+                    warn_no_huge_pages(len, &e);
+                    SharedMemory::create("mooncake-pool", len, true)
+                })
+            } else {
+                SharedMemory::create("mooncake-pool", len, true)
+            };
+            match made {
                 Ok(mem) => {
-                    log_shmem_page_policy(len);
+                    if !huge {
+                        log_shmem_page_policy(len);
+                    }
                     let mem = Arc::new(mem);
                     engine.register_shared_memory(mem.clone())?;
                     return Ok(PoolMemory::Shared(mem));
@@ -89,7 +113,14 @@ impl PoolMemory {
                 ),
             }
         }
-        let buffer = AlignedBuffer::populated(len)?;
+        let buffer = if huge {
+            AlignedBuffer::reserved_huge(len).or_else(|e| {
+                warn_no_huge_pages(len, &e);
+                AlignedBuffer::populated(len)
+            })?
+        } else {
+            AlignedBuffer::populated(len)?
+        };
         // SAFETY: the buffer is owned by `Inner` (in `MountedSegment`) and unregistered in
         // `Inner::drop` before it is freed.
         unsafe {
@@ -193,6 +224,7 @@ impl Client {
                 &engine,
                 config.segment_size as usize,
                 config.engine.shared_memory,
+                config.reserved_huge_pages,
             ) {
                 Ok(b) => b,
                 Err(e) => {

@@ -28,6 +28,9 @@ pub struct HolderArgs {
     /// Share the pool with clients on this host (see the store command's --shm).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub shm: bool,
+    /// Put the pool in the host's reserved huge pages (falls back with a warning).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pub huge_pages: bool,
     /// Heartbeat period in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub ping_ms: u64,
@@ -55,6 +58,7 @@ pub fn run_holder(args: HolderArgs) -> anyhow::Result<()> {
         let mut cfg = ClientConfig::new(&args.master)
             .protocol(protocol_of(&args.protocol)?)
             .shared_memory(args.shm)
+            .reserved_huge_pages(args.huge_pages)
             .segment_size(size)
             .staging_size(1 << 20);
         cfg.ping_interval = std::time::Duration::from_millis(args.ping_ms.max(1));
@@ -89,7 +93,13 @@ pub struct HolderProcess {
 
 impl HolderProcess {
     /// Starts `mooncake-bench store-holder` and waits for its segment to be mounted.
-    pub fn spawn(master: &str, pool_size: u64, protocol: &str, shm: bool) -> anyhow::Result<Self> {
+    pub fn spawn(
+        master: &str,
+        pool_size: u64,
+        protocol: &str,
+        shm: bool,
+        huge_pages: bool,
+    ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("locating the bench binary")?;
         let mut child = Command::new(exe)
             .args([
@@ -102,6 +112,8 @@ impl HolderProcess {
                 protocol,
                 "--shm",
                 if shm { "true" } else { "false" },
+                "--huge-pages",
+                if huge_pages { "true" } else { "false" },
             ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
