@@ -411,6 +411,72 @@ impl Cuda {
         })
     }
 
+    /// Runs `n` rounds of copies on two streams of `device`, so that host work between rounds
+    /// overlaps the copies: `round(k)` returns round k's copies `(dst, src, len)` (it may first
+    /// fill a buffer they read), which are queued on stream `k % 2`; `landed(k)` runs once they
+    /// have landed, after round k + 1 was queued. When `round(k)` runs, round k - 2 has landed
+    /// and `landed(k - 2)` has returned, so two buffers used in turn suffice. On an error, waits
+    /// for everything queued and returns it (rounds after it are not run).
+    ///
+    /// # Safety
+    /// As for [`Cuda::copy_many`], for each round's copies, whose ranges stay valid until their
+    /// `landed` call.
+    pub unsafe fn copy_rounds(
+        &self,
+        device: u32,
+        n: usize,
+        mut round: impl FnMut(usize) -> Vec<(u64, u64, usize)>,
+        mut landed: impl FnMut(usize),
+    ) -> Result<(), CudaError> {
+        if n == 0 {
+            return Ok(());
+        }
+        self.with_device(device, |s0| {
+            self.with_device(device, |s1| {
+                let streams = [s0, s1];
+                let sync = |s: CuHandle| {
+                    // SAFETY: both streams are ours for the duration of this call.
+                    self.check("cuStreamSynchronize", unsafe {
+                        (self.api.stream_synchronize)(s)
+                    })
+                };
+                let mut failed = None;
+                for k in 0..n {
+                    let stream = streams[k % 2];
+                    for (dst, src, len) in round(k).into_iter().filter(|c| c.2 > 0) {
+                        // SAFETY: the caller guarantees the ranges until `landed(k)`, which
+                        // runs only after this stream was synchronised.
+                        let queued = self.check("cuMemcpyAsync", unsafe {
+                            (self.api.memcpy_async)(dst, src, len, stream)
+                        });
+                        if let Err(e) = queued {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                    if failed.is_some() {
+                        break;
+                    }
+                    if k >= 1 {
+                        if let Err(e) = sync(streams[(k - 1) % 2]) {
+                            failed = Some(e);
+                            break;
+                        }
+                        landed(k - 1);
+                    }
+                }
+                if let Some(e) = failed {
+                    let _ = sync(s0);
+                    let _ = sync(s1);
+                    return Err(e);
+                }
+                sync(streams[(n - 1) % 2])?;
+                landed(n - 1);
+                Ok(())
+            })
+        })
+    }
+
     /// Allocates `len` bytes (> 0) of pinned host memory, usable by every context (copies
     /// from and to it run at the bus's speed and asynchronously).
     pub fn alloc_pinned(&'static self, device: u32, len: usize) -> Result<PinnedBuffer, CudaError> {

@@ -395,6 +395,43 @@ impl GpuCopy {
     }
 }
 
+/// Runs `n` rounds of driver copies on `device`, each round's host work overlapping the
+/// previous round's copies (see `mooncake_sys::cuda::Cuda::copy_rounds`: `round(k)` returns
+/// round k's `(dst, src, len)` copies, `landed(k)` runs once they have landed). Counted in
+/// [`stats`] as one copy group per round, the time being the whole call's.
+///
+/// # Safety
+/// As for [`copy_many`], for each round's copies, which stay valid until their `landed` call.
+pub unsafe fn copy_rounds(
+    device: u32,
+    n: usize,
+    mut round: impl FnMut(usize) -> Vec<(u64, u64, usize)>,
+    landed: impl FnMut(usize),
+) -> Result<(), String> {
+    let driver = driver()?;
+    let t = Instant::now();
+    let (mut copies, mut bytes) = (0u64, 0u64);
+    // SAFETY: forwarded.
+    let r = unsafe {
+        driver.copy_rounds(
+            device,
+            n,
+            |k| {
+                let c = round(k);
+                copies += c.len() as u64;
+                bytes += c.iter().map(|c| c.2 as u64).sum::<u64>();
+                c
+            },
+            landed,
+        )
+    };
+    count(2, n as u64);
+    count(3, copies);
+    count(4, bytes);
+    count(5, t.elapsed().as_micros() as u64);
+    r.map_err(|e| e.to_string())
+}
+
 /// Runs `copies`, one driver wait per device for all of its copies; one result per copy, in
 /// order.
 ///

@@ -129,23 +129,41 @@ fn rounds(pieces: &[(usize, Copy)]) -> (Vec<Round>, Vec<(usize, Copy)>) {
 unsafe fn staged(pieces: &[(usize, Copy)]) -> Vec<(usize, Result<(), String>)> {
     let mut out = Vec::with_capacity(pieces.len());
     let (rounds, mut direct) = rounds(pieces);
-    let mut staging: Vec<(u32, gpu::Staging)> = Vec::new();
-    for round in rounds {
-        let k = match staging.iter().position(|(d, _)| *d == round.device) {
-            Some(k) => k,
-            None => {
-                staging.push((round.device, gpu::Staging::new(round.device, STAGE)));
-                staging.len() - 1
-            }
-        };
-        if !staging[k].1.is_pinned() {
+    // Per device and direction: the rounds go through two pinned buffers in turn, so that
+    // one round's memcpy overlaps the previous round's DMA.
+    let mut kinds: Vec<(u32, bool)> = rounds.iter().map(|r| (r.device, r.up)).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    for (device, up) in kinds {
+        let these: Vec<&Round> = rounds
+            .iter()
+            .filter(|r| r.device == device && r.up == up)
+            .collect();
+        let mut bufs = [
+            gpu::Staging::new(device, STAGE),
+            gpu::Staging::new(device, STAGE),
+        ];
+        if !bufs.iter().all(gpu::Staging::is_pinned) {
             // Staging in pageable memory would only add a copy: the driver's, directly.
-            direct.extend(round.pieces);
+            direct.extend(these.iter().flat_map(|r| r.pieces.iter().copied()));
             continue;
         }
-        // SAFETY: forwarded; the buffer holds STAGE bytes, as many as a round moves at most.
-        let r = unsafe { stage_round(round.device, round.up, &round.pieces, &mut staging[k].1) };
-        out.extend(round.pieces.iter().map(|(i, _)| (*i, r.clone())));
+        let base = bufs.each_mut().map(|b| b.as_mut_ptr() as u64);
+        // SAFETY (both closures): each round holds at most STAGE bytes, the size of each
+        // buffer; `copy_rounds` runs round k only once round k - 2 (the same buffer's last
+        // use) has landed and been spread, and spreads round k only once it has landed; the
+        // pieces' ranges are the caller's, valid for the call.
+        let fill = |k: usize| unsafe { round_copies(these[k], base[k % 2]) };
+        let spread = |k: usize| unsafe { spread_round(these[k], base[k % 2]) };
+        // SAFETY: the copies `fill` returns lie in the caller's device ranges and the pinned
+        // buffers, which live until after the call.
+        let r = unsafe { gpu::copy_rounds(device, these.len(), fill, spread) };
+        out.extend(
+            these
+                .iter()
+                .flat_map(|round| round.pieces.iter().map(|(i, _)| (*i, r.clone()))),
+        );
+        drop(bufs);
     }
     if !direct.is_empty() {
         let copies: Vec<gpu::GpuCopy> = direct.iter().map(|(_, c)| c.gpu()).collect();
@@ -156,75 +174,59 @@ unsafe fn staged(pieces: &[(usize, Copy)]) -> Vec<(usize, Result<(), String>)> {
     out
 }
 
-/// Moves one round: host bytes into `buf` then up to the device (`up`), or device bytes into
-/// `buf` then out to host memory; device ranges that continue each other in one driver copy,
-/// one driver wait for the round.
+/// The driver copies of one round through the staging buffer at `buf` (STAGE bytes): for an
+/// upload, first gathers the pieces' host bytes into it. Device ranges that continue each other
+/// make one copy.
 ///
 /// # Safety
-/// As for [`staged`]; the round's pieces hold at most `buf.len()` bytes.
-unsafe fn stage_round(
-    device: u32,
-    up: bool,
-    round: &[(usize, Copy)],
-    buf: &mut gpu::Staging,
-) -> Result<(), String> {
-    let mut entries = Vec::with_capacity(round.len());
+/// `buf` is a pinned buffer of STAGE bytes nothing else uses now; the round's host ranges are
+/// valid.
+unsafe fn round_copies(round: &Round, buf: u64) -> Vec<(u64, u64, usize)> {
+    let mut entries = Vec::with_capacity(round.pieces.len());
     let mut at = 0usize;
-    for (_, c) in round {
+    for (_, c) in &round.pieces {
         let len = c.len as usize;
-        let device_addr = if up { c.dst } else { c.src };
-        if up {
-            // SAFETY: the source lies in host memory the caller vouches for; this piece
-            // takes its own part of `buf`.
+        if round.up {
+            // SAFETY: the source lies in host memory the caller vouches for; this piece takes
+            // its own part of `buf` (a round holds at most STAGE bytes).
             unsafe {
-                std::ptr::copy_nonoverlapping(
-                    c.src as *const u8,
-                    buf[at..at + len].as_mut_ptr(),
-                    len,
-                )
+                std::ptr::copy_nonoverlapping(c.src as *const u8, (buf as *mut u8).add(at), len)
             };
         }
-        entries.push((device, device_addr, at, len));
+        let device_addr = if round.up { c.dst } else { c.src };
+        entries.push((round.device, device_addr, at, len));
         at += len;
     }
-    let base = buf.as_mut_ptr() as u64;
-    let copies: Vec<gpu::GpuCopy> = runs(&entries, STAGE)
+    runs(&entries, STAGE)
         .iter()
         .map(|r| {
-            let host = base + r.offset as u64;
-            let (src, src_loc, dst, dst_loc) = if up {
-                (host, Location::Host, r.dst, Location::Cuda(device))
+            let host = buf + r.offset as u64;
+            if round.up {
+                (r.dst, host, r.len)
             } else {
-                (r.dst, Location::Cuda(device), host, Location::Host)
-            };
-            gpu::GpuCopy {
-                dst,
-                dst_loc,
-                src,
-                src_loc,
-                len: r.len,
+                (host, r.dst, r.len)
             }
         })
-        .collect();
-    // SAFETY: device ranges lie in memory the caller vouches for; the host side of each run is
-    // its part of `buf`; runs do not overlap.
-    let done = unsafe { gpu::copy_many(&copies) };
-    if let Some(Err(e)) = done.into_iter().find(Result::is_err) {
-        return Err(e);
+        .collect()
+}
+
+/// After a download round has landed in `buf`: copies each piece's bytes out to its host
+/// destination (nothing for an upload).
+///
+/// # Safety
+/// As for [`round_copies`]; the round's copies into `buf` have landed.
+unsafe fn spread_round(round: &Round, buf: u64) {
+    if round.up {
+        return;
     }
-    if !up {
-        let mut at = 0usize;
-        for (_, c) in round {
-            let len = c.len as usize;
-            // SAFETY: the destination lies in host memory the caller vouches for; the bytes
-            // are this piece's part of `buf`.
-            unsafe {
-                std::ptr::copy_nonoverlapping(buf[at..at + len].as_ptr(), c.dst as *mut u8, len)
-            };
-            at += len;
-        }
+    let mut at = 0usize;
+    for (_, c) in &round.pieces {
+        let len = c.len as usize;
+        // SAFETY: the destination lies in host memory the caller vouches for; the bytes are
+        // this piece's part of `buf`, landed.
+        unsafe { std::ptr::copy_nonoverlapping((buf as *const u8).add(at), c.dst as *mut u8, len) };
+        at += len;
     }
-    Ok(())
 }
 
 #[cfg(test)]
