@@ -72,8 +72,8 @@ class StoreTest(unittest.TestCase):
     def test_large_batches_on_copy_threads_through_shared_memory(self):
         # 8 MiB per batch: values are staged and copied on 4 threads, and the pool is read and
         # written through its mapping.
-        worker = Store(self.master.address, segment_size=4 * MIB, protocol="tcp", staging_size=32 * MIB,
-                       copy_threads=4, reserved_huge_pages=True)
+        worker = Store(self.master.address, segment_size=0, protocol="tcp", staging_size=32 * MIB,
+                       copy_threads=4)
         try:
             vals = {f"threads/{i}": (value(i, 4096) * 257)[: MIB + 3 * i] for i in range(8)}
             self.assertEqual(worker.batch_put(list(vals), list(vals.values())), [0] * 8)
@@ -81,6 +81,22 @@ class StoreTest(unittest.TestCase):
             self.assertGreater(worker.metrics()["shm"]["requests"], 0)
         finally:
             worker.close()
+
+    def test_segment_in_reserved_huge_pages_or_ordinary_ones(self):
+        # Reserved huge pages where the host has them free, ordinary pages otherwise: either
+        # way the segment holds objects (its size grows to whole huge pages).
+        master = Master()
+        try:
+            holder = Store(master.address, segment_size=3 * MIB, protocol="tcp",
+                           reserved_huge_pages=True)
+            worker = Store(master.address, segment_size=0, protocol="tcp")
+            vals = {f"huge/{i}": value(i, 64 * 1024) for i in range(16)}
+            self.assertEqual(worker.batch_put(list(vals), list(vals.values())), [0] * 16)
+            self.assertEqual(worker.batch_get(list(vals)), list(vals.values()))
+            worker.close()
+            holder.close()
+        finally:
+            master.stop()
 
     def test_batches_give_one_result_per_key(self):
         w = self.worker

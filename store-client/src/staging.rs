@@ -96,6 +96,7 @@ impl StagingLease {
 
     /// Copies each `(at, bytes)` into the range, a large set on `pool`'s threads. Copies
     /// nothing and returns `false` if any would end outside the range.
+    #[must_use = "false means nothing was written"]
     pub fn write_many(&mut self, pool: &CopyPool, items: &[(u64, &[u8])]) -> bool {
         let inside = items.iter().all(|&(at, bytes)| {
             at.checked_add(bytes.len() as u64)

@@ -434,6 +434,12 @@ impl Cuda {
         self.with_device(device, |s0| {
             self.with_device(device, |s1| {
                 let streams = [s0, s1];
+                // Whatever happens below (an error, a panic in `round` or `landed`), nothing
+                // is left queued when this returns: the buffers may be reused at once.
+                let _drain = Drain {
+                    cuda: self,
+                    streams,
+                };
                 let sync = |s: CuHandle| {
                     // SAFETY: both streams are ours for the duration of this call.
                     self.check("cuStreamSynchronize", unsafe {
@@ -466,8 +472,6 @@ impl Cuda {
                     }
                 }
                 if let Some(e) = failed {
-                    let _ = sync(s0);
-                    let _ = sync(s1);
                     return Err(e);
                 }
                 sync(streams[(n - 1) % 2])?;
@@ -519,6 +523,22 @@ impl Cuda {
             ptr,
             len,
         })
+    }
+}
+
+/// Waits for two streams when dropped (see [`Cuda::copy_rounds`]).
+struct Drain<'a> {
+    cuda: &'a Cuda,
+    streams: [CuHandle; 2],
+}
+
+impl Drop for Drain<'_> {
+    fn drop(&mut self) {
+        for s in self.streams {
+            // SAFETY: the streams belong to the running `copy_rounds` call, which outlives
+            // this guard; waiting has no other effect.
+            let _ = unsafe { (self.cuda.api.stream_synchronize)(s) };
+        }
     }
 }
 

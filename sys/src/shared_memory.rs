@@ -18,6 +18,9 @@ use std::ptr::NonNull;
 pub struct SharedMemory {
     ptr: NonNull<u8>,
     len: usize,
+    /// Bytes mapped: `len`, or `len` rounded up to the file's huge page size (hugetlb
+    /// mappings are made and unmapped in whole huge pages).
+    mapped: usize,
     fd: OwnedFd,
 }
 
@@ -46,9 +49,10 @@ impl SharedMemory {
 
     /// Like [`Self::create`] with the pages in the host's reserved huge pages
     /// (`/proc/sys/vm/nr_hugepages`, the default huge page size), `len` rounded up to a
-    /// multiple of it ([`Self::len`] says how much), all faulted in now. Fails (ENOMEM) if too
-    /// few are free: the kernel reserves them at mmap, so the pool never faults later for want
-    /// of pages.
+    /// multiple of it ([`Self::len`] says how much), every page allocated now. Fails if too few
+    /// are free (the kernel reserves them at mmap) or if they cannot be allocated (a hugetlb
+    /// cgroup limit charges at first touch; kernels before 5.14 cannot populate): nothing is
+    /// left mapped then, and the pool never faults later for want of pages.
     pub fn create_reserved_huge(name: &str, len: usize) -> io::Result<SharedMemory> {
         let page = crate::host_memory::reserved_huge_page_size()
             .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "no huge page size"))?;
@@ -86,7 +90,12 @@ impl SharedMemory {
             ))?;
         }
         let mem = Self::map_fd(fd, len, false)?;
-        if populate {
+        if huge {
+            // Every huge page now, or no pool: one that cannot be allocated at first touch
+            // (a hugetlb cgroup limit) would raise SIGBUS in whichever process touched it.
+            // SAFETY: the whole of the fresh mapping; on failure `mem` is dropped (unmapped).
+            unsafe { crate::host_memory::populate_strict(mem.ptr, mem.mapped)? };
+        } else if populate {
             // SAFETY: the whole of a fresh, zeroed mapping nobody else has seen yet.
             unsafe { crate::host_memory::fault_in_fresh(mem.ptr, len) };
         }
@@ -129,12 +138,33 @@ impl SharedMemory {
     /// a memfd the policy is `shmem_enabled`). With `populate`, fills the page tables (best
     /// effort).
     fn map_fd(fd: OwnedFd, len: usize, populate: bool) -> io::Result<SharedMemory> {
-        // SAFETY: the callers checked that the file is at least `len` bytes long.
-        let ptr =
-            unsafe { crate::host_memory::map_read_write(len, libc::MAP_SHARED, fd.as_raw_fd())? };
+        // A hugetlb file reports its huge page size as the block size; its mappings are
+        // whole huge pages (munmap refuses a shorter length), and its size is a multiple.
+        // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat writes into `st`, which lives across the call.
+        cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+        let block = usize::try_from(st.st_blksize).unwrap_or(0);
+        let mapped = if block > crate::host_memory::page_size() {
+            crate::host_memory::round_up(len, block)
+                .filter(|&m| m as u64 <= st.st_size as u64)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "not whole huge pages"))?
+        } else {
+            len
+        };
+        // SAFETY: the callers checked that the file is at least `len` bytes long, and
+        // `mapped` exceeds `len` only within the file (checked above).
+        let ptr = unsafe {
+            crate::host_memory::map_read_write(mapped, libc::MAP_SHARED, fd.as_raw_fd())?
+        };
         // SAFETY: the whole of the mapping just made.
-        unsafe { crate::host_memory::advise_huge_pages(ptr, len) };
-        let mem = SharedMemory { ptr, len, fd };
+        unsafe { crate::host_memory::advise_huge_pages(ptr, mapped) };
+        let mem = SharedMemory {
+            ptr,
+            len,
+            mapped,
+            fd,
+        };
         if populate {
             let _ = mem.populate(0, len);
         }
@@ -188,7 +218,7 @@ impl SharedMemory {
 impl Drop for SharedMemory {
     fn drop(&mut self) {
         // SAFETY: exactly the mapping made in `map_fd`, which nothing uses after drop.
-        unsafe { crate::host_memory::unmap(self.ptr, self.len) };
+        unsafe { crate::host_memory::unmap(self.ptr, self.mapped) };
     }
 }
 
@@ -373,13 +403,16 @@ mod tests {
     /// refused cleanly when too few are free. (CI reserves some, so the first branch runs.)
     #[test]
     fn reserved_huge_page_pools_are_shared_or_refused_cleanly() {
-        use crate::host_memory::{free_reserved_huge_pages, reserved_huge_page_size};
-        let (Some(page), Some(free)) = (reserved_huge_page_size(), free_reserved_huge_pages())
+        use crate::host_memory::{available_reserved_huge_pages, reserved_huge_page_size};
+        let _one_at_a_time = crate::host_memory::HUGE_PAGE_TESTS.lock();
+        let (Some(page), Some(free)) = (reserved_huge_page_size(), available_reserved_huge_pages())
         else {
             assert!(SharedMemory::create_reserved_huge("huge", 1).is_err());
             return;
         };
-        assert!(SharedMemory::create_reserved_huge("too-big", (free + 8) * page).is_err());
+        if !crate::host_memory::huge_page_overcommit() {
+            assert!(SharedMemory::create_reserved_huge("too-big", (free + 8) * page).is_err());
+        }
         let owner = match SharedMemory::create_reserved_huge("huge", 10) {
             Ok(m) => m,
             Err(e) => {

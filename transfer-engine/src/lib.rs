@@ -29,7 +29,7 @@ pub use engine::{Engine, WeakEngine};
 pub use error::TransferError;
 pub use metadata::{InMemoryMetadataStore, MetadataStore};
 pub use mooncake_sys::host_memory::{
-    free_reserved_huge_pages, reserved_huge_page_size, shmem_huge_page_policy,
+    available_reserved_huge_pages, reserved_huge_page_size, shmem_huge_page_policy,
 };
 /// A memfd-backed mapping that same-host peers can map (see [`Engine::register_shared_memory`]).
 pub use mooncake_sys::shared_memory::SharedMemory;

@@ -419,7 +419,9 @@ fn cuda_shared_memory_batches_stage_gpu_bytes_and_keep_every_byte() {
     // An owner sharing a pool, a reader on the same host whose buffer is GPU memory; large
     // batches move through pinned staging rounds on the reader's copy threads.
     let owner = engine(MIB);
-    let len = 5 * MIB + 77;
+    // Two copy threads with about 12 MiB each: a dozen 1 MiB rounds per thread, so each
+    // staging buffer is reused several times in both directions.
+    let len = 24 * MIB + 77;
     let pool =
         std::sync::Arc::new(transfer_engine::SharedMemory::create("gpu-pool", len, true).unwrap());
     owner.register_shared_memory(pool.clone()).unwrap();
@@ -429,7 +431,7 @@ fn cuda_shared_memory_batches_stage_gpu_bytes_and_keep_every_byte() {
     let reader = Engine::new(EngineConfig {
         protocol: Protocol::Tcp,
         request_timeout: Duration::from_secs(30),
-        copy_threads: 4,
+        copy_threads: 2,
         ..Default::default()
     })
     .unwrap();
@@ -439,7 +441,17 @@ fn cuda_shared_memory_batches_stage_gpu_bytes_and_keep_every_byte() {
     let base = pool.as_ptr() as u64;
 
     // Uneven pieces (across the 1 MiB staging rounds), swapped around: pool -> GPU.
-    let cuts = [0, 1, 4099, MIB - 1, 2 * MIB + 5, 4 * MIB, len];
+    let cuts = [
+        0,
+        1,
+        4099,
+        MIB - 1,
+        2 * MIB + 5,
+        4 * MIB,
+        11 * MIB + 3,
+        17 * MIB,
+        len,
+    ];
     let pieces: Vec<(usize, usize)> = cuts.windows(2).map(|w| (w[0], w[1] - w[0])).collect();
     let reqs: Vec<_> = pieces
         .iter()

@@ -92,7 +92,12 @@ impl Client {
                     "value exceeds the staging buffer; use put_from",
                 )
             })?;
-        lease.write_many(self.inner.engine.copy_pool(), &[(0, value)]);
+        if !lease.write_many(self.inner.engine.copy_pool(), &[(0, value)]) {
+            return Err(KeyError::new(
+                ErrorCode::BufferOverflow,
+                "value does not fit its staging lease",
+            ));
+        }
         Ok(WriteItem {
             key: key.to_string(),
             parts: vec![BufferSlice::new(lease.addr(), value.len() as u64)],

@@ -73,8 +73,13 @@ fn warn_no_huge_pages(len: usize, e: &dyn std::fmt::Display) {
     tracing::warn!(
         error = %e,
         bytes = len,
-        "no reserved huge pages for the segment (see /proc/sys/vm/nr_hugepages); using ordinary pages"
+        "cannot put the segment in reserved huge pages (see /proc/sys/vm/nr_hugepages); using ordinary pages"
     );
+}
+
+/// Says how large the segment became: whole huge pages (1 GiB ones on some hosts).
+fn log_reserved_huge(asked: usize, got: usize) {
+    tracing::info!(asked, bytes = got, "segment in reserved huge pages");
 }
 
 impl PoolMemory {
@@ -89,19 +94,21 @@ impl PoolMemory {
         if shared {
             // A host that forbids memfds (a seccomp profile) still gets a pool, only not a
             // shared one: peers on this host then reach it over the network transport.
-            let made = if huge {
-                SharedMemory::create_reserved_huge("mooncake-pool", len).or_else(|e| {
-                    warn_no_huge_pages(len, &e);
-                    SharedMemory::create("mooncake-pool", len, true)
-                })
-            } else {
-                SharedMemory::create("mooncake-pool", len, true)
+            let in_huge = match huge {
+                true => SharedMemory::create_reserved_huge("mooncake-pool", len)
+                    .inspect(|m| log_reserved_huge(len, m.len()))
+                    .inspect_err(|e| warn_no_huge_pages(len, e))
+                    .ok(),
+                false => None,
+            };
+            let made = match in_huge {
+                Some(mem) => Ok(mem),
+                None => SharedMemory::create("mooncake-pool", len, true).inspect(|_| {
+                    log_shmem_page_policy(len);
+                }),
             };
             match made {
                 Ok(mem) => {
-                    if !huge {
-                        log_shmem_page_policy(len);
-                    }
                     let mem = Arc::new(mem);
                     engine.register_shared_memory(mem.clone())?;
                     return Ok(PoolMemory::Shared(mem));
@@ -114,10 +121,16 @@ impl PoolMemory {
             }
         }
         let buffer = if huge {
-            AlignedBuffer::reserved_huge(len).or_else(|e| {
-                warn_no_huge_pages(len, &e);
-                AlignedBuffer::populated(len)
-            })?
+            match AlignedBuffer::reserved_huge(len) {
+                Ok(b) => {
+                    log_reserved_huge(len, b.len());
+                    b
+                }
+                Err(e) => {
+                    warn_no_huge_pages(len, &e);
+                    AlignedBuffer::populated(len)?
+                }
+            }
         } else {
             AlignedBuffer::populated(len)?
         };

@@ -291,7 +291,10 @@ impl Inner {
             retries += r;
             // Values out of the staging lease into their own vectors; a large batch on the
             // engine's copy threads (allocation, page faults and memcpy alike).
-            let ranges: Vec<Option<(u64, u64)>> = targets
+            // The copy targets come first (one offset each); the rest are direct reads into
+            // caller buffers.
+            let n_copy = offsets.len();
+            let ranges: Vec<Option<(u64, u64)>> = targets[..n_copy]
                 .iter()
                 .zip(&outcomes)
                 .zip(&offsets)
@@ -302,10 +305,11 @@ impl Inner {
                 r.and_then(|(off, len)| lease.read_at(off, len).map(<[u8]>::to_vec))
             });
             for (k, (t, outcome)) in targets.iter().zip(outcomes).enumerate() {
-                // Copy targets come first; the rest are direct reads into caller buffers.
-                let out = outcome.map(|()| match values.get_mut(k) {
-                    Some(v) => ReadOut::Bytes(v.take().unwrap_or_default()),
-                    None => ReadOut::Len(t.len),
+                let out = outcome.and_then(|()| match values.get_mut(k) {
+                    Some(v) => v.take().map(ReadOut::Bytes).ok_or_else(|| {
+                        KeyError::new(ErrorCode::InternalError, "value outside its staging lease")
+                    }),
+                    None => Ok(ReadOut::Len(t.len)),
                 });
                 results[t.slot] = Some(out);
             }

@@ -131,10 +131,15 @@ impl Inner {
                         )]);
                         off += aligned_len(values[i].len() as u64);
                     }
-                    // Inside the lease by construction: it holds `total`, the sum of the
-                    // aligned lengths.
-                    lease.write_many(self.engine.copy_pool(), &writes);
-                    _lease = Some(lease);
+                    // Inside the lease by construction (it holds `total`, the sum of the
+                    // aligned lengths); were it not, nothing is written and every key fails.
+                    if lease.write_many(self.engine.copy_pool(), &writes) {
+                        _lease = Some(lease);
+                    } else {
+                        for p in per_key.iter_mut().filter(|p| p.is_ok()) {
+                            *p = Err(ErrorCode::BufferOverflow);
+                        }
+                    }
                 }
                 None => {
                     for p in per_key.iter_mut().filter(|p| p.is_ok()) {
