@@ -286,11 +286,14 @@ async fn serve_term(
         })
     };
     tokio::pin!(stop);
+    // The term's connections, so that the term ends only once none of them can answer.
+    let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
-                    tokio::spawn(serve_connection(
+                    while conns.try_join_next().is_some() {}
+                    conns.spawn(serve_connection(
                         stream,
                         peer,
                         service.clone(),
@@ -308,6 +311,15 @@ async fn serve_term(
         }
     }
     let _ = term_tx.send(true);
+    // Connections stop at their next read; one stuck writing to a peer that does not read is
+    // left behind after a while (it answers nothing more).
+    let drained = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(2), drained)
+        .await
+        .is_err()
+    {
+        conns.abort_all();
+    }
     let _ = ticker.await;
 }
 
@@ -339,9 +351,12 @@ async fn serve_connection(
     let writer = tokio::spawn(writer.run());
     let mut buf = Vec::new();
     loop {
+        // The term's end first: a stopped master answers nothing more, even a request that
+        // has already arrived.
         let r = tokio::select! {
-            r = read_frame(&mut rd, &mut buf, max_frame) => r,
+            biased;
             _ = term_end.wait_for(|d| *d) => break,
+            r = read_frame(&mut rd, &mut buf, max_frame) => r,
         };
         match r {
             Ok(true) => {}
