@@ -440,43 +440,24 @@ impl Cuda {
                     cuda: self,
                     streams,
                 };
-                let sync = |s: CuHandle| {
-                    // SAFETY: both streams are ours for the duration of this call.
-                    self.check("cuStreamSynchronize", unsafe {
-                        (self.api.stream_synchronize)(s)
-                    })
-                };
-                let mut failed = None;
-                for k in 0..n {
+                let queue = |k: usize| {
                     let stream = streams[k % 2];
                     for (dst, src, len) in round(k).into_iter().filter(|c| c.2 > 0) {
                         // SAFETY: the caller guarantees the ranges until `landed(k)`, which
                         // runs only after this stream was synchronised.
-                        let queued = self.check("cuMemcpyAsync", unsafe {
+                        self.check("cuMemcpyAsync", unsafe {
                             (self.api.memcpy_async)(dst, src, len, stream)
-                        });
-                        if let Err(e) = queued {
-                            failed = Some(e);
-                            break;
-                        }
+                        })?;
                     }
-                    if failed.is_some() {
-                        break;
-                    }
-                    if k >= 1 {
-                        if let Err(e) = sync(streams[(k - 1) % 2]) {
-                            failed = Some(e);
-                            break;
-                        }
-                        landed(k - 1);
-                    }
-                }
-                if let Some(e) = failed {
-                    return Err(e);
-                }
-                sync(streams[(n - 1) % 2])?;
-                landed(n - 1);
-                Ok(())
+                    Ok(())
+                };
+                let sync = |s: usize| {
+                    // SAFETY: both streams are ours for the duration of this call.
+                    self.check("cuStreamSynchronize", unsafe {
+                        (self.api.stream_synchronize)(streams[s])
+                    })
+                };
+                two_stream_rounds(n, queue, sync, &mut landed)
             })
         })
     }
@@ -524,6 +505,30 @@ impl Cuda {
             len,
         })
     }
+}
+
+/// The schedule of [`Cuda::copy_rounds`], apart from the driver: `queue(k)` queues round k on
+/// stream `k % 2`, `sync(s)` waits for stream `s`, `landed(k)` follows round k's wait. Round k
+/// is queued only after round k - 2 (the same stream and buffer) was waited for and landed;
+/// the first error stops everything after it.
+fn two_stream_rounds<E>(
+    n: usize,
+    mut queue: impl FnMut(usize) -> Result<(), E>,
+    mut sync: impl FnMut(usize) -> Result<(), E>,
+    mut landed: impl FnMut(usize),
+) -> Result<(), E> {
+    for k in 0..n {
+        queue(k)?;
+        if k >= 1 {
+            sync((k - 1) % 2)?;
+            landed(k - 1);
+        }
+    }
+    if n > 0 {
+        sync((n - 1) % 2)?;
+        landed(n - 1);
+    }
+    Ok(())
 }
 
 /// Waits for two streams when dropped (see [`Cuda::copy_rounds`]).
@@ -673,5 +678,96 @@ mod tests {
             matches!(e, CudaError::Unavailable(ref m) if m.contains("/nonexistent/libcuda.so.1")),
             "{e}"
         );
+    }
+
+    /// A model of the two streams and two buffers: each round fills (or drains) buffer
+    /// `k % 2`; a buffer may be refilled only after its last round was waited for and landed.
+    #[derive(Default)]
+    struct Model {
+        queued: [Vec<usize>; 2],
+        done: Vec<usize>,
+        landed: Vec<usize>,
+        /// Per buffer: the round using it, until that round has landed.
+        busy: [Option<usize>; 2],
+        log: Vec<String>,
+    }
+
+    /// Runs `n` rounds through the schedule, failing the `fail_at`-th call (of queue and sync
+    /// together) if given; checks every invariant on the way and returns the result and model.
+    fn run(n: usize, fail_at: Option<usize>) -> (Result<(), usize>, Model) {
+        let m = std::cell::RefCell::new(Model::default());
+        let calls = std::cell::Cell::new(0usize);
+        let step = || {
+            let c = calls.get();
+            calls.set(c + 1);
+            if fail_at == Some(c) {
+                Err(c)
+            } else {
+                Ok(())
+            }
+        };
+        let r = two_stream_rounds(
+            n,
+            |k| {
+                step()?;
+                let mut m = m.borrow_mut();
+                assert_eq!(
+                    m.busy[k % 2],
+                    None,
+                    "buffer {} reused by round {k} too early",
+                    k % 2
+                );
+                m.busy[k % 2] = Some(k);
+                m.queued[k % 2].push(k);
+                m.log.push(format!("q{k}"));
+                Ok(())
+            },
+            |s| {
+                step()?;
+                let mut m = m.borrow_mut();
+                let finished = std::mem::take(&mut m.queued[s]);
+                m.done.extend(finished);
+                Ok(())
+            },
+            |k| {
+                let mut m = m.borrow_mut();
+                assert!(
+                    m.done.contains(&k),
+                    "round {k} landed before its stream was waited for"
+                );
+                assert_eq!(m.busy[k % 2], Some(k));
+                m.busy[k % 2] = None;
+                m.landed.push(k);
+            },
+        );
+        (r, m.into_inner())
+    }
+
+    #[test]
+    fn rounds_alternate_buffers_and_land_in_order() {
+        for n in 0..12 {
+            let (r, m) = run(n, None);
+            assert!(r.is_ok());
+            assert_eq!(m.landed, (0..n).collect::<Vec<_>>());
+            assert!(m.queued.iter().all(Vec::is_empty), "nothing left queued");
+        }
+        // Round 1 is queued before round 0 is waited for: the overlap the schedule is for.
+        let (_, m) = run(3, None);
+        assert_eq!(m.log[..2], ["q0".to_string(), "q1".to_string()]);
+    }
+
+    #[test]
+    fn the_first_error_stops_the_rounds() {
+        for n in 1..8 {
+            // n queues and n syncs in all.
+            for fail_at in 0..2 * n {
+                let (r, m) = run(n, Some(fail_at));
+                assert_eq!(r, Err(fail_at));
+                // Every landed round was waited for (checked inside), in order, and none
+                // after the failing call.
+                assert_eq!(m.landed, (0..m.landed.len()).collect::<Vec<_>>());
+                assert!(m.landed.len() < n);
+            }
+        }
     }
 }
