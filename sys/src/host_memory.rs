@@ -82,17 +82,10 @@ fn selected_word(text: &str) -> Option<String> {
 /// # Safety
 /// `[ptr, +len)` is a fresh, zeroed, writable mapping this process owns and nothing uses yet.
 pub(crate) unsafe fn fault_in_fresh(ptr: NonNull<u8>, len: usize) {
-    loop {
-        // SAFETY: the caller's mapping; MADV_POPULATE_WRITE only faults pages in.
-        let rc = unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_POPULATE_WRITE) };
-        if rc == 0 {
-            return;
-        }
-        match io::Error::last_os_error().raw_os_error() {
-            Some(libc::EINTR) | Some(libc::EAGAIN) => continue,
-            Some(libc::EINVAL) => break,
-            _ => return,
-        }
+    // SAFETY: the caller's mapping.
+    match unsafe { populate_strict(ptr, len) } {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+        _ => return,
     }
     let page = page_size();
     for off in (0..len).step_by(page) {
@@ -109,28 +102,36 @@ pub fn reserved_huge_page_size() -> Option<usize> {
     meminfo_kib(&meminfo, "Hugepagesize").map(|kib| kib * 1024)
 }
 
+/// `len` (at least one byte) rounded up to whole reserved huge pages.
+pub(crate) fn reserved_huge_len(len: usize) -> io::Result<usize> {
+    let page = reserved_huge_page_size()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "no huge page size"))?;
+    round_up(len.max(1), page)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "size too large"))
+}
+
 /// Reserved huge pages a new mapping can take now: `HugePages_Free` less `HugePages_Rsvd`
 /// (free pages already promised to mappings not yet touched) in /proc/meminfo.
 pub fn available_reserved_huge_pages() -> Option<usize> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let count = |field: &str| {
-        meminfo.lines().find_map(|line| {
-            line.strip_prefix(field)?
-                .strip_prefix(':')?
-                .trim()
-                .parse::<usize>()
-                .ok()
-        })
-    };
+    let count = |field| meminfo_value(&meminfo, field)?.parse::<usize>().ok();
     Some(count("HugePages_Free")?.saturating_sub(count("HugePages_Rsvd").unwrap_or(0)))
+}
+
+/// The value of `field` in /proc/meminfo's format (`Hugepagesize:    2048 kB`), trimmed.
+fn meminfo_value<'a>(meminfo: &'a str, field: &str) -> Option<&'a str> {
+    meminfo
+        .lines()
+        .find_map(|line| Some(line.strip_prefix(field)?.strip_prefix(':')?.trim()))
 }
 
 /// The value in KiB of `field` in /proc/meminfo's format (`Hugepagesize:    2048 kB`).
 fn meminfo_kib(meminfo: &str, field: &str) -> Option<usize> {
-    meminfo.lines().find_map(|line| {
-        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
-        rest.trim().strip_suffix("kB")?.trim().parse().ok()
-    })
+    meminfo_value(meminfo, field)?
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// `len` rounded up to a multiple of `page`.
@@ -146,10 +147,7 @@ pub fn round_up(len: usize, page: usize) -> Option<usize> {
 /// mmap) or if they cannot be allocated (a hugetlb cgroup limit charges at first touch):
 /// nothing is left mapped then, and the memory never faults later for want of pages.
 pub fn map_reserved_huge(len: usize) -> io::Result<(NonNull<u8>, usize)> {
-    let page = reserved_huge_page_size()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "no huge page size"))?;
-    let len = round_up(len.max(1), page)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "size too large"))?;
+    let len = reserved_huge_len(len)?;
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB;
     // SAFETY: an anonymous mapping touches no existing memory.
     let ptr = unsafe { map_read_write(len, flags, -1)? };

@@ -54,11 +54,12 @@ impl SharedMemory {
     /// cgroup limit charges at first touch; kernels before 5.14 cannot populate): nothing is
     /// left mapped then, and the pool never faults later for want of pages.
     pub fn create_reserved_huge(name: &str, len: usize) -> io::Result<SharedMemory> {
-        let page = crate::host_memory::reserved_huge_page_size()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "no huge page size"))?;
-        let len = crate::host_memory::round_up(len.max(1), page)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "size too large"))?;
-        Self::create_with(name, len, true, true)
+        Self::create_with(
+            name,
+            crate::host_memory::reserved_huge_len(len)?,
+            true,
+            true,
+        )
     }
 
     fn create_with(name: &str, len: usize, populate: bool, huge: bool) -> io::Result<SharedMemory> {
@@ -89,7 +90,8 @@ impl SharedMemory {
                 libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL,
             ))?;
         }
-        let mem = Self::map_fd(fd, len, false)?;
+        // A created hugetlb file is `len` long, whole huge pages already (the caller rounded).
+        let mem = Self::map_fd(fd, len, len, false)?;
         if huge {
             // Every huge page now, or no pool: one that cannot be allocated at first touch
             // (a hugetlb cgroup limit) would raise SIGBUS in whichever process touched it.
@@ -131,19 +133,8 @@ impl SharedMemory {
                 format!("shared memory holds {} bytes, {len} expected", st.st_size),
             ));
         }
-        Self::map_fd(fd, len, populate)
-    }
-
-    /// Maps the file, asking for huge pages ([`crate::host_memory::advise_huge_pages`]; for
-    /// a memfd the policy is `shmem_enabled`). With `populate`, fills the page tables (best
-    /// effort).
-    fn map_fd(fd: OwnedFd, len: usize, populate: bool) -> io::Result<SharedMemory> {
         // A hugetlb file reports its huge page size as the block size; its mappings are
         // whole huge pages (munmap refuses a shorter length), and its size is a multiple.
-        // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: fstat writes into `st`, which lives across the call.
-        cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
         let block = usize::try_from(st.st_blksize).unwrap_or(0);
         let mapped = if block > crate::host_memory::page_size() {
             crate::host_memory::round_up(len, block)
@@ -152,8 +143,15 @@ impl SharedMemory {
         } else {
             len
         };
-        // SAFETY: the callers checked that the file is at least `len` bytes long, and
-        // `mapped` exceeds `len` only within the file (checked above).
+        Self::map_fd(fd, len, mapped, populate)
+    }
+
+    /// Maps `mapped` bytes of the file (`len`, or `len` rounded up to whole huge pages of a
+    /// hugetlb file), asking for huge pages ([`crate::host_memory::advise_huge_pages`]; for
+    /// a memfd the policy is `shmem_enabled`). With `populate`, fills the page tables (best
+    /// effort).
+    fn map_fd(fd: OwnedFd, len: usize, mapped: usize, populate: bool) -> io::Result<SharedMemory> {
+        // SAFETY: the callers checked that the file is at least `mapped` bytes long.
         let ptr = unsafe {
             crate::host_memory::map_read_write(mapped, libc::MAP_SHARED, fd.as_raw_fd())?
         };

@@ -103,7 +103,6 @@ struct Inner {
     publishes: bool,
     metadata: Arc<dyn MetadataStore>,
     memcpy: LocalTransport,
-    copier: Arc<CopyPool>,
     segments: SegmentTable,
     batches: BatchTable,
 }
@@ -237,8 +236,7 @@ impl Engine {
                 protocol,
                 publishes,
                 metadata,
-                memcpy: LocalTransport::new(registry, copier.clone()),
-                copier,
+                memcpy: LocalTransport::new(registry, copier),
                 segments: SegmentTable::default(),
                 batches: BatchTable::default(),
             }),
@@ -364,7 +362,7 @@ impl Engine {
     /// The threads this engine spreads large memcpy batches over
     /// ([`EngineConfig::copy_threads`]), for callers' own large copies.
     pub fn copy_pool(&self) -> &CopyPool {
-        &self.inner.copier
+        self.inner.memcpy.copy_pool()
     }
 
     /// Counters of the same-host shared-memory path (zero when it is off).

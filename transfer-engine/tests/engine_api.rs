@@ -96,10 +96,7 @@ fn own_segment_is_served_by_memcpy_with_range_checks() {
 
 /// Runs `reqs` as one batch and checks that every request completed.
 fn run_completed(e: &Engine, reqs: &[transfer_engine::TransferRequest]) {
-    let b = e.allocate_batch(reqs.len()).unwrap();
-    e.submit(b, reqs).unwrap();
-    let st = e.wait(b).unwrap();
-    e.free_batch(b).unwrap();
+    let st = common::run(e, reqs);
     assert!(
         st.iter().all(|s| s.state == TransferState::Completed),
         "{st:?}"

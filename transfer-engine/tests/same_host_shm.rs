@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{pattern_bytes, registered, req};
+use common::{pattern_bytes, registered, req, run};
 use rand::{Rng, SeedableRng};
 use transfer_engine::{
     AlignedBuffer, Engine, EngineConfig, OpCode, Protocol, SegmentHandle, SharedMemory,
@@ -97,14 +97,6 @@ fn mapped_then_owner_gone() -> (Engine, AlignedBuffer, [TransferRequest; 1]) {
     drop(owner);
     drop(pool);
     (reader, local, one)
-}
-
-fn run(e: &Engine, reqs: &[TransferRequest]) -> Vec<TransferStatus> {
-    let b = e.allocate_batch(reqs.len()).unwrap();
-    e.submit(b, reqs).unwrap();
-    let st = e.wait(b).unwrap();
-    e.free_batch(b).unwrap();
-    st
 }
 
 #[test]

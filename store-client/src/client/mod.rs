@@ -69,17 +69,34 @@ fn log_shmem_page_policy(len: usize) {
     });
 }
 
-fn warn_no_huge_pages(len: usize, e: &dyn std::fmt::Display) {
-    tracing::warn!(
-        error = %e,
-        bytes = len,
-        "cannot put the segment in reserved huge pages (see /proc/sys/vm/nr_hugepages); using ordinary pages"
-    );
-}
-
-/// Says how large the segment became: whole huge pages (1 GiB ones on some hosts).
-fn log_reserved_huge(asked: usize, got: usize) {
-    tracing::info!(asked, bytes = got, "segment in reserved huge pages");
+/// The pool in reserved huge pages from `in_huge` when `huge` is asked for and it works
+/// (saying how large it became: whole huge pages, 1 GiB ones on some hosts), else from
+/// `ordinary` (with a warning if huge pages were asked for).
+fn huge_or_ordinary<T, E: std::fmt::Display, F>(
+    huge: bool,
+    len: usize,
+    size: impl Fn(&T) -> usize,
+    in_huge: impl FnOnce() -> Result<T, E>,
+    ordinary: impl FnOnce() -> Result<T, F>,
+) -> Result<T, F> {
+    if huge {
+        match in_huge() {
+            Ok(pool) => {
+                tracing::info!(
+                    asked = len,
+                    bytes = size(&pool),
+                    "segment in reserved huge pages"
+                );
+                return Ok(pool);
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                bytes = len,
+                "cannot put the segment in reserved huge pages (see /proc/sys/vm/nr_hugepages); using ordinary pages"
+            ),
+        }
+    }
+    ordinary()
 }
 
 impl PoolMemory {
@@ -94,19 +111,16 @@ impl PoolMemory {
         if shared {
             // A host that forbids memfds (a seccomp profile) still gets a pool, only not a
             // shared one: peers on this host then reach it over the network transport.
-            let in_huge = match huge {
-                true => SharedMemory::create_reserved_huge("mooncake-pool", len)
-                    .inspect(|m| log_reserved_huge(len, m.len()))
-                    .inspect_err(|e| warn_no_huge_pages(len, e))
-                    .ok(),
-                false => None,
-            };
-            let made = match in_huge {
-                Some(mem) => Ok(mem),
-                None => SharedMemory::create("mooncake-pool", len, true).inspect(|_| {
-                    log_shmem_page_policy(len);
-                }),
-            };
+            let made = huge_or_ordinary(
+                huge,
+                len,
+                SharedMemory::len,
+                || SharedMemory::create_reserved_huge("mooncake-pool", len),
+                || {
+                    SharedMemory::create("mooncake-pool", len, true)
+                        .inspect(|_| log_shmem_page_policy(len))
+                },
+            );
             match made {
                 Ok(mem) => {
                     let mem = Arc::new(mem);
@@ -120,20 +134,13 @@ impl PoolMemory {
                 ),
             }
         }
-        let buffer = if huge {
-            match AlignedBuffer::reserved_huge(len) {
-                Ok(b) => {
-                    log_reserved_huge(len, b.len());
-                    b
-                }
-                Err(e) => {
-                    warn_no_huge_pages(len, &e);
-                    AlignedBuffer::populated(len)?
-                }
-            }
-        } else {
-            AlignedBuffer::populated(len)?
-        };
+        let buffer = huge_or_ordinary(
+            huge,
+            len,
+            AlignedBuffer::len,
+            || AlignedBuffer::reserved_huge(len),
+            || AlignedBuffer::populated(len),
+        )?;
         // SAFETY: the buffer is owned by `Inner` (in `MountedSegment`) and unregistered in
         // `Inner::drop` before it is freed.
         unsafe {

@@ -22,6 +22,11 @@ impl LocalTransport {
     pub fn new(registry: Arc<MemoryRegistry>, copier: Arc<CopyPool>) -> Self {
         LocalTransport { registry, copier }
     }
+
+    /// The copy threads (the engine's, shared with its other memcpy transports).
+    pub fn copy_pool(&self) -> &CopyPool {
+        &self.copier
+    }
 }
 
 impl Transport for LocalTransport {

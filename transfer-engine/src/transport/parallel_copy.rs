@@ -62,7 +62,7 @@ fn writes_overlap(copies: &[HostCopy]) -> bool {
 /// The pieces `copies` run as on `threads` threads, each with the index of its copy, or
 /// `None` when one thread should run them as they are, in order (one thread, too few bytes, or
 /// overlapping writes).
-pub fn plan(copies: &[HostCopy], threads: usize) -> Option<Vec<(usize, HostCopy)>> {
+pub(crate) fn plan(copies: &[HostCopy], threads: usize) -> Option<Vec<(usize, HostCopy)>> {
     let total: u64 = copies.iter().map(|c| c.len).sum();
     if threads < 2 || total < PARALLEL_MIN || writes_overlap(copies) {
         return None;
@@ -90,7 +90,7 @@ pub fn plan(copies: &[HostCopy], threads: usize) -> Option<Vec<(usize, HostCopy)
 
 /// `pieces` in `groups` runs of consecutive pieces with about equal bytes (for copies a
 /// driver runs one call per group).
-pub fn group(pieces: Vec<(usize, HostCopy)>, groups: usize) -> Vec<Vec<(usize, HostCopy)>> {
+pub(crate) fn group(pieces: Vec<(usize, HostCopy)>, groups: usize) -> Vec<Vec<(usize, HostCopy)>> {
     let total: u64 = pieces.iter().map(|(_, c)| c.len).sum();
     let share = total.div_ceil(groups.max(1) as u64).max(1);
     let mut out: Vec<Vec<(usize, HostCopy)>> = vec![Vec::new()];

@@ -164,3 +164,12 @@ pub fn write_whole_and_check(
     e.free_batch(batch).unwrap();
     assert_eq!(src.as_slice(), dst.as_slice());
 }
+
+/// Runs `reqs` as one batch of `e` and returns each request's status.
+pub fn run(e: &Engine, reqs: &[TransferRequest]) -> Vec<TransferStatus> {
+    let b = e.allocate_batch(reqs.len()).unwrap();
+    e.submit(b, reqs).unwrap();
+    let st = e.wait(b).unwrap();
+    e.free_batch(b).unwrap();
+    st
+}

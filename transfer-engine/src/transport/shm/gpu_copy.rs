@@ -6,9 +6,11 @@
 //! host, 64 × 1 MiB from a peer's pool into GPU memory ran at 5.4-5.8 GB/s with one copy
 //! thread or eight, below the TCP transport's 9.2 (which receives into pinned buffers on four
 //! connections). Here each copy thread moves its share of a large batch between the mapping
-//! and pinned staging with memcpy and has the driver copy the staging in one call: the
-//! memcpys run side by side, and the driver's DMA from pinned memory is several times faster
-//! than either.
+//! and pinned staging with memcpy, 1 MiB rounds through two buffers in turn, and has the
+//! driver copy each round in one call while it fills the next: the memcpys run side by side,
+//! and the driver's DMA from pinned memory is several times faster than either.
+
+use std::collections::BTreeMap;
 
 use crate::batch::CompletionSink;
 use crate::transport::local::{run_device_copies, Copy};
@@ -74,10 +76,11 @@ struct Round {
     bytes: usize,
 }
 
-/// Cuts `pieces` into rounds (in order, pieces cut where a round fills up), and returns them
-/// with the pieces no staging helps (device to device).
+/// Cuts `pieces` into rounds (pieces cut where a round fills up), grouped by device and
+/// direction and in order within each, and returns them with the pieces no staging helps
+/// (device to device).
 fn rounds(pieces: &[(usize, Copy)]) -> (Vec<Round>, Vec<(usize, Copy)>) {
-    let mut rounds: Vec<Round> = Vec::new();
+    let mut by_kind: BTreeMap<(u32, bool), Vec<Round>> = BTreeMap::new();
     let mut direct = Vec::new();
     for &(i, c) in pieces {
         let (device, up) = match (c.src_loc, c.dst_loc) {
@@ -88,23 +91,18 @@ fn rounds(pieces: &[(usize, Copy)]) -> (Vec<Round>, Vec<(usize, Copy)>) {
                 continue;
             }
         };
+        let kind = by_kind.entry((device, up)).or_default();
         let mut at = 0;
         while at < c.len {
-            let open = rounds
-                .iter()
-                .rposition(|r| r.device == device && r.up == up && r.bytes < STAGE);
-            let r = match open {
-                Some(k) => &mut rounds[k],
-                None => {
-                    rounds.push(Round {
-                        device,
-                        up,
-                        pieces: Vec::new(),
-                        bytes: 0,
-                    });
-                    rounds.last_mut().expect("just pushed")
-                }
-            };
+            if kind.last().is_none_or(|r| r.bytes == STAGE) {
+                kind.push(Round {
+                    device,
+                    up,
+                    pieces: Vec::new(),
+                    bytes: 0,
+                });
+            }
+            let Some(r) = kind.last_mut() else { break };
             let len = ((STAGE - r.bytes) as u64).min(c.len - at);
             r.pieces.push((
                 i,
@@ -119,7 +117,7 @@ fn rounds(pieces: &[(usize, Copy)]) -> (Vec<Round>, Vec<(usize, Copy)>) {
             at += len;
         }
     }
-    (rounds, direct)
+    (by_kind.into_values().flatten().collect(), direct)
 }
 
 /// Runs one thread's pieces `(copy, piece)`; one outcome per piece.
@@ -131,14 +129,8 @@ unsafe fn staged(pieces: &[(usize, Copy)]) -> Vec<(usize, Result<(), String>)> {
     let (rounds, mut direct) = rounds(pieces);
     // Per device and direction: the rounds go through two pinned buffers in turn, so that
     // one round's memcpy overlaps the previous round's DMA.
-    let mut kinds: Vec<(u32, bool)> = rounds.iter().map(|r| (r.device, r.up)).collect();
-    kinds.sort_unstable();
-    kinds.dedup();
-    for (device, up) in kinds {
-        let these: Vec<&Round> = rounds
-            .iter()
-            .filter(|r| r.device == device && r.up == up)
-            .collect();
+    for these in rounds.chunk_by(|a, b| (a.device, a.up) == (b.device, b.up)) {
+        let device = these[0].device;
         let mut bufs = [
             gpu::Staging::new(device, STAGE),
             gpu::Staging::new(device, STAGE),
@@ -153,17 +145,16 @@ unsafe fn staged(pieces: &[(usize, Copy)]) -> Vec<(usize, Result<(), String>)> {
         // buffer; `copy_rounds` runs round k only once round k - 2 (the same buffer's last
         // use) has landed and been spread, and spreads round k only once it has landed; the
         // pieces' ranges are the caller's, valid for the call.
-        let fill = |k: usize| unsafe { round_copies(these[k], base[k % 2]) };
-        let spread = |k: usize| unsafe { spread_round(these[k], base[k % 2]) };
+        let fill = |k: usize| unsafe { round_copies(&these[k], base[k % 2]) };
+        let spread = |k: usize| unsafe { spread_round(&these[k], base[k % 2]) };
         // SAFETY: the copies `fill` returns lie in the caller's device ranges and the pinned
-        // buffers, which live until after the call.
+        // buffers, which live until the end of this iteration, after the call has drained.
         let r = unsafe { gpu::copy_rounds(device, these.len(), fill, spread) };
         out.extend(
             these
                 .iter()
                 .flat_map(|round| round.pieces.iter().map(|(i, _)| (*i, r.clone()))),
         );
-        drop(bufs);
     }
     if !direct.is_empty() {
         let copies: Vec<gpu::GpuCopy> = direct.iter().map(|(_, c)| c.gpu()).collect();
