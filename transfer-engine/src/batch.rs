@@ -95,6 +95,26 @@ impl Batch {
         }
     }
 
+    /// Fails the requests of `range` that are still waiting; returns how many there were.
+    fn fail_waiting(&self, range: std::ops::Range<usize>) -> usize {
+        let mut lost = Vec::new();
+        {
+            let st = self.state.lock();
+            let end = range.end.min(st.statuses.len());
+            for i in range.start.min(end)..end {
+                if !st.statuses[i].is_done() {
+                    lost.push(i);
+                }
+            }
+        }
+        let n = lost.len();
+        if n > 0 {
+            let why = TransferStatus::failed("the transport dropped the request without a result");
+            self.finish_many(lost.into_iter().map(|i| (i, why.clone())));
+        }
+        n
+    }
+
     /// Status of request `index`.
     pub fn status(&self, index: usize) -> Result<TransferStatus, TransferError> {
         let st = self.state.lock();
@@ -138,31 +158,58 @@ impl Batch {
     }
 }
 
-/// Where a transport reports finished requests of one batch.
+/// Where a transport reports finished requests of one submission.
+///
+/// Clones share one guard over the submission's range of the batch: when the last clone is
+/// dropped, any request of that range still waiting fails. A transport that loses a request
+/// (a bug, a panic on one of its threads) then makes it fail instead of leaving `wait` and
+/// `completion` blocked forever.
 #[derive(Clone, Debug)]
 pub struct CompletionSink {
+    submission: Arc<Submission>,
+}
+
+#[derive(Debug)]
+struct Submission {
     batch: Arc<Batch>,
+    first: usize,
+    len: usize,
+}
+
+impl Drop for Submission {
+    fn drop(&mut self) {
+        let lost = self.batch.fail_waiting(self.first..self.first + self.len);
+        if lost > 0 {
+            tracing::error!(
+                batch = self.batch.id,
+                lost,
+                "requests dropped without a result; they fail"
+            );
+        }
+    }
 }
 
 impl CompletionSink {
-    /// A sink for `batch`.
-    pub fn new(batch: Arc<Batch>) -> Self {
-        CompletionSink { batch }
+    /// A sink for requests `first..first + len` of `batch` (as [`Batch::reserve`] gave them).
+    pub fn new(batch: Arc<Batch>, first: usize, len: usize) -> Self {
+        CompletionSink {
+            submission: Arc::new(Submission { batch, first, len }),
+        }
     }
 
     /// Finishes request `index` (its index in the batch).
     pub fn finish(&self, index: usize, status: TransferStatus) {
-        self.batch.finish(index, status);
+        self.submission.batch.finish(index, status);
     }
 
     /// Finishes several requests under one lock.
     pub fn finish_many(&self, items: impl IntoIterator<Item = (usize, TransferStatus)>) {
-        self.batch.finish_many(items);
+        self.submission.batch.finish_many(items);
     }
 
-    /// Whether two sinks report to the same batch.
-    pub fn same_batch(&self, other: &CompletionSink) -> bool {
-        Arc::ptr_eq(&self.batch, &other.batch)
+    /// Whether two sinks are clones of one (report for the same submission).
+    pub fn same_submission(&self, other: &CompletionSink) -> bool {
+        Arc::ptr_eq(&self.submission, &other.submission)
     }
 }
 
@@ -268,7 +315,7 @@ mod tests {
         let id = t.allocate(2).unwrap();
         let b = t.get(id).unwrap();
         b.reserve(2).unwrap();
-        let sink = CompletionSink::new(b.clone());
+        let sink = CompletionSink::new(b.clone(), 0, 2);
         let h = std::thread::spawn(move || {
             sink.finish(0, TransferStatus::completed(1));
             sink.finish(1, TransferStatus::completed(2));
@@ -281,5 +328,41 @@ mod tests {
         );
         let missing = futures::executor::block_on(t.completion(BatchId(999)));
         assert!(matches!(missing, Err(TransferError::BatchNotFound(999))));
+    }
+
+    #[test]
+    fn dropping_the_last_clone_fails_only_its_waiting_requests() {
+        let t = Arc::new(BatchTable::default());
+        let id = t.allocate(5).unwrap();
+        let b = t.get(id).unwrap();
+        let first = CompletionSink::new(b.clone(), b.reserve(3).unwrap(), 3);
+        let second = CompletionSink::new(b.clone(), b.reserve(2).unwrap(), 2);
+        first.finish(1, TransferStatus::completed(7));
+        let clone = first.clone();
+        drop(first);
+        assert_eq!(b.pending(), 4, "a live clone keeps the submission open");
+        let waiter = {
+            let b = b.clone();
+            std::thread::spawn(move || b.wait())
+        };
+        drop(clone);
+        assert_eq!(b.pending(), 2);
+        let lost = b.status(0).unwrap();
+        assert!(
+            matches!(&lost.state, TransferState::Failed(r) if r.contains("dropped")),
+            "{lost:?}"
+        );
+        assert_eq!(b.status(1).unwrap(), TransferStatus::completed(7));
+        assert_eq!(b.status(3).unwrap().state, TransferState::Waiting);
+        second.finish_many([
+            (3, TransferStatus::completed(1)),
+            (4, TransferStatus::timed_out()),
+        ]);
+        drop(second);
+        let all = waiter.join().unwrap();
+        assert_eq!(all[3], TransferStatus::completed(1));
+        assert_eq!(all[4].state, TransferState::TimedOut);
+        assert!(matches!(&all[2].state, TransferState::Failed(_)));
+        assert_eq!(b.pending(), 0);
     }
 }

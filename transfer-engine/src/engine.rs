@@ -416,7 +416,7 @@ impl Engine {
             return Ok(());
         }
         let base = b.reserve(requests.len())?;
-        let sink = CompletionSink::new(b);
+        let sink = CompletionSink::new(b, base, requests.len());
         let mut failed = Vec::new();
         let mut groups: Vec<TargetGroup> = Vec::new();
         self.inner.local.registry.with(|set| {

@@ -112,8 +112,8 @@ mod tests {
         let id = t.allocate(2).unwrap();
         let b = t.get(id).unwrap();
         b.reserve(2).unwrap();
-        let ok = RequestJoin::new(CompletionSink::new(b.clone()), 0, 30, 3);
-        let bad = RequestJoin::new(CompletionSink::new(b.clone()), 1, 30, 3);
+        let ok = RequestJoin::new(CompletionSink::new(b.clone(), 0, 1), 0, 30, 3);
+        let bad = RequestJoin::new(CompletionSink::new(b.clone(), 1, 1), 1, 30, 3);
         ok.part_done(PartOutcome::Done);
         ok.part_done(PartOutcome::Done);
         assert_eq!(b.status(0).unwrap().state, TransferState::Waiting);

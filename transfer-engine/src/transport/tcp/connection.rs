@@ -77,7 +77,7 @@ impl Completions {
         match part.done {
             PartDone::Join(j) => j.part_done(outcome),
             PartDone::Whole { sink, index } => {
-                if !self.sink.as_ref().is_some_and(|s| s.same_batch(&sink)) {
+                if !self.sink.as_ref().is_some_and(|s| s.same_submission(&sink)) {
                     self.flush();
                     self.sink = Some(sink);
                 }

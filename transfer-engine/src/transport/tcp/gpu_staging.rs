@@ -361,7 +361,7 @@ mod tests {
     fn sink() -> CompletionSink {
         let t = BatchTable::default();
         let b = t.get(t.allocate(1).unwrap()).unwrap();
-        CompletionSink::new(b)
+        CompletionSink::new(b, 0, 1)
     }
 
     fn part(local: u64, len: usize, index: usize, sink: &CompletionSink) -> Part {
