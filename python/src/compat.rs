@@ -7,12 +7,13 @@
 //! INVALID_PARAMS for every key. `metadata_server` is accepted and unused: segment
 //! descriptors travel peer to peer (Mooncake's P2PHANDSHAKE mode).
 
+use std::ffi::CString;
 use std::sync::{Arc, RwLock};
 
-use pyo3::exceptions::{PyRuntimeError, PyRuntimeWarning};
+use pyo3::exceptions::{PyRuntimeError, PyRuntimeWarning, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyDict};
 
 use mooncake_master::proto::ErrorCode;
 use store_client::{BlockingClient, BufferSlice, KeyResult};
@@ -80,11 +81,67 @@ impl ReplicateConfig {
     }
 }
 
-/// Status of a put: 0 or the negative code.
+/// Status of a put as Mooncake's client reports it: 0, also for a key that already exists
+/// (its client counts OBJECT_ALREADY_EXISTS as success: the object is there, and connectors
+/// saving the same prefix from several ranks must not see a failure), or the negative code.
 fn put_code(r: &KeyResult<u64>) -> i64 {
     match &r.result {
         Ok(_) => 0,
+        Err(e) if e.code == ErrorCode::ObjectAlreadyExists => 0,
         Err(e) => i64::from(e.code.code()),
+    }
+}
+
+/// Emits a `RuntimeWarning` (Python's warning filters decide whether and how often it shows).
+fn warn(py: Python<'_>, message: &str) -> PyResult<()> {
+    let message = CString::new(message.replace('\0', " ")).unwrap_or_default();
+    PyErr::warn(py, &py.get_type::<PyRuntimeWarning>(), &message, 1)
+}
+
+/// Checks `setup()`'s optional keyword settings (newer Mooncake versions' and SGLang's) and
+/// returns one line per setting that is accepted but ignored.
+///
+/// Decisions: `enable_client_http_server`, `client_http_port` (a per-client metrics server:
+/// this client's metrics are in `mooncake_rs.Store.metrics()`) and `ssd_offload_path` (only
+/// read when offload is on) change nothing the caller relies on, so they are ignored with a
+/// warning. `enable_ssd_offload=True` and a `tenant_id` other than None, "" or "default" would
+/// change semantics if ignored (objects believed to be on disk would be evicted; tenants would
+/// read each other's keys), so they raise a TypeError whose message names the setting, as a
+/// Mooncake without them does: SGLang then retries without SSD offload, or stops with its own
+/// message for tenants. Any other keyword is a TypeError naming it.
+fn setup_settings(settings: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<String>> {
+    let mut ignored = Vec::new();
+    let mut unknown = Vec::new();
+    for (name, value) in settings.into_iter().flat_map(|d| d.iter()) {
+        let name: String = name.extract()?;
+        match name.as_str() {
+            "enable_client_http_server" | "client_http_port" | "ssd_offload_path" => {
+                ignored.push(format!("{name}={} is ignored", value.repr()?));
+            }
+            "enable_ssd_offload" if value.is_truthy()? => {
+                return Err(PyTypeError::new_err(
+                    "setup() does not support enable_ssd_offload=True: this store has no SSD tier",
+                ));
+            }
+            "enable_ssd_offload" => {}
+            "tenant_id" => {
+                let t: Option<String> = value.extract()?;
+                if !matches!(t.as_deref().map(str::trim), None | Some("" | "default")) {
+                    return Err(PyTypeError::new_err(
+                        "setup() does not support tenant_id: this store has one key space",
+                    ));
+                }
+            }
+            _ => unknown.push(format!("'{name}'")),
+        }
+    }
+    if unknown.is_empty() {
+        Ok(ignored)
+    } else {
+        Err(PyTypeError::new_err(format!(
+            "setup() got unexpected keyword argument(s) {}",
+            unknown.join(", ")
+        )))
     }
 }
 
@@ -271,7 +328,15 @@ impl MooncakeDistributedStore {
     /// Connects: peers reach this client at `local_hostname`; it contributes
     /// `global_segment_size` bytes to the pool and stages copying calls through
     /// `local_buffer_size` bytes. 0 on success, else -1 with a warning saying why.
-    #[pyo3(signature = (local_hostname, metadata_server, global_segment_size = 3200 << 20, local_buffer_size = 512 << 20, protocol = "tcp", rdma_devices = "", master_server_addr = "127.0.0.1:50051"))]
+    ///
+    /// `engine` (Mooncake's shared `TransferEngine`) cannot be used: with one, this store
+    /// warns and runs its own engine on the host of `local_hostname` and a free port (the
+    /// caller passes the shared engine's `host:port`, whose port that engine holds). The
+    /// optional settings newer Mooncake versions take as keywords are checked by
+    /// [`setup_settings`]: harmless ones are ignored with a warning, ones whose loss would
+    /// change what the store does raise a TypeError naming them (as an older Mooncake does, so
+    /// callers such as SGLang retry without them or say what is missing).
+    #[pyo3(signature = (local_hostname, metadata_server, global_segment_size = 3200 << 20, local_buffer_size = 512 << 20, protocol = "tcp", rdma_devices = "", master_server_addr = "127.0.0.1:50051", engine = None, **settings))]
     #[allow(clippy::too_many_arguments)] // Mooncake's signature
     fn setup(
         &self,
@@ -283,8 +348,24 @@ impl MooncakeDistributedStore {
         protocol: &str,
         rdma_devices: &str,
         master_server_addr: &str,
+        engine: Option<&Bound<'_, PyAny>>,
+        settings: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<i64> {
         let _ = metadata_server;
+        for ignored in setup_settings(settings)? {
+            warn(py, &format!("MooncakeDistributedStore.setup: {ignored}"))?;
+        }
+        let local_hostname = match engine {
+            Some(_) => {
+                warn(
+                    py,
+                    "MooncakeDistributedStore.setup: an external transfer engine is not \
+                     supported; this store runs its own engine",
+                )?;
+                crate::without_port(local_hostname)
+            }
+            None => local_hostname,
+        };
         let args = ConnectArgs {
             master: master_server_addr,
             segment_size: global_segment_size,
@@ -299,17 +380,13 @@ impl MooncakeDistributedStore {
         });
         match connected {
             Ok(c) => {
-                *self.client.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(c));
+                let c = Arc::new(c);
+                crate::at_exit::track(&c);
+                *self.client.write().unwrap_or_else(|p| p.into_inner()) = Some(c);
                 Ok(0)
             }
             Err(e) => {
-                let why = format!("MooncakeDistributedStore.setup failed: {e}");
-                PyErr::warn(
-                    py,
-                    &py.get_type::<PyRuntimeWarning>(),
-                    &std::ffi::CString::new(why).unwrap_or_default(),
-                    1,
-                )?;
+                warn(py, &format!("MooncakeDistributedStore.setup failed: {e}"))?;
                 Ok(-1)
             }
         }

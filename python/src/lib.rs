@@ -10,9 +10,11 @@
 //! setups); deployments run the `mooncake-master` daemon. `MooncakeDistributedStore` and
 //! `ReplicateConfig` follow Mooncake's Python API (int status codes) for existing connectors.
 
+mod at_exit;
 mod compat;
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyValueError};
@@ -103,13 +105,24 @@ fn parse_protocol(p: &str) -> PyResult<Protocol> {
     }
 }
 
+/// `local_hostname` without its port: `host` of `host:port` or `[v6]:port`, anything else
+/// (a bare host or IPv6 address) as given.
+pub(crate) fn without_port(local_hostname: &str) -> &str {
+    match local_hostname.rsplit_once(':') {
+        Some((host, port))
+            if port.parse::<u16>().is_ok()
+                && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']'))) =>
+        {
+            host
+        }
+        _ => local_hostname,
+    }
+}
+
 /// The engine's listen address from `host`, `host:port`, `ip` or `[v6]:port` (port 0 when
 /// none is given: any free one). Peers connect to it, so it must be routable from them.
 fn listen_addr(local_hostname: &str) -> PyResult<SocketAddr> {
-    let has_port = local_hostname.parse::<SocketAddr>().is_ok()
-        || local_hostname
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.contains(':') && p.parse::<u16>().is_ok());
+    let has_port = without_port(local_hostname).len() != local_hostname.len();
     let resolved = if has_port {
         local_hostname.to_socket_addrs()
     } else {
@@ -155,7 +168,7 @@ impl ConnectArgs<'_> {
 /// A client of the KV-cache pool.
 #[pyclass(frozen, module = "mooncake_rs")]
 struct Store {
-    client: BlockingClient,
+    client: Arc<BlockingClient>,
 }
 
 impl Store {
@@ -221,6 +234,8 @@ impl Store {
         let client = py
             .detach(|| BlockingClient::connect(cfg))
             .map_err(|e| StoreError::new_err((-1, "CONNECT", e.to_string())))?;
+        let client = Arc::new(client);
+        at_exit::track(&client);
         Ok(Store { client })
     }
 
@@ -449,7 +464,8 @@ impl Store {
         py.import("json")?.call_method1("loads", (text,))
     }
 
-    /// Unmounts this client's segment and stops its tasks (also done when it is collected).
+    /// Unmounts this client's segment and stops its tasks (also done when it is collected,
+    /// and at interpreter exit).
     fn close(&self, py: Python<'_>) {
         py.detach(|| self.client.close());
     }
@@ -527,5 +543,6 @@ fn mooncake_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<compat::ReplicateConfig>()?;
     m.add_function(wrap_pyfunction!(error_name, m)?)?;
     m.add("StoreError", m.py().get_type::<StoreError>())?;
+    at_exit::register(m)?;
     Ok(())
 }

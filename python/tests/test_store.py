@@ -6,6 +6,10 @@ sees a CUDA device and is skipped elsewhere.
 """
 
 import ctypes
+import os
+import socket
+import subprocess
+import sys
 import threading
 import unittest
 import warnings
@@ -228,7 +232,7 @@ class CompatTest(unittest.TestCase):
     def test_copying_calls_return_status_codes(self):
         s = self.store
         self.assertEqual(s.put("c1", b"one"), 0)
-        self.assertEqual(mooncake_rs.error_name(s.put("c1", b"again")), "OBJECT_ALREADY_EXISTS")
+        self.assertEqual(s.put("c1", b"again"), 0)  # Mooncake: an existing key is success
         self.assertEqual(s.get("c1"), b"one")
         self.assertEqual(s.get("nope"), b"")
         self.assertEqual(s.is_exist("c1"), 1)
@@ -281,6 +285,35 @@ class CompatTest(unittest.TestCase):
             self.assertEqual(s.unregister_buffer(sa), 0)
             self.assertEqual(s.unregister_buffer(da), 0)
 
+    def test_put_of_an_existing_key_succeeds_as_in_mooncake(self):
+        s = self.store
+        self.assertEqual(s.put("dup/a", b"first"), 0)
+        self.assertEqual(s.put("dup/a", b"second"), 0)
+        self.assertEqual(s.put_parts("dup/a", b"third"), 0)
+        self.assertEqual(s.put_batch(["dup/a", "dup/b"], [b"fourth", b"bee"]), 0)
+        # The first object stays; the other keys of a batch are stored.
+        self.assertEqual(s.get("dup/a"), b"first")
+        self.assertEqual(s.get("dup/b"), b"bee")
+        buf = ctypes.create_string_buffer(64)
+        ptr = ctypes.addressof(buf)
+        self.assertEqual(s.register_buffer(ptr, 64), 0)
+        try:
+            self.assertEqual(s.put_from("dup/a", ptr, 8), 0)
+            self.assertEqual(s.batch_put_from(["dup/a", "dup/c"], [ptr, ptr + 8], [8, 8]), [0, 0])
+            self.assertEqual(s.batch_put_from_multi_buffers(["dup/b"], [[ptr, ptr + 4]], [[4, 4]]), [0])
+        finally:
+            self.assertEqual(s.unregister_buffer(ptr), 0)
+        self.assertEqual(s.get("dup/a"), b"first")
+        self.assertEqual(s.get_size("dup/c"), 8)
+        # Other failures are still reported.
+        self.assertEqual(mooncake_rs.error_name(s.put("", b"x")), "INVALID_KEY")
+        # The native API keeps reporting the existing key.
+        with self.assertRaises(StoreError) as e:
+            self.holder.put("dup/a", b"x")
+        self.assertEqual(e.exception.args[1], "OBJECT_ALREADY_EXISTS")
+        self.assertEqual([mooncake_rs.error_name(c) for c in self.holder.batch_put(["dup/b"], [b"x"])],
+                         ["OBJECT_ALREADY_EXISTS"])
+
     def test_get_into_ranges_fragments_of_several_keys(self):
         s = self.store
         k1, k2 = bytes(range(40)), bytes(range(100, 140))
@@ -331,7 +364,8 @@ class CompatTest(unittest.TestCase):
         s = self.store
         self.assertEqual(s.put_parts("parts/a", b"head-", bytearray(b"middle-"), b"tail"), 0)
         self.assertEqual(s.get("parts/a"), b"head-middle-tail")
-        self.assertEqual(mooncake_rs.error_name(s.put_parts("parts/a", b"again")), "OBJECT_ALREADY_EXISTS")
+        self.assertEqual(s.put_parts("parts/a", b"again"), 0)
+        self.assertEqual(s.get("parts/a"), b"head-middle-tail")
         self.assertEqual(s.put_parts("parts/b", b"x", config=ReplicateConfig()), 0)
         host, port = s.get_hostname().rsplit(":", 1)
         self.assertEqual(host, "127.0.0.1")
@@ -370,6 +404,106 @@ class CompatTest(unittest.TestCase):
         finally:
             worker.close()
             holder.close()
+            master.stop()
+
+    def test_setup_takes_mooncakes_engine_argument_and_keyword_settings(self):
+        addr = self.master.address
+        # SGLang's call: 8 positional arguments, the transfer engine usually None.
+        s = MooncakeDistributedStore()
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            self.assertEqual(s.setup("127.0.0.1", "P2PHANDSHAKE", 0, MIB, "tcp", "", addr, None), 0)
+        self.assertEqual(w, [])
+        self.assertEqual(s.put("setup/plain", b"v"), 0)
+        s.close()
+        # A shared engine: its session id's port is taken; this store listens elsewhere.
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        s = MooncakeDistributedStore()
+        try:
+            with warnings.catch_warnings(record=True) as w:
+                warnings.simplefilter("always")
+                rc = s.setup(f"127.0.0.1:{port}", "P2PHANDSHAKE", 0, MIB, "tcp", "", addr, engine=object())
+            self.assertEqual(rc, 0)
+            self.assertTrue(any("external transfer engine" in str(x.message) for x in w))
+            host, own = s.get_hostname().rsplit(":", 1)
+            self.assertEqual(host, "127.0.0.1")
+            self.assertNotEqual(int(own), port)
+            self.assertEqual(s.put("setup/engine", b"v"), 0)
+        finally:
+            s.close()
+            taken.close()
+        # Harmless settings: accepted, one warning each.
+        s = MooncakeDistributedStore()
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            rc = s.setup("127.0.0.1", "P2PHANDSHAKE", 0, MIB, "tcp", "", addr, None,
+                         enable_client_http_server=True, client_http_port=0,
+                         ssd_offload_path="/nonexistent", enable_ssd_offload=False, tenant_id="default")
+        self.assertEqual(rc, 0)
+        messages = [str(x.message) for x in w]
+        for name in ("enable_client_http_server", "client_http_port", "ssd_offload_path"):
+            self.assertEqual(sum(name in m for m in messages), 1, (name, messages))
+        self.assertEqual(len(messages), 3, messages)
+        s.close()
+        # Settings that would change what the store does, and unknown ones: TypeError naming them.
+        for kwargs, name in (({"enable_ssd_offload": True}, "enable_ssd_offload"),
+                             ({"tenant_id": "team-a"}, "tenant_id"),
+                             ({"bogus_option": 1}, "bogus_option")):
+            with self.assertRaises(TypeError) as e:
+                MooncakeDistributedStore().setup("127.0.0.1", "P2PHANDSHAKE", 0, MIB, "tcp", "", addr, None, **kwargs)
+            self.assertIn(name, str(e.exception))
+        # SGLang's loop: on a TypeError it drops the settings the message names and retries.
+        setup_kwargs = {"enable_client_http_server": True, "client_http_port": 9000,
+                        "enable_ssd_offload": True, "ssd_offload_path": "/ssd"}
+        s = MooncakeDistributedStore()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            while True:
+                try:
+                    rc = s.setup("127.0.0.1", "P2PHANDSHAKE", 0, MIB, "tcp", "", addr, None, **setup_kwargs)
+                    break
+                except TypeError as e:
+                    named = [k for k in setup_kwargs if k in str(e)]
+                    self.assertTrue(named, str(e))
+                    for k in named:
+                        setup_kwargs.pop(k)
+        self.assertEqual(rc, 0)
+        self.assertEqual(sorted(setup_kwargs), ["client_http_port", "enable_client_http_server", "ssd_offload_path"])
+        s.close()
+
+    def test_a_process_that_exits_without_close_unmounts_its_segment(self):
+        # The child's stores are never collected (a leaked reference, as when a worker exits
+        # with its store still referenced): only the atexit hook can unmount their segments.
+        master = Master()
+        try:
+            child = f"""
+import ctypes, mooncake_rs
+s = mooncake_rs.MooncakeDistributedStore()
+assert s.setup("127.0.0.1", "P2PHANDSHAKE", 4 << 20, 1 << 20, "tcp", "", "{master.address}") == 0
+assert s.put("exit/compat", b"c" * 1000) == 0
+n = mooncake_rs.Store("{master.address}", segment_size=4 << 20, protocol="tcp")
+n.put("exit/native", b"n" * 1000)
+for o in (s, n):
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(o))
+"""
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(
+                [os.path.dirname(os.path.abspath(mooncake_rs.__file__)), env.get("PYTHONPATH", "")])
+            done = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, timeout=60)
+            self.assertEqual(done.returncode, 0, done.stderr.decode())
+            probe = MooncakeDistributedStore()
+            self.assertEqual(probe.setup("127.0.0.1", "P2PHANDSHAKE", 0, MIB, "tcp", "", master.address), 0)
+            try:
+                # Unmounting dropped the segments' objects, and no segment is left to place in.
+                self.assertEqual(mooncake_rs.error_name(probe.get_size("exit/compat")), "OBJECT_NOT_FOUND")
+                self.assertEqual(mooncake_rs.error_name(probe.get_size("exit/native")), "OBJECT_NOT_FOUND")
+                self.assertEqual(mooncake_rs.error_name(probe.put("exit/after", b"x")), "NO_AVAILABLE_HANDLE")
+            finally:
+                probe.close()
+        finally:
             master.stop()
 
     def test_setup_first_and_failed_setup(self):

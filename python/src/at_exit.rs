@@ -1,0 +1,40 @@
+//! Closing at interpreter exit: every client this module opened and nobody closed is closed
+//! (its segment unmounted) from a Python `atexit` hook, as Mooncake's client does.
+//!
+//! Connectors rarely call `close()`, and a process that exits with its client still referenced
+//! never drops it, so without the hook the master would keep placing replicas in the dead
+//! segment, and serving its objects, until the client's TTL runs out. The registry holds weak
+//! references only: it never keeps a store alive.
+
+use std::sync::{Arc, Mutex, Weak};
+
+use pyo3::prelude::*;
+use store_client::BlockingClient;
+
+/// The clients opened by this process, as weak references.
+static OPEN: Mutex<Vec<Weak<BlockingClient>>> = Mutex::new(Vec::new());
+
+/// Registers a freshly connected client (dropping entries whose client is gone).
+pub(crate) fn track(client: &Arc<BlockingClient>) {
+    let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+    open.retain(|w| w.strong_count() > 0);
+    open.push(Arc::downgrade(client));
+}
+
+/// The `atexit` hook: closes every client still alive (closing twice is a no-op).
+#[pyfunction]
+fn close_open_stores(py: Python<'_>) {
+    let clients: Vec<Arc<BlockingClient>> =
+        std::mem::take(&mut *OPEN.lock().unwrap_or_else(|p| p.into_inner()))
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+    py.detach(|| clients.iter().for_each(|c| c.close()));
+}
+
+/// Registers the hook with Python's `atexit` module.
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let hook = wrap_pyfunction!(close_open_stores, m)?;
+    m.py().import("atexit")?.call_method1("register", (hook,))?;
+    Ok(())
+}
