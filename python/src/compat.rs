@@ -12,12 +12,12 @@ use std::sync::{Arc, RwLock};
 
 use pyo3::exceptions::{PyRuntimeError, PyRuntimeWarning, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 use mooncake_master::proto::ErrorCode;
 use store_client::{BlockingClient, BufferSlice, KeyResult};
 
+use crate::buffers::{buffer_bytes, buffer_handle};
 use crate::ConnectArgs;
 
 const INVALID_PARAMS: i64 = ErrorCode::InvalidParams as i64;
@@ -392,28 +392,32 @@ impl MooncakeDistributedStore {
         }
     }
 
-    /// 0, or a negative code.
+    /// Stores `value` (any object with the buffer protocol): 0, or a negative code.
     #[pyo3(signature = (key, value, config = None))]
     fn put(
         &self,
         py: Python<'_>,
         key: &str,
-        value: PyBackedBytes,
+        value: &Bound<'_, PyAny>,
         config: Option<ReplicateConfig>,
     ) -> PyResult<i64> {
-        self.put_value(py, key, &value, config)
+        self.put_value(py, key, &buffer_bytes(value)?, config)
     }
 
-    /// Stores the concatenation of `parts` (bytes or bytearray) under `key`: 0, or a negative
-    /// code.
+    /// Stores the concatenation of `parts` (objects with the buffer protocol) under `key`: 0,
+    /// or a negative code.
     #[pyo3(signature = (key, *parts, config = None))]
     fn put_parts(
         &self,
         py: Python<'_>,
         key: &str,
-        parts: Vec<PyBackedBytes>,
+        parts: &Bound<'_, PyTuple>,
         config: Option<ReplicateConfig>,
     ) -> PyResult<i64> {
+        let parts = parts
+            .iter()
+            .map(|p| buffer_bytes(&p))
+            .collect::<PyResult<Vec<_>>>()?;
         // The concatenation is made with the GIL released, as the put is.
         let value: Vec<u8> = py.detach(|| parts.iter().flat_map(|p| p.iter().copied()).collect());
         self.put_value(py, key, &value, config)
@@ -424,19 +428,24 @@ impl MooncakeDistributedStore {
         Ok(self.client()?.client().engine().name().to_string())
     }
 
-    /// 0 if every key was stored, else the first failing key's code.
+    /// Stores each value (objects with the buffer protocol) under its key: 0 if every key was
+    /// stored, else the first failing key's code.
     #[pyo3(signature = (keys, values, config = None))]
     fn put_batch(
         &self,
         py: Python<'_>,
         keys: Vec<String>,
-        values: Vec<PyBackedBytes>,
+        values: Vec<Bound<'_, PyAny>>,
         config: Option<ReplicateConfig>,
     ) -> PyResult<i64> {
         let client = self.client()?;
         if keys.len() != values.len() {
             return Ok(INVALID_PARAMS);
         }
+        let values = values
+            .iter()
+            .map(buffer_bytes)
+            .collect::<PyResult<Vec<_>>>()?;
         let cfg = ReplicateConfig::to_store(config.as_ref());
         let items: Vec<(&str, &[u8])> = keys
             .iter()
@@ -465,6 +474,27 @@ impl MooncakeDistributedStore {
         Ok(r.iter()
             .map(|r| PyBytes::new(py, r.value().map_or(&[][..], Vec::as_slice)))
             .collect())
+    }
+
+    /// The object under `key` as a `BufferHandle` (bytes with Mooncake's `ptr()` and
+    /// `size()`), or None when it cannot be read.
+    fn get_buffer<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let client = self.client()?;
+        let r = py.detach(|| client.get(key));
+        r.result.ok().map(|v| buffer_handle(py, v)).transpose()
+    }
+
+    /// Per key a `BufferHandle`, or None for a key that cannot be read.
+    fn batch_get_buffer<'py>(
+        &self,
+        py: Python<'py>,
+        keys: Vec<String>,
+    ) -> PyResult<Vec<Option<Bound<'py, PyAny>>>> {
+        let client = self.client()?;
+        let r = py.detach(|| client.batch_get(&keys));
+        r.into_iter()
+            .map(|r| r.result.ok().map(|v| buffer_handle(py, v)).transpose())
+            .collect()
     }
 
     /// 1 if the key exists, 0 if not, or a negative code.

@@ -11,6 +11,7 @@
 //! `ReplicateConfig` follow Mooncake's Python API (int status codes) for existing connectors.
 
 mod at_exit;
+mod buffers;
 mod compat;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -543,6 +544,7 @@ fn mooncake_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<compat::ReplicateConfig>()?;
     m.add_function(wrap_pyfunction!(error_name, m)?)?;
     m.add("StoreError", m.py().get_type::<StoreError>())?;
+    buffers::register(m)?;
     at_exit::register(m)?;
     Ok(())
 }

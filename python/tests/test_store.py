@@ -5,6 +5,7 @@ Run with `scripts/python-test` (builds the extension first). The GPU test runs w
 sees a CUDA device and is skipped elsewhere.
 """
 
+import array
 import ctypes
 import os
 import socket
@@ -370,6 +371,41 @@ class CompatTest(unittest.TestCase):
         host, port = s.get_hostname().rsplit(":", 1)
         self.assertEqual(host, "127.0.0.1")
         self.assertGreater(int(port), 0)
+
+    def test_puts_take_any_buffer_and_get_buffer_returns_handles(self):
+        s = self.store
+        # LMCache: a metadata header, then the chunk as a memoryview of a ctypes array.
+        chunk = (ctypes.c_ubyte * 100)(*range(100))
+        self.assertEqual(s.put_parts("buf/lm", b"hdr", memoryview(chunk)), 0)
+        handles = s.batch_get_buffer(["buf/lm", "buf/none"])
+        self.assertEqual(len(handles), 2)
+        h = handles[0]
+        self.assertIsNone(handles[1])
+        self.assertIsInstance(h, mooncake_rs.BufferHandle)
+        self.assertEqual((len(h), h.size()), (103, 103))
+        self.assertEqual(bytes(memoryview(h)[:3]), b"hdr")
+        self.assertEqual(bytes(h), b"hdr" + bytes(range(100)))
+        self.assertEqual(ctypes.string_at(h.ptr(), h.size()), bytes(h))
+        self.assertIsNone(s.get_buffer("buf/none"))
+        self.assertEqual(bytes(s.get_buffer("buf/lm")), bytes(h))
+        # memoryview (also strided), array.array, ctypes arrays, bytearray.
+        self.assertEqual(s.put("buf/mv", memoryview(b"x" * 10)), 0)
+        self.assertEqual(s.put("buf/strided", memoryview(bytes(range(10)))[::2]), 0)
+        ints = array.array("i", [1, -2, 3])
+        self.assertEqual(s.put("buf/array", ints), 0)
+        floats = (ctypes.c_float * 4)(0.5, 1.5, 2.5, 3.5)
+        self.assertEqual(s.put_batch(["buf/floats", "buf/ba"], [floats, bytearray(b"ba")]), 0)
+        self.assertEqual(s.get_batch(["buf/mv", "buf/strided", "buf/array", "buf/floats", "buf/ba"]),
+                         [b"x" * 10, bytes([0, 2, 4, 6, 8]), ints.tobytes(), bytes(floats), b"ba"])
+        # Objects without the buffer protocol are refused, nothing is stored.
+        for bad in (5, "text", [1, 2]):
+            with self.assertRaises(TypeError):
+                s.put("buf/bad", bad)
+            with self.assertRaises(TypeError):
+                s.put_parts("buf/bad", b"ok", bad)
+            with self.assertRaises(TypeError):
+                s.put_batch(["buf/bad"], [bad])
+        self.assertEqual(s.is_exist("buf/bad"), 0)
 
     def test_sizes_and_remove_all(self):
         s = self.store
