@@ -1,9 +1,10 @@
 //! Async RPC client of the master (used by store-client).
 //!
 //! One TCP connection carries many requests at once, matched to responses by request id. The
-//! address is either `host:port` or `etcd://h1:p1,h2:p2[/cluster-id]`; with etcd the client
-//! looks up the elected leader and, when the connection drops, looks it up again, so that it
-//! follows failovers. A call whose connection breaks fails with `RPC_FAIL` (the caller decides
+//! address is either `host:port` or `etcd://h1:p1;h2:p2[/cluster-id]` (`;` as in Mooncake, or
+//! `,`, between endpoints; without a cluster id, `$MC_STORE_CLUSTER_ID`, else
+//! `mooncake_cluster`); with etcd the client looks up the elected leader and, when the
+//! connection drops, looks it up again, so that it follows failovers. A call whose connection breaks fails with `RPC_FAIL` (the caller decides
 //! whether to retry); the next call reconnects.
 //!
 //! ```no_run
@@ -32,7 +33,7 @@ use crate::codec::{
     client_handshake, decode_payload, encode_frame, read_frame, FrameError, DEFAULT_MAX_FRAME,
 };
 use crate::frame_sink::{frame_sink, FrameSink, SinkError};
-use crate::ha::{self, DEFAULT_CLUSTER_ID};
+use crate::ha;
 use crate::proto::{
     BatchResult, ClientId, ErrorCode, HeldObject, PingResponse, ReplicaDescriptor, ReplicateConfig,
     Request, Response, Segment, SegmentId,
@@ -43,7 +44,7 @@ use crate::proto::{
 pub enum RpcError {
     /// The address string is not `host:port` or `etcd://…`.
     #[error(
-        "invalid master address {0:?}: use host:port or etcd://host:port[,host:port][/cluster-id]"
+        "invalid master address {0:?}: use host:port or etcd://host:port[;host:port][/cluster-id]"
     )]
     InvalidAddress(String),
     /// Socket error.
@@ -113,15 +114,25 @@ enum Target {
 }
 
 fn parse_target(addr: &str) -> Result<Target, RpcError> {
+    parse_target_with(addr, ha::default_cluster_id)
+}
+
+/// Parses `host:port` or `etcd://h1:p1;h2:p2[/cluster-id]` (`;` as in Mooncake, or `,`);
+/// without a cluster id the etcd form takes `default_cluster()`.
+fn parse_target_with(
+    addr: &str,
+    default_cluster: impl FnOnce() -> String,
+) -> Result<Target, RpcError> {
     let bad = || RpcError::InvalidAddress(addr.to_string());
     if let Some(rest) = addr.strip_prefix("etcd://") {
         let (hosts, cluster) = match rest.split_once('/') {
             Some((h, c)) if !c.is_empty() => (h, c.to_string()),
-            Some((h, _)) => (h, DEFAULT_CLUSTER_ID.to_string()),
-            None => (rest, DEFAULT_CLUSTER_ID.to_string()),
+            Some((h, _)) => (h, default_cluster()),
+            None => (rest, default_cluster()),
         };
         let endpoints: Vec<String> = hosts
-            .split(',')
+            .split([',', ';'])
+            .map(str::trim)
             .filter(|h| !h.is_empty())
             .map(str::to_string)
             .collect();
@@ -176,7 +187,7 @@ pub struct MasterClient {
 }
 
 impl MasterClient {
-    /// Connects to `addr` (`host:port` or `etcd://h1:p1,h2:p2[/cluster-id]`).
+    /// Connects to `addr` (`host:port` or `etcd://h1:p1;h2:p2[/cluster-id]`).
     pub async fn connect(addr: &str) -> Result<MasterClient, RpcError> {
         Self::connect_with(addr, ClientOptions::default()).await
     }
@@ -637,26 +648,62 @@ mod tests {
 
     #[test]
     fn addresses_parse() {
+        let fixed = || "fixed".to_string();
         assert!(matches!(
             parse_target("127.0.0.1:5").unwrap(),
             Target::Direct(_)
         ));
-        match parse_target("etcd://a:1,b:2/c1").unwrap() {
+        let etcd = |addr: &str| match parse_target_with(addr, fixed).unwrap() {
+            Target::Etcd {
+                endpoints,
+                cluster_id,
+            } => (endpoints, cluster_id),
+            t => panic!("{t:?}"),
+        };
+        assert_eq!(
+            etcd("etcd://a:1,b:2/c1"),
+            (vec!["a:1".into(), "b:2".into()], "c1".into())
+        );
+        // Mooncake's separator, mixed separators, stray ones.
+        assert_eq!(
+            etcd("etcd://a:1;b:2"),
+            (vec!["a:1".into(), "b:2".into()], "fixed".into())
+        );
+        assert_eq!(
+            etcd("etcd://a:1;b:2,c:3;/c2"),
+            (vec!["a:1".into(), "b:2".into(), "c:3".into()], "c2".into())
+        );
+        assert_eq!(etcd("etcd://a:1/"), (vec!["a:1".into()], "fixed".into()));
+        for bad in [
+            "",
+            "nohost",
+            "etcd://",
+            "etcd://;,",
+            "etcd://;/c",
+            "h:notaport",
+            ":5",
+        ] {
+            assert!(parse_target_with(bad, fixed).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cluster_id_defaults_from_mc_store_cluster_id() {
+        use crate::ha::{cluster_id_or_default, DEFAULT_CLUSTER_ID};
+        assert_eq!(cluster_id_or_default(Some("x")), "x");
+        assert_eq!(cluster_id_or_default(Some("")), DEFAULT_CLUSTER_ID);
+        assert_eq!(cluster_id_or_default(None), DEFAULT_CLUSTER_ID);
+        // parse_target reads the real environment of this process.
+        let want = cluster_id_or_default(std::env::var(ha::CLUSTER_ID_ENV).ok().as_deref());
+        match parse_target("etcd://a:1;b:2").unwrap() {
             Target::Etcd {
                 endpoints,
                 cluster_id,
             } => {
-                assert_eq!(endpoints, vec!["a:1", "b:2"]);
-                assert_eq!(cluster_id, "c1");
+                assert_eq!(endpoints.len(), 2);
+                assert_eq!(cluster_id, want);
             }
             t => panic!("{t:?}"),
-        }
-        match parse_target("etcd://a:1").unwrap() {
-            Target::Etcd { cluster_id, .. } => assert_eq!(cluster_id, DEFAULT_CLUSTER_ID),
-            t => panic!("{t:?}"),
-        }
-        for bad in ["", "nohost", "etcd://", "h:notaport", ":5"] {
-            assert!(parse_target(bad).is_err(), "{bad}");
         }
     }
 }

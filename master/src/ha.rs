@@ -16,6 +16,23 @@ use tokio::sync::watch;
 /// Mooncake's default cluster id.
 pub const DEFAULT_CLUSTER_ID: &str = "mooncake_cluster";
 
+/// Environment variable that, as in Mooncake, names the cluster when an address or the
+/// master's command line gives none.
+pub const CLUSTER_ID_ENV: &str = "MC_STORE_CLUSTER_ID";
+
+/// The cluster id to use when none is given: `$MC_STORE_CLUSTER_ID` when set and not empty,
+/// else [`DEFAULT_CLUSTER_ID`].
+pub fn default_cluster_id() -> String {
+    cluster_id_or_default(std::env::var(CLUSTER_ID_ENV).ok().as_deref())
+}
+
+/// [`default_cluster_id`] given the variable's value.
+pub fn cluster_id_or_default(env: Option<&str>) -> String {
+    env.filter(|s| !s.is_empty())
+        .unwrap_or(DEFAULT_CLUSTER_ID)
+        .to_string()
+}
+
 /// etcd connection and election settings.
 #[derive(Clone, Debug)]
 pub struct EtcdConfig {

@@ -4,16 +4,29 @@
 //! Without `--etcd-endpoints` it is a single master; with them it joins the leader election of
 //! `--cluster-id` and serves only while leader. SIGTERM/SIGINT shut it down gracefully (a
 //! leader resigns so that a standby takes over at once).
+//!
+//! Command lines written for Mooncake's C++ `mooncake_master` (gflags: `--port=50051`,
+//! `-eviction_high_watermark_ratio=0.7`, `--enable_ha --etcd_endpoints=a:2379;b:2379`, ...)
+//! work too: see [`mooncake_flags`] for how they translate.
+
+mod mooncake_flags;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
-use mooncake_master::ha::{EtcdConfig, DEFAULT_CLUSTER_ID};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use mooncake_master::ha::{self, EtcdConfig, DEFAULT_CLUSTER_ID};
 use mooncake_master::placement::AllocationStrategy;
 use mooncake_master::service::ServiceConfig;
 use mooncake_master::{MasterConfig, MasterServer};
+
+const DEFAULT_RPC_ADDR: &str = "0.0.0.0:50051";
+const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:9003";
+const RPC_ADDR_ENV: &str = "MOONCAKE_MASTER_RPC_ADDR";
+const HTTP_ADDR_ENV: &str = "MOONCAKE_MASTER_HTTP_ADDR";
+const ETCD_ENDPOINTS_ENV: &str = "MOONCAKE_MASTER_ETCD_ENDPOINTS";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -23,22 +36,14 @@ use mooncake_master::{MasterConfig, MasterServer};
 )]
 struct Args {
     /// RPC listen address.
-    #[arg(
-        long,
-        env = "MOONCAKE_MASTER_RPC_ADDR",
-        default_value = "0.0.0.0:50051"
-    )]
+    #[arg(long, env = RPC_ADDR_ENV, default_value = DEFAULT_RPC_ADDR)]
     rpc_addr: SocketAddr,
     /// Address published to clients through etcd (default: the RPC address; set it when
     /// listening on 0.0.0.0).
     #[arg(long, env = "MOONCAKE_MASTER_ADVERTISE_ADDR")]
     advertise_addr: Option<String>,
-    /// Admin HTTP address for /metrics, /health and /role.
-    #[arg(
-        long,
-        env = "MOONCAKE_MASTER_HTTP_ADDR",
-        default_value = "0.0.0.0:9003"
-    )]
+    /// Admin HTTP address for /metrics, /health, /role and Mooncake's admin routes.
+    #[arg(long, env = HTTP_ADDR_ENV, default_value = DEFAULT_HTTP_ADDR)]
     http_addr: SocketAddr,
     /// Disable the admin HTTP server.
     #[arg(long, env = "MOONCAKE_MASTER_NO_HTTP")]
@@ -86,10 +91,11 @@ struct Args {
     /// Index shards.
     #[arg(long, env = "MOONCAKE_MASTER_SHARDS", default_value_t = 128)]
     shards: usize,
-    /// etcd endpoints (comma separated host:port); enables HA leader election.
-    #[arg(long, env = "MOONCAKE_MASTER_ETCD_ENDPOINTS", value_delimiter = ',')]
+    /// etcd endpoints (host:port separated by ',' or ';'); enables HA leader election.
+    #[arg(long, env = ETCD_ENDPOINTS_ENV, value_delimiter = ',')]
     etcd_endpoints: Vec<String>,
-    /// Masters with the same cluster id elect one leader.
+    /// Masters with the same cluster id elect one leader (without this flag or its variable:
+    /// $MC_STORE_CLUSTER_ID, as in Mooncake, when set).
     #[arg(long, env = "MOONCAKE_MASTER_CLUSTER_ID", default_value = DEFAULT_CLUSTER_ID)]
     cluster_id: String,
     /// Leader lease TTL in seconds (failover takes about this long).
@@ -128,8 +134,13 @@ fn config(a: &Args) -> anyhow::Result<MasterConfig> {
         recovery_window: Duration::from_millis(a.recovery_window_ms.unwrap_or(a.lease_ttl_ms)),
         ..Default::default()
     };
-    let etcd = (!a.etcd_endpoints.is_empty()).then(|| EtcdConfig {
-        endpoints: a.etcd_endpoints.clone(),
+    let endpoints: Vec<String> = a
+        .etcd_endpoints
+        .iter()
+        .flat_map(|e| mooncake_flags::split_endpoints(e))
+        .collect();
+    let etcd = (!endpoints.is_empty()).then(|| EtcdConfig {
+        endpoints,
         cluster_id: a.cluster_id.clone(),
         lease_ttl_s: a.etcd_lease_ttl_s,
     });
@@ -154,6 +165,47 @@ async fn wait_for_signal() -> anyhow::Result<&'static str> {
     })
 }
 
+/// `--rpc-addr`/`--http-addr` as the environment or the default sets them: what Mooncake's
+/// port-only flags build on.
+fn env_addr(var: &'static str, default: &str) -> Result<SocketAddr, mooncake_flags::FlagError> {
+    let value = std::env::var(var).unwrap_or_else(|_| default.to_string());
+    value
+        .parse()
+        .map_err(|_| mooncake_flags::FlagError::BadEnv { var, value })
+}
+
+/// Parses the command line, Mooncake-style flags translated first.
+fn parse_args() -> anyhow::Result<Args> {
+    let mut argv = std::env::args_os();
+    let program = argv.next().unwrap_or_else(|| "mooncake-master".into());
+    let raw: Vec<String> = argv
+        .map(|a| {
+            a.into_string()
+                .map_err(|a| anyhow::anyhow!("argument {a:?} is not UTF-8"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let base = mooncake_flags::Base {
+        rpc_addr: env_addr(RPC_ADDR_ENV, DEFAULT_RPC_ADDR)?,
+        http_addr: env_addr(HTTP_ADDR_ENV, DEFAULT_HTTP_ADDR)?,
+        etcd_from_env: std::env::var(ETCD_ENDPOINTS_ENV).is_ok_and(|v| !v.trim().is_empty()),
+    };
+    let mut cmd = Args::command();
+    let t = mooncake_flags::translate(&raw, &mooncake_flags::OurFlags::of(&cmd), &base)?;
+    for w in &t.warnings {
+        tracing::warn!("{w}");
+    }
+    let matches = cmd
+        .try_get_matches_from_mut(
+            std::iter::once(program).chain(t.args.into_iter().map(Into::into)),
+        )
+        .unwrap_or_else(|e| e.exit());
+    let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if matches.value_source("cluster_id") == Some(ValueSource::DefaultValue) {
+        args.cluster_id = ha::default_cluster_id();
+    }
+    Ok(args)
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -161,7 +213,13 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let args = Args::parse();
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+    };
     let cfg = config(&args)?;
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if args.threads > 0 {
@@ -178,4 +236,66 @@ fn main() -> anyhow::Result<()> {
         m.stop().await;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Mooncake command line, translated with our real clap flags, parsed by clap.
+    fn parse(line: &str) -> Args {
+        let raw: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+        let base = mooncake_flags::Base {
+            rpc_addr: DEFAULT_RPC_ADDR.parse().unwrap(),
+            http_addr: DEFAULT_HTTP_ADDR.parse().unwrap(),
+            etcd_from_env: false,
+        };
+        let t =
+            mooncake_flags::translate(&raw, &mooncake_flags::OurFlags::of(&Args::command()), &base)
+                .unwrap();
+        Args::try_parse_from(std::iter::once("mooncake-master".to_string()).chain(t.args)).unwrap()
+    }
+
+    #[test]
+    fn our_flags_come_from_clap() {
+        let f = mooncake_flags::OurFlags::of(&Args::command());
+        for v in [
+            "rpc-addr",
+            "http-addr",
+            "lease-ttl-ms",
+            "etcd-endpoints",
+            "threads",
+        ] {
+            assert!(f.with_value.contains(v), "{v}");
+        }
+        assert!(f.switches.contains("no-http"));
+    }
+
+    #[test]
+    fn mooncake_command_line_configures_the_master() {
+        let a = parse(
+            "--port=0 --metrics_port=0 --eviction_high_watermark_ratio=0.8 \
+             --default_kv_lease_ttl=5000 --client_ttl 20 --enable_gc=false -v=1 \
+             --rpc_thread_num=3 --enable_ha --etcd_endpoints=e1:2379;e2:2379 --cluster_id=c7",
+        );
+        let cfg = config(&a).unwrap();
+        assert_eq!(cfg.rpc_addr, "0.0.0.0:0".parse().unwrap());
+        assert_eq!(cfg.http_addr, Some("0.0.0.0:0".parse().unwrap()));
+        assert_eq!(cfg.service.eviction_high_watermark, 0.8);
+        assert_eq!(cfg.service.lease_ttl, Duration::from_millis(5000));
+        assert_eq!(cfg.service.client_ttl, Duration::from_secs(20));
+        assert_eq!(a.threads, 3);
+        let etcd = cfg.etcd.unwrap();
+        assert_eq!(etcd.endpoints, vec!["e1:2379", "e2:2379"]);
+        assert_eq!(etcd.cluster_id, "c7");
+    }
+
+    #[test]
+    fn our_etcd_endpoints_accept_semicolons() {
+        let a = parse("--etcd-endpoints a:1;b:2,c:3");
+        assert_eq!(
+            config(&a).unwrap().etcd.unwrap().endpoints,
+            vec!["a:1", "b:2", "c:3"]
+        );
+    }
 }
