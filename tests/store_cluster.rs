@@ -8,7 +8,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, master, reader, reader_with, value, Holder};
+use common::{eventually, master, master_with, reader, reader_with, value, Holder};
+use mooncake_master::service::ServiceConfig;
 use store_client::{BufferSlice, ErrorCode, OpKind, ReplicateConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,6 +214,52 @@ async fn remount_after_expiry(shm: bool) {
     .await;
     assert_eq!(c.get("after").await.value(), Some(&v));
     assert_eq!(c.engine().shm_stats().peers > 0, shm);
+    c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_outlasts_its_lease_fails_instead_of_answering_bytes() {
+    // Once a read lease has run out the master may give the space to another object, so bytes
+    // that arrive later cannot be trusted. A paused holder makes the transfer outlast it.
+    let lease = Duration::from_millis(300);
+    let m = master_with(ServiceConfig {
+        lease_ttl: lease,
+        client_ttl: Duration::from_secs(30),
+        ..ServiceConfig::default()
+    })
+    .await;
+    let addr = m.rpc_addr().to_string();
+    let holder = Holder::spawn(&addr, "16M", 1000);
+    let c = reader(&addr, false).await;
+    let (keys, vals) =
+        put_objects(&c, "leased", 2, |i| 65536 + i, ReplicateConfig::default()).await;
+    assert_eq!(
+        c.get(&keys[0]).await.value(),
+        Some(&vals[0]),
+        "a prompt read"
+    );
+
+    holder.signal("STOP");
+    let one = {
+        let (c, key) = (c.clone(), keys[0].clone());
+        tokio::spawn(async move { c.get(&key).await })
+    };
+    let both = {
+        let (c, keys) = (c.clone(), keys.clone());
+        tokio::spawn(async move { c.batch_get(&keys).await })
+    };
+    tokio::time::sleep(lease * 3).await;
+    holder.signal("CONT");
+    let (one, both) = (one.await.unwrap(), both.await.unwrap());
+    assert_eq!(one.code(), ErrorCode::LeaseExpired, "{:?}", one.latency);
+    for r in &both {
+        assert_eq!(r.code(), ErrorCode::LeaseExpired, "{:?}", r.latency);
+    }
+    // A new lookup takes a new lease.
+    let again = c.batch_get(&keys).await;
+    for (r, v) in again.iter().zip(&vals) {
+        assert_eq!(r.value(), Some(v));
+    }
     c.close().await;
 }
 

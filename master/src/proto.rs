@@ -12,7 +12,7 @@ pub type ClientId = uuid::Uuid;
 pub type SegmentId = uuid::Uuid;
 
 /// Protocol version exchanged in the handshake; bumped on any incompatible wire change.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Outcome of a batch call: the call itself may fail, otherwise one result per key.
 pub type BatchResult<T> = Result<Vec<Result<T, ErrorCode>>, ErrorCode>;
@@ -245,6 +245,10 @@ pub struct PingResponse {
     pub need_remount: bool,
     /// Leadership term of the answering master; changes on failover.
     pub view_version: u64,
+    /// How long the read lease of a GetReplicaList lasts, in milliseconds: a reader must have
+    /// finished moving an object's bytes within this time of asking for its replicas, since
+    /// the master may reuse the space afterwards.
+    pub lease_ttl_ms: u64,
 }
 
 /// An object a client reports on remount (after failover) so that the new leader keeps it

@@ -266,6 +266,7 @@ impl MasterService {
         PingResponse {
             need_remount: !known,
             view_version: self.cfg.view_version,
+            lease_ttl_ms: ms(self.cfg.lease_ttl),
         }
     }
 

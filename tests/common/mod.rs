@@ -103,11 +103,17 @@ impl Holder {
 
 /// An embedded master with a short client TTL (so liveness paths run in seconds).
 pub async fn master(client_ttl: Duration) -> RunningMaster {
+    master_with(ServiceConfig {
+        client_ttl,
+        ..ServiceConfig::default()
+    })
+    .await
+}
+
+/// An embedded master with these service settings.
+pub async fn master_with(service: ServiceConfig) -> RunningMaster {
     let cfg = MasterConfig {
-        service: ServiceConfig {
-            client_ttl,
-            ..ServiceConfig::default()
-        },
+        service,
         ..MasterConfig::default()
     };
     MasterServer::start(cfg).await.expect("start master")

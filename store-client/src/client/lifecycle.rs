@@ -1,5 +1,6 @@
 //! Heartbeats: ping the master every `ping_interval`; on NEED_REMOUNT (the master lost this
-//! client: TTL expiry, restart or a new leader) mount the segment again.
+//! client: TTL expiry, restart or a new leader) mount the segment again. Each answer also
+//! carries the master's read-lease time, which bounds how long a read may take.
 //!
 //! The task holds only a weak reference, so it ends when the last client clone is dropped
 //! (or after `close`).
@@ -8,6 +9,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 use super::Inner;
+
+/// The read lease assumed until the master's first heartbeat answer (its default).
+pub(crate) const ASSUMED_LEASE_TTL_MS: u64 = 10_000;
 
 pub(super) fn spawn_heartbeat(inner: &Arc<Inner>) {
     let weak = Arc::downgrade(inner);
@@ -33,18 +37,34 @@ async fn beat(weak: &Weak<Inner>) -> bool {
     if inner.closed.load(Ordering::Acquire) {
         return false;
     }
+    beat_once(&inner).await;
+    true
+}
+
+/// Pings the master once: records its lease time and remounts when it asks for that.
+pub(super) async fn beat_once(inner: &Inner) {
     match inner.master.ping(inner.id).await {
-        Ok(resp) if resp.need_remount => remount(&inner).await,
-        Ok(_) => {}
+        Ok(resp) => {
+            inner
+                .lease_ttl_ms
+                .store(resp.lease_ttl_ms, Ordering::Relaxed);
+            if resp.need_remount {
+                remount(inner).await;
+            }
+        }
         Err(code) => tracing::debug!(%code, "heartbeat failed; will retry"),
     }
-    true
 }
 
 /// Mounts this client's segment again after the master forgot it.
 pub(super) async fn remount(inner: &Inner) {
     let segments: Vec<_> = inner.mounted.iter().map(|m| m.segment.clone()).collect();
-    tracing::info!(client = %inner.id, segments = segments.len(), "master asked for a remount");
+    if segments.is_empty() {
+        // A client without a segment is new to every master it first pings.
+        tracing::debug!(client = %inner.id, "registering with the master");
+    } else {
+        tracing::info!(client = %inner.id, segments = segments.len(), "master asked for a remount");
+    }
     if let Err(code) = inner.master.remount_segments(inner.id, segments).await {
         tracing::warn!(%code, "remount failed; will retry on the next heartbeat");
     }

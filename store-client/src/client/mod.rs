@@ -15,7 +15,7 @@ pub(crate) mod write;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use mooncake_master::client::MasterClient;
@@ -178,6 +178,8 @@ pub(crate) struct Inner {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) closed: AtomicBool,
     pub(crate) runtime: tokio::runtime::Handle,
+    /// The master's read lease, in milliseconds, as its last heartbeat answer gave it.
+    pub(crate) lease_ttl_ms: AtomicU64,
 }
 
 /// A store client. Cheap to clone (all clones share one connection, engine and segment);
@@ -275,6 +277,7 @@ impl Client {
             metrics,
             closed: AtomicBool::new(false),
             runtime: tokio::runtime::Handle::current(),
+            lease_ttl_ms: AtomicU64::new(lifecycle::ASSUMED_LEASE_TTL_MS),
             config,
         });
         // Dropping `inner` on a failed mount unregisters the memory again.
@@ -296,6 +299,8 @@ impl Client {
             )),
             None => None,
         };
+        // The first heartbeat now: it tells this client how long its read leases last.
+        lifecycle::beat_once(&inner).await;
         lifecycle::spawn_heartbeat(&inner);
         let (get_batcher, put_batcher) = match inner.config.auto_batch {
             Some(policy) => (

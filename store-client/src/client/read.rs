@@ -287,8 +287,21 @@ impl Inner {
                 lo: lease.addr(),
                 hi: lease.addr() + lease.len(),
             };
-            let (outcomes, r) = self.read_targets(&mut targets, Some(scratch)).await;
-            retries += r;
+            let outcomes = match self.lease_expired(t0) {
+                // Too late to start: the replicas may hold other objects' bytes by now.
+                Some(e) => targets.iter().map(|_| Err(e.clone())).collect(),
+                None => {
+                    let (mut outcomes, r) = self.read_targets(&mut targets, Some(scratch)).await;
+                    retries += r;
+                    // Bytes that landed after the lease ran out may be another object's.
+                    if let Some(e) = self.lease_expired(t0) {
+                        for o in outcomes.iter_mut().filter(|o| o.is_ok()) {
+                            *o = Err(e.clone());
+                        }
+                    }
+                    outcomes
+                }
+            };
             // Values out of the staging lease into their own vectors; a large batch on the
             // engine's copy threads (allocation, page faults and memcpy alike).
             // The copy targets come first (one offset each); the rest are direct reads into
@@ -326,6 +339,23 @@ impl Inner {
             })
             .collect();
         (results, retries)
+    }
+
+    /// The error of reads whose lease, counted from `asked` (just before the replica lookup
+    /// was sent, so never later than the master's own count), has run out.
+    fn lease_expired(&self, asked: std::time::Instant) -> Option<KeyError> {
+        let ttl = self.lease_ttl_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let took = asked.elapsed();
+        (took >= std::time::Duration::from_millis(ttl)).then(|| {
+            KeyError::new(
+                ErrorCode::LeaseExpired,
+                format!(
+                    "the read took {} ms, longer than the master's {ttl} ms read lease: \
+                     the object's space may hold other bytes by now; read it again",
+                    took.as_millis()
+                ),
+            )
+        })
     }
 
     /// Reads every target, retrying failed ones on their next replica; one outcome per target.
