@@ -48,6 +48,13 @@ pub struct ReplicateConfig {
     /// Segment (`host:port`) to place the first copy in, if it has room.
     #[pyo3(get, set)]
     preferred_segment: String,
+    /// Segments tried next, in order (after `preferred_segment`), while they have room.
+    #[pyo3(get, set)]
+    preferred_segments: Vec<String>,
+    /// Try this client's own segment after the preferred ones (the only segment of this node
+    /// it knows; nothing changes for a client without a segment).
+    #[pyo3(get, set)]
+    prefer_alloc_in_same_node: bool,
 }
 
 #[pymethods]
@@ -59,26 +66,58 @@ impl ReplicateConfig {
             with_soft_pin: false,
             with_hard_pin: false,
             preferred_segment: String::new(),
+            preferred_segments: Vec::new(),
+            prefer_alloc_in_same_node: false,
         }
+    }
+
+    fn __repr__(&self) -> String {
+        let py_bool = |b: bool| if b { "True" } else { "False" };
+        format!(
+            "ReplicateConfig(replica_num={}, with_soft_pin={}, with_hard_pin={}, \
+             preferred_segment={:?}, preferred_segments={:?}, prefer_alloc_in_same_node={})",
+            self.replica_num,
+            py_bool(self.with_soft_pin),
+            py_bool(self.with_hard_pin),
+            self.preferred_segment,
+            self.preferred_segments,
+            py_bool(self.prefer_alloc_in_same_node),
+        )
+    }
+
+    fn __str__(&self) -> String {
+        self.__repr__()
     }
 }
 
 impl ReplicateConfig {
-    /// Taken by value from Python (a copy), so no borrow of the Python object is held while
-    /// a call runs without the GIL.
-    fn to_store(cfg: Option<&Self>) -> store_client::ReplicateConfig {
+    /// The store client's configuration; `own_segment` is this client's segment name, if it
+    /// has one. Taken by value from Python (a copy), so no borrow of the Python object is held
+    /// while a call runs without the GIL.
+    fn to_store(cfg: Option<&Self>, own_segment: Option<&str>) -> store_client::ReplicateConfig {
         let c = cfg.cloned().unwrap_or_else(Self::new);
+        let own = own_segment.filter(|_| c.prefer_alloc_in_same_node);
+        let mut preferred: Vec<String> = Vec::new();
+        let named = std::iter::once(c.preferred_segment.as_str())
+            .chain(c.preferred_segments.iter().map(String::as_str))
+            .chain(own);
+        for name in named {
+            if !name.is_empty() && !preferred.iter().any(|p| p == name) {
+                preferred.push(name.to_string());
+            }
+        }
         store_client::ReplicateConfig {
             replica_num: c.replica_num.max(1),
-            preferred_segments: if c.preferred_segment.is_empty() {
-                Vec::new()
-            } else {
-                vec![c.preferred_segment]
-            },
+            preferred_segments: preferred,
             soft_pin: c.with_soft_pin,
             hard_pin: c.with_hard_pin,
         }
     }
+}
+
+/// This client's segment name, if it contributes one.
+fn own_segment(client: &BlockingClient) -> Option<&str> {
+    client.client().segment().map(|s| s.name.as_str())
 }
 
 /// Status of a put as Mooncake's client reports it: 0, also for a key that already exists
@@ -278,7 +317,7 @@ impl MooncakeDistributedStore {
         config: Option<ReplicateConfig>,
     ) -> PyResult<i64> {
         let client = self.client()?;
-        let cfg = ReplicateConfig::to_store(config.as_ref());
+        let cfg = ReplicateConfig::to_store(config.as_ref(), own_segment(&client));
         let r = py.detach(|| client.batch_put_with(&[(key, value)], &cfg));
         Ok(r.first().map_or(INVALID_PARAMS, put_code))
     }
@@ -295,7 +334,7 @@ impl MooncakeDistributedStore {
         let Some(items) = items(&keys, &ptrs, &sizes) else {
             return Ok(vec![INVALID_PARAMS; keys.len()]);
         };
-        let cfg = ReplicateConfig::to_store(config);
+        let cfg = ReplicateConfig::to_store(config, own_segment(&client));
         let r = py.detach(|| client.batch_put_from_parts(&items, &cfg));
         Ok(r.iter().map(put_code).collect())
     }
@@ -446,7 +485,7 @@ impl MooncakeDistributedStore {
             .iter()
             .map(buffer_bytes)
             .collect::<PyResult<Vec<_>>>()?;
-        let cfg = ReplicateConfig::to_store(config.as_ref());
+        let cfg = ReplicateConfig::to_store(config.as_ref(), own_segment(&client));
         let items: Vec<(&str, &[u8])> = keys
             .iter()
             .map(String::as_str)
@@ -635,13 +674,18 @@ impl MooncakeDistributedStore {
     }
 
     /// Each object scattered into several registered ranges: per key bytes or a negative code.
+    /// Reads always prefer a replica in this client's segment, then one on this host, so
+    /// `prefer_alloc_in_same_node` is accepted and changes nothing.
+    #[pyo3(signature = (keys, all_buffer_ptrs, all_sizes, prefer_alloc_in_same_node = false))]
     fn batch_get_into_multi_buffers(
         &self,
         py: Python<'_>,
         keys: Vec<String>,
         all_buffer_ptrs: Vec<Vec<u64>>,
         all_sizes: Vec<Vec<u64>>,
+        prefer_alloc_in_same_node: bool,
     ) -> PyResult<Vec<i64>> {
+        let _ = prefer_alloc_in_same_node;
         self.get_many(py, keys, all_buffer_ptrs, all_sizes)
     }
 

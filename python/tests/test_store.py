@@ -407,6 +407,53 @@ class CompatTest(unittest.TestCase):
                 s.put_batch(["buf/bad"], [bad])
         self.assertEqual(s.is_exist("buf/bad"), 0)
 
+    def test_replicate_config_places_in_preferred_and_own_segments(self):
+        master = Master()
+        stores = []
+
+        def store(segment):
+            s = MooncakeDistributedStore()
+            self.assertEqual(s.setup("127.0.0.1", "P2PHANDSHAKE", segment, MIB, "tcp", "", master.address), 0)
+            stores.append(s)
+            return s
+
+        try:
+            b, c, w = store(4 * MIB), store(4 * MIB), store(0)
+            cfg = ReplicateConfig()
+            self.assertEqual((cfg.preferred_segments, cfg.prefer_alloc_in_same_node), ([], False))
+            cfg.preferred_segments = [b.get_hostname()]
+            self.assertEqual(cfg.preferred_segments, [b.get_hostname()])
+            text = str(cfg)
+            self.assertIn("replica_num=1", text)
+            self.assertIn(b.get_hostname(), text)
+            self.assertEqual(repr(cfg), text)
+            own = ReplicateConfig()
+            own.prefer_alloc_in_same_node = True
+            self.assertIn("prefer_alloc_in_same_node=True", str(own))
+            data = bytes(64 << 10)
+            for i in range(6):
+                self.assertEqual(w.put(f"pref/b{i}", data, cfg), 0)
+                self.assertEqual(c.put(f"pref/c{i}", data, own), 0)
+            # Closing b unmounts its segment: exactly the objects placed there go with it.
+            b.close()
+            self.assertEqual([mooncake_rs.error_name(w.get_size(f"pref/b{i}")) for i in range(6)],
+                             ["OBJECT_NOT_FOUND"] * 6)
+            self.assertEqual([w.get_size(f"pref/c{i}") for i in range(6)], [len(data)] * 6)
+            # Reads take (and ignore) the keyword: they prefer local replicas anyway.
+            buf = ctypes.create_string_buffer(2 * len(data))
+            ptr = ctypes.addressof(buf)
+            self.assertEqual(w.register_buffer(ptr, len(buf)), 0)
+            try:
+                got = w.batch_get_into_multi_buffers(["pref/c0", "pref/c1"], [[ptr], [ptr + len(data)]],
+                                                     [[len(data)], [len(data)]], prefer_alloc_in_same_node=True)
+                self.assertEqual(got, [len(data)] * 2)
+            finally:
+                self.assertEqual(w.unregister_buffer(ptr), 0)
+        finally:
+            for s in stores:
+                s.close()
+            master.stop()
+
     def test_sizes_and_remove_all(self):
         s = self.store
         self.assertEqual(s.put("sz/a", b"x" * 300), 0)
