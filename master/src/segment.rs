@@ -216,6 +216,30 @@ impl SegmentRegistry {
     /// A segment unmounted less than its quarantine ago is mounted but not allocated in until
     /// the quarantine ends.
     pub fn mount(&self, owner: ClientId, segment: Segment, now_ms: u64) -> Result<(), ErrorCode> {
+        self.mount_held(owner, segment, now_ms, 0)
+    }
+
+    /// As [`SegmentRegistry::mount`], for a segment its owner says it mounted before (with a
+    /// master that may no longer exist): one this registry has never seen - neither mounted
+    /// nor recently unmounted - is not allocated in before `unknown_until_ms`, since readers
+    /// and writers of an earlier master may still be using its bytes.
+    pub fn remount(
+        &self,
+        owner: ClientId,
+        segment: Segment,
+        now_ms: u64,
+        unknown_until_ms: u64,
+    ) -> Result<(), ErrorCode> {
+        self.mount_held(owner, segment, now_ms, unknown_until_ms)
+    }
+
+    fn mount_held(
+        &self,
+        owner: ClientId,
+        segment: Segment,
+        now_ms: u64,
+        unknown_until_ms: u64,
+    ) -> Result<(), ErrorCode> {
         if segment.size == 0 || segment.name.is_empty() {
             return Err(ErrorCode::InvalidParams);
         }
@@ -241,9 +265,8 @@ impl SegmentRegistry {
         let m = MountedSegment::new(segment, owner);
         let mut q = self.quarantine.lock();
         q.retain(|_, until| *until > now_ms);
-        if let Some(&until) = q.get(&m.segment.id) {
-            m.allocatable_from_ms.store(until, Ordering::Relaxed);
-        }
+        let until = q.get(&m.segment.id).copied().unwrap_or(unknown_until_ms);
+        m.allocatable_from_ms.store(until, Ordering::Relaxed);
         segs.push(Arc::new(m));
         Ok(())
     }

@@ -122,6 +122,8 @@ pub struct MasterService {
     eviction: Box<dyn EvictionPolicy>,
     pending: Mutex<Vec<PendingRelease>>,
     allocations_from_ms: u64,
+    /// Segments first seen through a remount are not allocated in before this time.
+    remounts_allocatable_from_ms: u64,
     last_scan_ms: AtomicU64,
     last_stale_scan_ms: AtomicU64,
     /// Counters for metrics.
@@ -160,6 +162,7 @@ impl MasterService {
             eviction: Box::new(OldestLease),
             pending: Mutex::new(Vec::new()),
             allocations_from_ms: now.saturating_add(ms(cfg.recovery_window)),
+            remounts_allocatable_from_ms: now.saturating_add(ms(cfg.lease_ttl)),
             last_scan_ms: AtomicU64::new(now),
             last_stale_scan_ms: AtomicU64::new(now),
             stats: ServiceStats::default(),
@@ -673,7 +676,9 @@ impl MasterService {
     }
 }
 
+mod admin;
 mod maintenance;
+pub use admin::ObjectView;
 mod recovery;
 #[cfg(test)]
 mod tests;

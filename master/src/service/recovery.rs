@@ -6,6 +6,12 @@ use super::*;
 impl MasterService {
     /// Re-registers `client` with its segments (idempotent for those still mounted) and
     /// re-inserts the objects it reports; one result per reported object.
+    ///
+    /// A segment this master has never seen held data under an earlier master (this one
+    /// restarted, or took over): it is not allocated in until one read lease after this
+    /// master started, when every lease and write the earlier one granted has ended. Without
+    /// etcd there is no recovery window, so this is what keeps a restarted single master
+    /// from handing out bytes that an earlier reader is still reading.
     pub fn remount_segments(
         &self,
         client: ClientId,
@@ -14,7 +20,8 @@ impl MasterService {
     ) -> BatchResult<()> {
         let now = self.clock.now_ms();
         for s in segments {
-            self.segments.mount(client, s, now)?;
+            self.segments
+                .remount(client, s, now, self.remounts_allocatable_from_ms)?;
         }
         self.clients.register(client, now);
         Ok(objects

@@ -810,3 +810,42 @@ proptest! {
         prop_assert!(put(&f.svc, a, "whole", 128 * 1024).is_ok());
     }
 }
+
+#[test]
+fn segments_remounted_after_a_restart_are_held_back_for_one_lease() {
+    // A single master (no recovery window) that just started: a remount brings back a segment
+    // an earlier master handed out; a fresh mount brings an empty one.
+    let f = fixture(ServiceConfig::default());
+    let lease = ServiceConfig::default().lease_ttl.as_millis() as u64;
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let old = segment("h1:1", 64 * 1024);
+    f.clock.advance_ms(1_000);
+    f.svc
+        .remount_segments(a, vec![old.clone()], Vec::new())
+        .unwrap();
+    assert_eq!(
+        put(&f.svc, a, "early", 1000),
+        Err(ErrorCode::NoAvailableHandle)
+    );
+    let fresh = segment("h2:1", 64 * 1024);
+    f.svc.mount_segment(b, fresh.clone()).unwrap();
+    let d = put(&f.svc, b, "fresh", 1000).unwrap();
+    assert_eq!(
+        d[0].segment_id, fresh.id,
+        "only the fresh segment takes objects"
+    );
+    // One lease after the start, every lease of the earlier master has ended.
+    f.clock.advance_ms(lease - 1_000);
+    f.svc.unmount_segment(b, fresh.id).unwrap();
+    let d = put(&f.svc, a, "later", 1000).unwrap();
+    assert_eq!(d[0].segment_id, old.id);
+
+    // Long after the start, a client whose segment the master expired remounts it: the
+    // quarantine of its unmount applies, not the start-up hold.
+    f.svc.unmount_segment(a, old.id).unwrap();
+    f.clock.advance_ms(lease);
+    f.svc
+        .remount_segments(a, vec![old.clone()], Vec::new())
+        .unwrap();
+    assert!(put(&f.svc, a, "after-expiry", 1000).is_ok());
+}
