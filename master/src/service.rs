@@ -676,9 +676,7 @@ impl MasterService {
     }
 }
 
-mod admin;
 mod maintenance;
-pub use admin::ObjectView;
 mod recovery;
 #[cfg(test)]
 mod tests;
