@@ -4,30 +4,34 @@
 //! Connectors rarely call `close()`, and a process that exits with its client still referenced
 //! never drops it, so without the hook the master would keep placing replicas in the dead
 //! segment, and serving its objects, until the client's TTL runs out. The registry holds weak
-//! references only: it never keeps a store alive.
+//! references only: it never keeps a store alive. A forked child inherits the registry but not
+//! the clients' threads, and its clients are its parent's: it closes only what it opened.
 
 use std::sync::{Arc, Mutex, Weak};
 
 use pyo3::prelude::*;
 use store_client::BlockingClient;
 
-/// The clients opened by this process, as weak references.
-static OPEN: Mutex<Vec<Weak<BlockingClient>>> = Mutex::new(Vec::new());
+/// The clients opened, as weak references, with the id of the process that opened each.
+static OPEN: Mutex<Vec<(u32, Weak<BlockingClient>)>> = Mutex::new(Vec::new());
 
 /// Registers a freshly connected client (dropping entries whose client is gone).
 pub(crate) fn track(client: &Arc<BlockingClient>) {
     let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
-    open.retain(|w| w.strong_count() > 0);
-    open.push(Arc::downgrade(client));
+    open.retain(|(_, w)| w.strong_count() > 0);
+    open.push((std::process::id(), Arc::downgrade(client)));
 }
 
-/// The `atexit` hook: closes every client still alive (closing twice is a no-op).
+/// The `atexit` hook: closes every client this process opened that is still alive (closing
+/// twice is a no-op).
 #[pyfunction]
 fn close_open_stores(py: Python<'_>) {
+    let pid = std::process::id();
     let clients: Vec<Arc<BlockingClient>> =
         std::mem::take(&mut *OPEN.lock().unwrap_or_else(|p| p.into_inner()))
-            .iter()
-            .filter_map(Weak::upgrade)
+            .into_iter()
+            .filter(|(opener, _)| *opener == pid)
+            .filter_map(|(_, w)| w.upgrade())
             .collect();
     py.detach(|| clients.iter().for_each(|c| c.close()));
 }

@@ -25,6 +25,14 @@ def value(i, n):
     return bytes((i * 31 + j * 7) & 0xFF for j in range(n))
 
 
+def run_python(script):
+    """Runs `script` in a fresh interpreter that imports this mooncake_rs."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.dirname(os.path.abspath(mooncake_rs.__file__)), env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=60)
+
+
 class StoreTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -572,10 +580,7 @@ n.put("exit/native", b"n" * 1000)
 for o in (s, n):
     ctypes.pythonapi.Py_IncRef(ctypes.py_object(o))
 """
-            env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(
-                [os.path.dirname(os.path.abspath(mooncake_rs.__file__)), env.get("PYTHONPATH", "")])
-            done = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, timeout=60)
+            done = run_python(child)
             self.assertEqual(done.returncode, 0, done.stderr.decode())
             probe = MooncakeDistributedStore()
             self.assertEqual(probe.setup("127.0.0.1", "P2PHANDSHAKE", 0, MIB, "tcp", "", master.address), 0)
@@ -586,6 +591,36 @@ for o in (s, n):
                 self.assertEqual(mooncake_rs.error_name(probe.put("exit/after", b"x")), "NO_AVAILABLE_HANDLE")
             finally:
                 probe.close()
+        finally:
+            master.stop()
+
+    def test_a_forked_child_leaves_its_parents_store_alone_at_exit(self):
+        # The child inherits the parent's store (and its registration) but not its threads:
+        # its atexit hook must neither hang on it nor unmount the parent's segment.
+        master = Master()
+        try:
+            script = f"""
+import ctypes, os, sys, time, mooncake_rs
+s = mooncake_rs.MooncakeDistributedStore()
+assert s.setup("127.0.0.1", "P2PHANDSHAKE", 4 << 20, 1 << 20, "tcp", "", "{master.address}") == 0
+assert s.put("fork/key", b"k" * 1000) == 0
+ctypes.pythonapi.Py_IncRef(ctypes.py_object(s))
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)
+for _ in range(300):
+    if os.waitpid(pid, os.WNOHANG)[0]:
+        break
+    time.sleep(0.1)
+else:
+    os.kill(pid, 9)
+    print("child hung")
+print(s.get_size("fork/key"))
+s.close()
+"""
+            out = run_python(script)
+            self.assertEqual(out.returncode, 0, out.stderr.decode())
+            self.assertEqual(out.stdout.decode().split(), ["1000"])
         finally:
             master.stop()
 
