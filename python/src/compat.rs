@@ -2,10 +2,12 @@
 //! this client, so that connectors written for it (vLLM, SGLang, LMCache) switch by import.
 //!
 //! Its conventions, kept here: `setup(...)` then calls; status codes instead of exceptions
-//! (0 or bytes moved on success, a negative Mooncake error code on failure); `get` returns
-//! empty bytes for a missing key; a batch whose lists differ in length answers
-//! INVALID_PARAMS for every key. `metadata_server` is accepted and unused: segment
-//! descriptors travel peer to peer (Mooncake's P2PHANDSHAKE mode).
+//! (0 or bytes moved on success, a negative Mooncake error code on failure); a put of a key
+//! that already exists is 0 (the object stays as it was); `get` returns empty bytes and
+//! `get_buffer` None for a missing key; the copying puts take any object with the buffer
+//! protocol; a batch whose lists differ in length answers INVALID_PARAMS for every key.
+//! `metadata_server` is accepted and unused: segment descriptors travel peer to peer
+//! (Mooncake's P2PHANDSHAKE mode).
 
 use std::ffi::CString;
 use std::sync::{Arc, RwLock};
