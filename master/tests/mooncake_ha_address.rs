@@ -1,0 +1,104 @@
+//! HA in Mooncake's spelling, with a real etcd and real master processes: masters started with
+//! `--enable_ha --etcd_endpoints=a;b` and `MC_STORE_CLUSTER_ID` elect a leader in that cluster,
+//! a client given `etcd://a;b` (no cluster id) finds it through the same variable, and a
+//! standby's `/get_all_segments` answers 503 (readiness probes keep it out of service).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{free_port, spawn_master, start_etcd, wait_for, Proc};
+use mooncake_master::client::ClientOptions;
+use mooncake_master::MasterClient;
+
+const CLUSTER: &str = "env-cluster";
+
+/// A master started with Mooncake's HA flags; its cluster id comes from the inherited
+/// `MC_STORE_CLUSTER_ID`.
+fn start_master(name: &str, endpoints: &str) -> (Proc, String, String) {
+    let (rpc_port, http_port) = (free_port(), free_port());
+    let proc = spawn_master(
+        name,
+        &[
+            "--rpc_address=127.0.0.1".into(),
+            format!("--rpc_port={rpc_port}"),
+            format!("--metrics_port={http_port}"),
+            "--enable_ha".into(),
+            format!("--etcd_endpoints={endpoints}"),
+        ],
+    );
+    (
+        proc,
+        format!("127.0.0.1:{rpc_port}"),
+        format!("127.0.0.1:{http_port}"),
+    )
+}
+
+async fn leader_of(etcd: &str) -> Option<String> {
+    let mut c = mooncake_master::ha::connect(&[etcd.to_string()])
+        .await
+        .ok()?;
+    let (addr, _) = mooncake_master::ha::current_leader(&mut c, CLUSTER)
+        .await
+        .ok()??;
+    Some(addr)
+}
+
+async fn status_of(addr: &str, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    out.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn mooncake_ha_flags_and_address_meet_in_the_env_cluster() {
+    // The only test of this binary: nothing else reads the environment concurrently. The
+    // masters inherit it.
+    std::env::set_var("MC_STORE_CLUSTER_ID", CLUSTER);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let etcd = start_etcd().await;
+        let endpoints = format!("{0};{0}", etcd.endpoint);
+        let (_leader, leader_rpc, leader_http) = start_master("leader", &endpoints);
+        let elected = wait_for(Duration::from_secs(20), "an elected leader", || {
+            leader_of(&etcd.endpoint)
+        })
+        .await;
+        assert_eq!(elected, leader_rpc, "elected in cluster {CLUSTER}");
+
+        let opts = ClientOptions {
+            failover_wait: Duration::from_secs(5),
+            ..Default::default()
+        };
+        let client = MasterClient::connect_with(&format!("etcd://{endpoints}"), opts)
+            .await
+            .expect("etcd://a;b with the cluster id from MC_STORE_CLUSTER_ID");
+        assert_eq!(
+            client.connected_addr().as_deref(),
+            Some(leader_rpc.as_str())
+        );
+
+        let (_standby, _, standby_http) = start_master("standby", &endpoints);
+        wait_for(Duration::from_secs(10), "the standby's admin port", || {
+            status_of(&standby_http, "/role")
+        })
+        .await;
+        assert_eq!(
+            status_of(&standby_http, "/get_all_segments").await,
+            Some(503)
+        );
+        assert_eq!(
+            status_of(&leader_http, "/get_all_segments").await,
+            Some(200)
+        );
+    });
+}
