@@ -1,9 +1,11 @@
 //! Read leases and soft pins of one object.
 //!
-//! GetReplicaList and ExistKey grant a read lease: until it ends the object is neither evicted
-//! nor removed without `force`, so a reader can finish its transfer. The lease end doubles as
-//! the object's last-access time for approximate LRU eviction. Both are atomics so that readers
-//! under a shared shard lock can extend them.
+//! GetReplicaList grants a read lease: until it ends the object is neither evicted nor removed
+//! without `force`, so a reader can finish its transfer. ExistKey only touches the object (or
+//! grants a lease too, where the master is configured as Mooncake's is). The later of the lease
+//! end and the last touch (plus the lease time, so both count alike) is the object's last
+//! access for approximate LRU eviction. All are atomics so that readers under a shared shard
+//! lock can extend them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -11,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug, Default)]
 pub struct Lease {
     until_ms: AtomicU64,
+    touched_ms: AtomicU64,
     soft_pin_until_ms: AtomicU64,
 }
 
@@ -19,6 +22,7 @@ impl Lease {
     pub fn new(now_ms: u64) -> Self {
         Lease {
             until_ms: AtomicU64::new(now_ms),
+            touched_ms: AtomicU64::new(0),
             soft_pin_until_ms: AtomicU64::new(0),
         }
     }
@@ -27,6 +31,18 @@ impl Lease {
     pub fn grant(&self, now_ms: u64, ttl_ms: u64) {
         self.until_ms
             .fetch_max(now_ms.saturating_add(ttl_ms), Ordering::Relaxed);
+    }
+
+    /// Records an access that takes no lease: it counts for eviction order as a lease granted
+    /// at `now` would, but does not keep the object from being evicted or removed.
+    pub fn touch(&self, now_ms: u64, ttl_ms: u64) {
+        self.touched_ms
+            .fetch_max(now_ms.saturating_add(ttl_ms), Ordering::Relaxed);
+    }
+
+    /// The last access, for eviction order (see the module documentation).
+    pub fn last_access_ms(&self) -> u64 {
+        self.until_ms().max(self.touched_ms.load(Ordering::Relaxed))
     }
 
     /// Whether a reader holds a lease at `now`.
@@ -70,6 +86,11 @@ mod tests {
         assert!(l.is_leased(149) && !l.is_leased(150));
         l.grant(110, 10);
         assert_eq!(l.until_ms(), 150);
+        l.touch(120, 50);
+        assert!(!l.is_leased(150), "a touch is no lease");
+        assert_eq!((l.until_ms(), l.last_access_ms()), (150, 170));
+        l.grant(200, 50);
+        assert_eq!(l.last_access_ms(), 250);
         assert!(!l.is_soft_pinned(0));
         l.refresh_soft_pin(0, 1000);
         assert!(!l.is_soft_pinned(0), "refresh does not create a pin");

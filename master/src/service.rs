@@ -37,8 +37,14 @@ const REGEX_SIZE_LIMIT: usize = 1 << 20;
 /// Tunables of the state machine (all durations on the injected clock).
 #[derive(Clone, Debug)]
 pub struct ServiceConfig {
-    /// Read lease granted by GetReplicaList/ExistKey.
+    /// Read lease granted by GetReplicaList (and by ExistKey with `exist_grants_lease`).
     pub lease_ttl: Duration,
+    /// Whether ExistKey grants a read lease, as Mooncake's master does by default. Off here:
+    /// an existence probe is not a read (the get that follows takes its own lease), and
+    /// leasing every probed key keeps probe-heavy callers' keys from ever being evicted
+    /// (a full pool then refuses every put) and makes a remove after a probe answer
+    /// OBJECT_HAS_LEASE. Without it a probe still counts as an access for eviction order.
+    pub exist_grants_lease: bool,
     /// Soft-pin duration.
     pub soft_pin_ttl: Duration,
     /// A client silent this long loses its segments.
@@ -69,6 +75,7 @@ impl Default for ServiceConfig {
     fn default() -> Self {
         ServiceConfig {
             lease_ttl: Duration::from_secs(10),
+            exist_grants_lease: false,
             soft_pin_ttl: Duration::from_secs(30 * 60),
             client_ttl: Duration::from_secs(10),
             put_discard_timeout: Duration::from_secs(30),
@@ -540,13 +547,19 @@ impl MasterService {
         lists
     }
 
-    /// Whether keys exist and are complete; grants each existing one a read lease.
+    /// Whether keys exist and are complete; each existing one is touched for eviction order
+    /// (and leased with `exist_grants_lease`).
     pub fn batch_exist_key<K: AsRef<str>>(&self, keys: &[K]) -> BatchResult<bool> {
         let ttl = ms(self.cfg.lease_ttl);
+        let lease = self.cfg.exist_grants_lease;
         Ok(
             self.batch_read_op(keys, |map, key, now| match map.get(key) {
                 Some(e) if e.is_complete() => {
-                    e.lease.grant(now, ttl);
+                    if lease {
+                        e.lease.grant(now, ttl);
+                    } else {
+                        e.lease.touch(now, ttl);
+                    }
                     Ok(true)
                 }
                 _ => Ok(false),
@@ -676,9 +689,7 @@ impl MasterService {
     }
 }
 
-mod admin;
 mod maintenance;
-pub use admin::ObjectView;
 mod recovery;
 #[cfg(test)]
 mod tests;

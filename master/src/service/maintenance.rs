@@ -108,7 +108,7 @@ impl MasterService {
                     .filter(|(_, e)| is_evictable(e, now, allow_soft_pinned))
                     .map(|(k, e)| Candidate {
                         key: k.clone(),
-                        last_access_ms: e.lease.until_ms(),
+                        last_access_ms: e.lease.last_access_ms(),
                         size: e.size,
                     }),
             );

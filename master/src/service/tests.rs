@@ -849,3 +849,52 @@ fn segments_remounted_after_a_restart_are_held_back_for_one_lease() {
         .unwrap();
     assert!(put(&f.svc, a, "after-expiry", 1000).is_ok());
 }
+
+#[test]
+fn probes_take_no_lease_but_count_as_accesses_unless_configured_as_mooncake() {
+    let f = fixture(ServiceConfig {
+        eviction_ratio: 0.25,
+        shards: 1,
+        ..Default::default()
+    });
+    let a = Uuid::new_v4();
+    f.svc.mount_segment(a, segment("h1:1", 4096)).unwrap();
+    for k in ["a", "b", "c", "d"] {
+        put(&f.svc, a, k, 1024).unwrap();
+        f.clock.advance_ms(1);
+    }
+    // Probing every key leases none of them: a full pool still evicts to make room, and it
+    // evicts the least recently probed ("b"), not the oldest write ("a", probed last).
+    for k in ["b", "c", "d", "a"] {
+        assert_eq!(f.svc.batch_exist_key(&keys(&[k])).unwrap(), vec![Ok(true)]);
+        f.clock.advance_ms(1);
+    }
+    put(&f.svc, a, "e", 1024).expect("room made by evicting an unleased object");
+    let ex = f.svc.batch_exist_key(&keys(&["a", "b"])).unwrap();
+    assert_eq!(
+        ex,
+        vec![Ok(true), Ok(false)],
+        "the least recently probed went"
+    );
+    // Configured as Mooncake's master: a probe leases, so the probed object stays put.
+    let g = fixture(ServiceConfig {
+        exist_grants_lease: true,
+        ..Default::default()
+    });
+    g.svc.mount_segment(a, segment("h1:1", 4096)).unwrap();
+    put(&g.svc, a, "k", 1024).unwrap();
+    g.svc.batch_exist_key(&keys(&["k"])).unwrap();
+    assert_eq!(
+        g.svc.batch_remove(&keys(&["k"]), false).unwrap(),
+        vec![Err(ErrorCode::ObjectHasLease)]
+    );
+    // By default a remove after a probe is not refused.
+    let h = fixture(ServiceConfig::default());
+    h.svc.mount_segment(a, segment("h1:1", 4096)).unwrap();
+    put(&h.svc, a, "k", 1024).unwrap();
+    h.svc.batch_exist_key(&keys(&["k"])).unwrap();
+    assert_eq!(
+        h.svc.batch_remove(&keys(&["k"]), false).unwrap(),
+        vec![Ok(())]
+    );
+}
