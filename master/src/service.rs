@@ -689,7 +689,9 @@ impl MasterService {
     }
 }
 
+mod admin;
 mod maintenance;
+pub use admin::ObjectView;
 mod recovery;
 #[cfg(test)]
 mod tests;
