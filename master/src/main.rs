@@ -32,7 +32,12 @@ const ETCD_ENDPOINTS_ENV: &str = "MOONCAKE_MASTER_ETCD_ENDPOINTS";
 #[command(
     name = "mooncake-master",
     version,
-    about = "mooncake-rs metadata master"
+    about = "mooncake-rs metadata master",
+    after_help = "Command lines of Mooncake's mooncake_master work too: --port=, --rpc_port, \
+                  --rpc_address, --metrics_port, --default_kv_lease_ttl, --client_ttl, \
+                  --eviction_high_watermark_ratio, --enable_ha --etcd_endpoints=a:2379;b:2379, \
+                  --cluster_id, ... are translated into the flags above (ours win when both are \
+                  given); flags without meaning here are ignored with a warning."
 )]
 struct Args {
     /// RPC listen address.

@@ -56,6 +56,14 @@ pub enum FlagError {
         /// Why, and what to do instead.
         why: &'static str,
     },
+    /// A flag that works only together with another.
+    #[error("flag {flag} needs {needs}")]
+    Requires {
+        /// The flag given.
+        flag: &'static str,
+        /// What it needs.
+        needs: &'static str,
+    },
     /// An environment default the translation builds on is malformed.
     #[error("{var}={value:?} is not a socket address")]
     BadEnv {
@@ -414,7 +422,17 @@ pub fn translate(args: &[String], ours: &OurFlags, base: &Base) -> Result<Transl
         let value: String = match (kind, negated, p.inline) {
             (Kind::Bool, true, Some(_)) => return Err(bad(&shown, arg, "--noflag takes no value")),
             (Kind::Bool, true, None) => "false".into(),
-            (Kind::Bool, false, None) => "true".into(),
+            (Kind::Bool, false, None) => {
+                // gflags would take `--flag false` as true plus a stray argument.
+                if let Some(next) = args.get(i).filter(|n| parse_bool(&shown, n).is_ok()) {
+                    return Err(bad(
+                        &shown,
+                        next,
+                        "write booleans as --flag=true or --flag=false",
+                    ));
+                }
+                "true".into()
+            }
             (_, _, Some(v)) => v.to_string(),
             (Kind::Value, _, None) => {
                 let v = args
@@ -536,9 +554,9 @@ fn emit(
         (true, Some(eps)) if !eps.is_empty() => wanted.push(("etcd-endpoints", eps.join(","))),
         (true, _) if explicit.contains("etcd-endpoints") || base.etcd_from_env => {}
         (true, _) => {
-            return Err(FlagError::Unsupported {
-                flag: "--enable_ha".into(),
-                why: "it needs --etcd_endpoints (host:port, ';' separated)",
+            return Err(FlagError::Requires {
+                flag: "--enable_ha",
+                needs: "--etcd_endpoints (host:port, ';' separated)",
             })
         }
         (false, Some(_)) => warnings.push(
@@ -735,7 +753,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_flag() {
-        let cases: [(&str, FlagError); 12] = [
+        let cases: &[(&str, FlagError)] = &[
             (
                 "--enable_oplog",
                 FlagError::Unknown("--enable_oplog".into()),
@@ -779,13 +797,29 @@ mod tests {
                 "--cluster_id=",
                 bad("--cluster_id", "", "a non-empty cluster id"),
             ),
+            (
+                "--enable_ha false",
+                bad(
+                    "--enable_ha",
+                    "false",
+                    "write booleans as --flag=true or --flag=false",
+                ),
+            ),
         ];
         for (input, want) in cases {
-            assert_eq!(tr(input).unwrap_err(), want, "{input}");
+            assert_eq!(&tr(input).unwrap_err(), want, "{input}");
+        }
+        for input in ["--enable_ha", "--enable_ha --etcd_endpoints=;"] {
+            assert_eq!(
+                tr(input).unwrap_err(),
+                FlagError::Requires {
+                    flag: "--enable_ha",
+                    needs: "--etcd_endpoints (host:port, ';' separated)"
+                },
+                "{input}"
+            );
         }
         for input in [
-            "--enable_ha",
-            "--enable_ha --etcd_endpoints=;",
             "--enable_offload",
             "--enable_cxl=true",
             "--config_path=/etc/m.json",
