@@ -13,6 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::proto::ErrorCode;
 use crate::service::MasterService;
 
 /// Label set of per-RPC metrics.
@@ -20,6 +21,15 @@ use crate::service::MasterService;
 pub struct OpLabels {
     /// Operation name ([`crate::proto::Request::op_name`]).
     pub op: &'static str,
+}
+
+/// Label set of per-key error counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyErrorLabels {
+    /// Operation name.
+    pub op: &'static str,
+    /// Mooncake error name (`NO_AVAILABLE_HANDLE`, `OBJECT_NOT_FOUND`, ...).
+    pub code: &'static str,
 }
 
 type HistogramFamily = Family<OpLabels, Histogram, fn() -> Histogram>;
@@ -36,6 +46,7 @@ pub struct Metrics {
     requests: Family<OpLabels, Counter>,
     failures: Family<OpLabels, Counter>,
     items: Family<OpLabels, Counter>,
+    key_errors: Family<KeyErrorLabels, Counter>,
     latency: HistogramFamily,
     capacity: Gauge,
     allocated: Gauge,
@@ -66,6 +77,7 @@ impl Metrics {
             requests: Family::default(),
             failures: Family::default(),
             items: Family::default(),
+            key_errors: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             capacity: Gauge::default(),
             allocated: Gauge::default(),
@@ -88,6 +100,12 @@ impl Metrics {
             m.failures.clone(),
         );
         registry.register("rpc_items", "Keys carried by batch calls", m.items.clone());
+        registry.register(
+            "rpc_key_errors",
+            "Keys that failed alone in batch calls, by error (a full pool shows as \
+             NO_AVAILABLE_HANDLE from batch_put_start)",
+            m.key_errors.clone(),
+        );
         registry.register(
             "rpc_latency_seconds",
             "Server-side handling time per RPC",
@@ -135,6 +153,14 @@ impl Metrics {
         self.latency
             .get_or_create(&l)
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts the keys of one call that failed alone.
+    pub fn record_key_errors(&self, op: &'static str, errors: impl Iterator<Item = ErrorCode>) {
+        for e in errors {
+            let l = KeyErrorLabels { op, code: e.name() };
+            self.key_errors.get_or_create(&l).inc();
+        }
     }
 
     /// Sets the leader gauge.

@@ -368,6 +368,24 @@ pub enum Response {
 }
 
 impl Response {
+    /// The error of every key that failed alone in a call that succeeded as a whole (for
+    /// per-key error metrics).
+    pub fn key_errors(&self) -> impl Iterator<Item = ErrorCode> + '_ {
+        fn failed<T>(r: &BatchResult<T>) -> impl Iterator<Item = ErrorCode> + '_ {
+            r.iter().flatten().filter_map(|k| k.as_ref().err().copied())
+        }
+        let (a, b, c) = match self {
+            Response::Replicas(r) => (Some(failed(r)), None, None),
+            Response::Units(r) => (None, Some(failed(r)), None),
+            Response::Bools(r) => (None, None, Some(failed(r))),
+            _ => (None, None, None),
+        };
+        a.into_iter()
+            .flatten()
+            .chain(b.into_iter().flatten())
+            .chain(c.into_iter().flatten())
+    }
+
     /// Whether the call as a whole failed (for failure metrics).
     pub fn is_error(&self) -> bool {
         match self {

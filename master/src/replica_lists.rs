@@ -84,6 +84,11 @@ impl ReplicaLists {
         }
     }
 
+    /// The error of every key that has no replica list.
+    pub fn key_errors(&self) -> impl Iterator<Item = ErrorCode> + '_ {
+        self.slots.iter().filter_map(|s| s.err())
+    }
+
     /// The owned form.
     pub fn into_owned(self) -> BatchResult<Vec<ReplicaDescriptor>> {
         Ok(self

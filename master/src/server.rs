@@ -381,6 +381,7 @@ async fn serve_connection(
             // Hot path: encoded straight from the index's flat form.
             Request::BatchGetReplicaList { keys } => {
                 let lists = service.replica_lists(&keys);
+                shared.metrics.record_key_errors(op, lists.key_errors());
                 (
                     encode_frame(id, &ReplicasResponse(&lists), &mut out),
                     false,
@@ -389,6 +390,7 @@ async fn serve_connection(
             }
             req => {
                 let resp = service.handle(req);
+                shared.metrics.record_key_errors(op, resp.key_errors());
                 let refusal = error_like(&resp, ErrorCode::InvalidParams);
                 (encode_frame(id, &resp, &mut out), resp.is_error(), refusal)
             }

@@ -89,6 +89,14 @@ async fn batch_calls_answer_per_key_in_order() {
     assert!(metrics
         .contains("mooncake_master_rpc_latency_seconds_count{op=\"batch_get_replica_list\"} 65"));
     assert!(metrics.contains("mooncake_master_keys 0\n"), "{metrics}");
+    // Keys that failed alone, by call and error.
+    for line in [
+        "rpc_key_errors_total{op=\"batch_get_replica_list\",code=\"OBJECT_NOT_FOUND\"} 1",
+        "rpc_key_errors_total{op=\"batch_put_start\",code=\"OBJECT_ALREADY_EXISTS\"} 1",
+        "rpc_key_errors_total{op=\"batch_remove\",code=\"OBJECT_HAS_LEASE\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     assert!(metrics.contains("mooncake_master_capacity_bytes 1048576"));
     assert!(metrics.contains("mooncake_master_is_leader 1"));
     m.stop().await;
