@@ -53,9 +53,13 @@ struct Args {
     /// Disable the admin HTTP server.
     #[arg(long, env = "MOONCAKE_MASTER_NO_HTTP")]
     no_http: bool,
-    /// Read lease granted by GetReplicaList/ExistKey, in milliseconds.
+    /// Read lease granted by GetReplicaList, in milliseconds.
     #[arg(long, env = "MOONCAKE_MASTER_LEASE_TTL_MS", default_value_t = 10_000)]
     lease_ttl_ms: u64,
+    /// ExistKey grants a read lease too, as Mooncake's master does (by default a probe only
+    /// counts as an access: leasing every probed key keeps a full pool from evicting them).
+    #[arg(long, env = "MOONCAKE_MASTER_EXIST_GRANTS_LEASE")]
+    exist_grants_lease: bool,
     /// Soft-pin duration, in milliseconds.
     #[arg(
         long,
@@ -128,6 +132,7 @@ fn config(a: &Args) -> anyhow::Result<MasterConfig> {
     );
     let service = ServiceConfig {
         lease_ttl: Duration::from_millis(a.lease_ttl_ms),
+        exist_grants_lease: a.exist_grants_lease,
         soft_pin_ttl: Duration::from_millis(a.soft_pin_ttl_ms),
         client_ttl: Duration::from_millis(a.client_ttl_ms),
         put_discard_timeout: Duration::from_millis(a.put_discard_timeout_ms),
@@ -293,6 +298,13 @@ mod tests {
         let etcd = cfg.etcd.unwrap();
         assert_eq!(etcd.endpoints, vec!["e1:2379", "e2:2379"]);
         assert_eq!(etcd.cluster_id, "c7");
+    }
+
+    #[test]
+    fn probes_lease_only_when_asked() {
+        assert!(!config(&parse("")).unwrap().service.exist_grants_lease);
+        let a = parse("--exist-grants-lease");
+        assert!(config(&a).unwrap().service.exist_grants_lease);
     }
 
     #[test]
