@@ -295,6 +295,13 @@ mod tests {
         assert_eq!(cfg.service.lease_ttl, Duration::from_millis(5000));
         assert_eq!(cfg.service.client_ttl, Duration::from_secs(20));
         assert_eq!(a.threads, 3);
+        assert!(!cfg.service.exist_grants_lease);
+        assert!(
+            config(&parse("--exist-grants-lease"))
+                .unwrap()
+                .service
+                .exist_grants_lease
+        );
         let etcd = cfg.etcd.unwrap();
         assert_eq!(etcd.endpoints, vec!["e1:2379", "e2:2379"]);
         assert_eq!(etcd.cluster_id, "c7");

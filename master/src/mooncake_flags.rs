@@ -11,16 +11,17 @@
 //! | `port`, `rpc_port` (wins when > 0) | port of `--rpc-addr` |
 //! | `rpc_address` | host of `--rpc-addr` |
 //! | `metrics_port` | port of `--http-addr` |
-//! | `default_kv_lease_ttl`, `default_kv_soft_pin_ttl` (ms) | `--lease-ttl-ms`, `--soft-pin-ttl-ms` |
+//! | `default_kv_lease_ttl`, `default_kv_soft_pin_ttl` (ms, or `60s`/`2m`/`1h`) | `--lease-ttl-ms`, `--soft-pin-ttl-ms` |
 //! | `client_ttl`, `put_start_discard_timeout_sec`, `put_start_release_timeout_sec` (s) | `--client-ttl-ms`, `--put-discard-timeout-ms`, `--put-release-timeout-ms` |
 //! | `eviction_ratio`, `eviction_high_watermark_ratio` | `--eviction-ratio`, `--eviction-high-watermark` |
 //! | `rpc_thread_num` (wins when > 0), `max_threads` | `--threads` |
-//! | `enable_ha` + `etcd_endpoints` (`;` or `,` separated) | `--etcd-endpoints` |
+//! | `enable_ha` + `etcd_endpoints` or `ha_backend_connstring` (`;` or `,` separated) | `--etcd-endpoints` |
 //! | `cluster_id`, `allocation_strategy` | `--cluster-id`, `--allocation-strategy` |
 //!
 //! Flags with no meaning here (logging, GC, metric reporting, the HTTP metadata server, task
-//! manager, storage backend) are accepted with one warning each; turning on a feature we lack
-//! (`enable_offload`, `enable_cxl`) or `config_path`/`flagfile` is an error, as is any other
+//! manager, storage backend, snapshots, oplog, the NVMe-oF tier) are accepted with one warning
+//! each; turning on a feature we lack (`enable_offload`, `enable_cxl`, a `ha_backend_type`
+//! other than etcd), `rpc_interface` or `config_path`/`flagfile` is an error, as is any other
 //! Mooncake-looking flag (underscores, or a long name after one dash). Like gflags, the last
 //! occurrence of a flag wins, and like clap, the command line beats `MOONCAKE_MASTER_*`.
 //! When one of our own flags is given too, ours wins and the Mooncake one is dropped with a
@@ -149,6 +150,9 @@ enum Effect {
     MaxThreads,
     EnableHa,
     EtcdEndpoints,
+    /// Newer Mooncake's HA endpoint string; wins over `etcd_endpoints` when set.
+    HaConnString,
+    HaBackendType,
     ClusterId,
     AllocationStrategy,
     MemoryAllocator,
@@ -171,6 +175,11 @@ const HTTP_METADATA: &str =
 const SOFT_PIN: &str = "soft-pinned objects are evicted only when no unpinned object can be";
 const GC: &str = "objects leave by removal, lease expiry and eviction";
 const METRICS: &str = "metrics are always served on the admin port's /metrics";
+const OPLOG: &str = "a new leader rebuilds its index from the clients' remounts";
+const SNAPSHOT: &str =
+    "this master keeps no snapshots; a new leader rebuilds its index from the clients' remounts";
+const NOF: &str = "this master has no NVMe-oF SSD tier";
+const RPC_INTERFACE: &str = "give the interface's address with --rpc_address";
 const CONN_TIMEOUT: &str = "dead clients are dropped after --client-ttl-ms";
 
 /// A Mooncake flag taking a value.
@@ -209,6 +218,9 @@ const FLAGS: &[(&str, Kind, Effect)] = &[
     val("max_threads", Effect::MaxThreads),
     boolean("enable_ha", Effect::EnableHa),
     val("etcd_endpoints", Effect::EtcdEndpoints),
+    val("ha_backend_connstring", Effect::HaConnString),
+    val("ha_backend_type", Effect::HaBackendType),
+    val("rpc_interface", Effect::Unsupported(RPC_INTERFACE)),
     val("cluster_id", Effect::ClusterId),
     val("allocation_strategy", Effect::AllocationStrategy),
     val("memory_allocator", Effect::MemoryAllocator),
@@ -252,6 +264,32 @@ const FLAGS: &[(&str, Kind, Effect)] = &[
     val("stderrthreshold", Effect::Ignored(LOGGING)),
     val("minloglevel", Effect::Ignored(LOGGING)),
     val("log_dir", Effect::Ignored(LOGGING)),
+    boolean("enable_oplog", Effect::Ignored(OPLOG)),
+    boolean("enable_snapshot", Effect::Ignored(SNAPSHOT)),
+    boolean("enable_snapshot_restore", Effect::Ignored(SNAPSHOT)),
+    val("snapshot_backup_dir", Effect::Ignored(SNAPSHOT)),
+    val("snapshot_interval_seconds", Effect::Ignored(SNAPSHOT)),
+    val("snapshot_child_timeout_seconds", Effect::Ignored(SNAPSHOT)),
+    val("snapshot_retention_count", Effect::Ignored(SNAPSHOT)),
+    val("snapshot_object_store_type", Effect::Ignored(SNAPSHOT)),
+    val("snapshot_payload_store_type", Effect::Ignored(SNAPSHOT)),
+    val("snapshot_payload_backend_type", Effect::Ignored(SNAPSHOT)),
+    val("snapshot_catalog_store_type", Effect::Ignored(SNAPSHOT)),
+    val("snapshot_catalog_backend_type", Effect::Ignored(SNAPSHOT)),
+    val(
+        "snapshot_catalog_store_connstring",
+        Effect::Ignored(SNAPSHOT),
+    ),
+    val(
+        "snapshot_catalog_backend_connstring",
+        Effect::Ignored(SNAPSHOT),
+    ),
+    val("max_retry_attempts", Effect::Ignored(TASKS)),
+    val("nof_eviction_ratio", Effect::Ignored(NOF)),
+    val("nof_eviction_high_watermark_ratio", Effect::Ignored(NOF)),
+    val("nof_heartbeat_interval_sec", Effect::Ignored(NOF)),
+    val("nof_heartbeat_probe_timeout_ms", Effect::Ignored(NOF)),
+    val("nof_heartbeat_failures_threshold", Effect::Ignored(NOF)),
 ];
 
 fn lookup(name: &str) -> Option<(Kind, Effect)> {
@@ -282,6 +320,21 @@ fn num<T: std::str::FromStr>(flag: &str, v: &str, why: &'static str) -> Result<T
     v.trim().parse().map_err(|_| bad(flag, v, why))
 }
 
+/// Newer Mooncake's durations: plain milliseconds, or a whole number with `ms`, `s`, `m` or `h`.
+fn duration_ms(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let digits = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let n: u64 = v[..digits].parse().ok()?;
+    let unit = match &v[digits..] {
+        "" | "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    n.checked_mul(unit)
+}
+
 /// Our flag a Mooncake effect sets (for "ours wins").
 fn target(e: Effect) -> Option<&'static str> {
     match e {
@@ -289,7 +342,7 @@ fn target(e: Effect) -> Option<&'static str> {
         Effect::MetricsPort => Some("http-addr"),
         Effect::Millis(t) | Effect::Seconds(t) | Effect::Ratio(t) => Some(t),
         Effect::RpcThreads | Effect::MaxThreads => Some("threads"),
-        Effect::EnableHa | Effect::EtcdEndpoints => Some("etcd-endpoints"),
+        Effect::EnableHa | Effect::EtcdEndpoints | Effect::HaConnString => Some("etcd-endpoints"),
         Effect::ClusterId => Some("cluster-id"),
         Effect::AllocationStrategy => Some("allocation-strategy"),
         _ => None,
@@ -307,6 +360,7 @@ struct Gathered {
     max_threads: Option<usize>,
     enable_ha: Option<bool>,
     etcd: Option<Vec<String>>,
+    ha_connstring: Option<Vec<String>>,
     /// Our flag → value, for the one-to-one flags.
     values: BTreeMap<&'static str, String>,
     /// Mooncake flags given, by our flag they set (for the override warnings).
@@ -453,7 +507,9 @@ pub fn translate(args: &[String], ours: &OurFlags, base: &Base) -> Result<Transl
             }
             Effect::MetricsPort => g.metrics_port = Some(num(&shown, &value, "a port 0-65535")?),
             Effect::Millis(t) => {
-                let ms: u64 = num(&shown, &value, "milliseconds")?;
+                let ms = duration_ms(&value).ok_or_else(|| {
+                    bad(&shown, &value, "milliseconds, or a number with ms/s/m/h")
+                })?;
                 g.values.insert(t, ms.to_string());
             }
             Effect::Seconds(t) => {
@@ -474,6 +530,15 @@ pub fn translate(args: &[String], ours: &OurFlags, base: &Base) -> Result<Transl
             Effect::MaxThreads => g.max_threads = Some(num(&shown, &value, "a thread count")?),
             Effect::EnableHa => g.enable_ha = Some(parse_bool(&shown, &value)?),
             Effect::EtcdEndpoints => g.etcd = Some(split_endpoints(&value)),
+            Effect::HaConnString => g.ha_connstring = Some(split_endpoints(&value)),
+            Effect::HaBackendType => {
+                if value != "etcd" {
+                    return Err(FlagError::Unsupported {
+                        flag: format!("{shown}={value}"),
+                        why: "the only HA backend is etcd",
+                    });
+                }
+            }
             Effect::ClusterId => {
                 if value.is_empty() {
                     return Err(bad(&shown, &value, "a non-empty cluster id"));
@@ -550,7 +615,8 @@ fn emit(
     if let Some(t) = g.rpc_threads.filter(|&t| t > 0).or(g.max_threads) {
         wanted.push(("threads", t.to_string()));
     }
-    match (g.enable_ha.unwrap_or(false), g.etcd) {
+    let endpoints = g.ha_connstring.filter(|e| !e.is_empty()).or(g.etcd);
+    match (g.enable_ha.unwrap_or(false), endpoints) {
         (true, Some(eps)) if !eps.is_empty() => wanted.push(("etcd-endpoints", eps.join(","))),
         (true, _) if explicit.contains("etcd-endpoints") || base.etcd_from_env => {}
         (true, _) => {
@@ -641,6 +707,15 @@ mod tests {
             ("--rpc_address ::1 --rpc_port 5", "--rpc-addr [::1]:5"),
             ("-metrics_port=9100", "--http-addr 0.0.0.0:9100"),
             ("--default_kv_lease_ttl=5000", "--lease-ttl-ms 5000"),
+            ("--default_kv_lease_ttl=1h", "--lease-ttl-ms 3600000"),
+            ("--default_kv_lease_ttl=60s", "--lease-ttl-ms 60000"),
+            ("--default_kv_soft_pin_ttl=2m", "--soft-pin-ttl-ms 120000"),
+            ("--default_kv_lease_ttl=250ms", "--lease-ttl-ms 250"),
+            (
+                "--enable_ha --etcd_endpoints=a:1 --ha_backend_type=etcd --ha_backend_connstring=b:2;c:3",
+                "--etcd-endpoints b:2,c:3",
+            ),
+            ("--nof_eviction_high_watermark_ratio=0.9 --enable_oplog", ""),
             ("--default_kv_soft_pin_ttl 60000", "--soft-pin-ttl-ms 60000"),
             ("--client_ttl=10", "--client-ttl-ms 10000"),
             (
@@ -755,12 +830,28 @@ mod tests {
     fn errors_name_the_flag() {
         let cases: &[(&str, FlagError)] = &[
             (
-                "--enable_oplog",
-                FlagError::Unknown("--enable_oplog".into()),
+                "--enable_warp_drive",
+                FlagError::Unknown("--enable_warp_drive".into()),
             ),
             ("-rpc-addr=1", FlagError::Unknown("-rpc-addr=1".into())),
             ("--port", FlagError::MissingValue("--port".into())),
             ("--port=70000", bad("--port", "70000", "a port 0-65535")),
+            (
+                "--default_kv_lease_ttl=1d",
+                bad(
+                    "--default_kv_lease_ttl",
+                    "1d",
+                    "milliseconds, or a number with ms/s/m/h",
+                ),
+            ),
+            (
+                "--default_kv_soft_pin_ttl=h",
+                bad(
+                    "--default_kv_soft_pin_ttl",
+                    "h",
+                    "milliseconds, or a number with ms/s/m/h",
+                ),
+            ),
             (
                 "--client_ttl=-1",
                 bad("--client_ttl", "-1", "whole seconds, not negative"),
@@ -823,6 +914,8 @@ mod tests {
             "--enable_offload",
             "--enable_cxl=true",
             "--config_path=/etc/m.json",
+            "--ha_backend_type=redis",
+            "--rpc_interface=eth0",
             "--flagfile=f",
             "--allocation_strategy=cxl",
         ] {
@@ -834,8 +927,8 @@ mod tests {
             }
         }
         // Error text names the flag.
-        let msg = tr("--enable_oplog=true").unwrap_err().to_string();
-        assert!(msg.contains("--enable_oplog"), "{msg}");
+        let msg = tr("--enable_warp_drive=true").unwrap_err().to_string();
+        assert!(msg.contains("--enable_warp_drive"), "{msg}");
     }
 
     #[test]

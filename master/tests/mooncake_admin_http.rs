@@ -141,7 +141,7 @@ fn unknown_mooncake_flag_is_a_clear_error() {
     let out = Command::new(env!("CARGO_BIN_EXE_mooncake-master"))
         .args([
             format!("--port={}", free_port()),
-            "--enable_oplog=true".into(),
+            "--enable_warp_drive=true".into(),
         ])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -150,7 +150,7 @@ fn unknown_mooncake_flag_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("unknown flag --enable_oplog=true"),
+        err.contains("unknown flag --enable_warp_drive=true"),
         "stderr: {err}"
     );
 }
