@@ -12,7 +12,8 @@ use crate::batch_policy::BatchPolicyConfig;
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
     /// Master address: `host:port`, or `etcd://h1:p1,h2:p2[/cluster-id]` to find and follow
-    /// the leader.
+    /// the leader (`;` separates endpoints too; the cluster id defaults to
+    /// `$MC_STORE_CLUSTER_ID`).
     pub master_addr: String,
     /// Bytes of host memory this client contributes to the pool (0 = contribute nothing).
     /// Mapped and faulted in at connect, like the staging buffer (best effort), so that peers'
