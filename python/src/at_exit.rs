@@ -15,11 +15,40 @@ use store_client::BlockingClient;
 /// The clients opened, as weak references, with the id of the process that opened each.
 static OPEN: Mutex<Vec<(u32, Weak<BlockingClient>)>> = Mutex::new(Vec::new());
 
-/// Registers a freshly connected client (dropping entries whose client is gone).
-pub(crate) fn track(client: &Arc<BlockingClient>) {
+/// Registers a freshly connected client (dropping entries whose client is gone) and returns
+/// the handle a Python object keeps.
+pub(crate) fn track(client: Arc<BlockingClient>) -> ProcessBound {
+    let pid = std::process::id();
     let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
     open.retain(|(_, w)| w.strong_count() > 0);
-    open.push((std::process::id(), Arc::downgrade(client)));
+    open.push((pid, Arc::downgrade(&client)));
+    ProcessBound { client, pid }
+}
+
+/// A client handle that lets the client be dropped only in the process that opened it. A
+/// forked child inherits the handle but none of the client's threads: dropping the client
+/// there (when the child's interpreter frees the Python object) could wait forever on threads
+/// that do not exist, and would unmount the parent's segment. In a child the client leaks.
+pub(crate) struct ProcessBound {
+    client: Arc<BlockingClient>,
+    pid: u32,
+}
+
+impl std::ops::Deref for ProcessBound {
+    type Target = Arc<BlockingClient>;
+
+    fn deref(&self) -> &Arc<BlockingClient> {
+        &self.client
+    }
+}
+
+impl Drop for ProcessBound {
+    fn drop(&mut self) {
+        if std::process::id() != self.pid {
+            // One reference that is never released keeps the client from being dropped here.
+            std::mem::forget(Arc::clone(&self.client));
+        }
+    }
 }
 
 /// The `atexit` hook: closes every client this process opened that is still alive (closing

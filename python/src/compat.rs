@@ -298,7 +298,7 @@ fn range_items(
 /// Mooncake's store client API.
 #[pyclass(frozen, module = "mooncake_rs")]
 pub struct MooncakeDistributedStore {
-    client: RwLock<Option<Arc<BlockingClient>>>,
+    client: RwLock<Option<crate::at_exit::ProcessBound>>,
 }
 
 impl MooncakeDistributedStore {
@@ -306,7 +306,8 @@ impl MooncakeDistributedStore {
         self.client
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .as_ref()
+            .map(|c| Arc::clone(c))
             .ok_or_else(|| PyRuntimeError::new_err("call setup() first"))
     }
 
@@ -421,8 +422,7 @@ impl MooncakeDistributedStore {
         });
         match connected {
             Ok(c) => {
-                let c = Arc::new(c);
-                crate::at_exit::track(&c);
+                let c = crate::at_exit::track(Arc::new(c));
                 *self.client.write().unwrap_or_else(|p| p.into_inner()) = Some(c);
                 Ok(0)
             }

@@ -169,7 +169,7 @@ impl ConnectArgs<'_> {
 /// A client of the KV-cache pool.
 #[pyclass(frozen, module = "mooncake_rs")]
 struct Store {
-    client: Arc<BlockingClient>,
+    client: at_exit::ProcessBound,
 }
 
 impl Store {
@@ -235,8 +235,7 @@ impl Store {
         let client = py
             .detach(|| BlockingClient::connect(cfg))
             .map_err(|e| StoreError::new_err((-1, "CONNECT", e.to_string())))?;
-        let client = Arc::new(client);
-        at_exit::track(&client);
+        let client = at_exit::track(Arc::new(client));
         Ok(Store { client })
     }
 
