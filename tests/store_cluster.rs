@@ -240,6 +240,16 @@ async fn a_read_that_outlasts_its_lease_fails_instead_of_answering_bytes() {
     );
 
     holder.signal("STOP");
+    let lookups = || {
+        let text = m.metrics_text();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("mooncake_master_rpc_requests_total{op=\"batch_get_replica_list\"} ")
+            })
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = lookups();
     let one = {
         let (c, key) = (c.clone(), keys[0].clone());
         tokio::spawn(async move { c.get(&key).await })
@@ -248,6 +258,11 @@ async fn a_read_that_outlasts_its_lease_fails_instead_of_answering_bytes() {
         let (c, keys) = (c.clone(), keys.clone());
         tokio::spawn(async move { c.batch_get(&keys).await })
     };
+    // Both reads have their replicas (and leases) before the lease time starts to run here.
+    eventually(Duration::from_secs(20), "both lookups answered", || async {
+        lookups() >= before + 2
+    })
+    .await;
     tokio::time::sleep(lease * 3).await;
     holder.signal("CONT");
     let (one, both) = (one.await.unwrap(), both.await.unwrap());

@@ -564,7 +564,8 @@ impl MasterClient {
         .await
     }
 
-    /// Whether keys exist and are complete (grants read leases).
+    /// Whether keys exist and are complete (an access for eviction order; a read lease only
+    /// where the master runs with `--exist-grants-lease`).
     pub async fn batch_exist_key(&self, keys: Vec<String>) -> BatchResult<bool> {
         run_chunked(keys, String::len, self.chunk_limits(), |keys| async move {
             match self.call(Request::BatchExistKey { keys }).await? {

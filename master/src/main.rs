@@ -130,6 +130,11 @@ fn config(a: &Args) -> anyhow::Result<MasterConfig> {
         (0.0..=1.0).contains(&a.eviction_high_watermark) && (0.0..=1.0).contains(&a.eviction_ratio),
         "--eviction-high-watermark and --eviction-ratio must lie in [0, 1]"
     );
+    // Clients fail every read that outlasts its lease: a zero lease would fail them all.
+    anyhow::ensure!(
+        a.lease_ttl_ms > 0,
+        "--lease-ttl-ms (Mooncake: --default_kv_lease_ttl) must be above 0"
+    );
     let service = ServiceConfig {
         lease_ttl: Duration::from_millis(a.lease_ttl_ms),
         exist_grants_lease: a.exist_grants_lease,
@@ -305,6 +310,12 @@ mod tests {
         let etcd = cfg.etcd.unwrap();
         assert_eq!(etcd.endpoints, vec!["e1:2379", "e2:2379"]);
         assert_eq!(etcd.cluster_id, "c7");
+    }
+
+    #[test]
+    fn a_zero_lease_is_refused() {
+        let e = config(&parse("--lease-ttl-ms 0")).unwrap_err().to_string();
+        assert!(e.contains("--lease-ttl-ms"), "{e}");
     }
 
     #[test]

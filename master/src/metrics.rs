@@ -157,9 +157,17 @@ impl Metrics {
 
     /// Counts the keys of one call that failed alone.
     pub fn record_key_errors(&self, op: &'static str, errors: impl Iterator<Item = ErrorCode>) {
+        // Counted per code first: the family's lock is taken once per code, not per key.
+        let mut counts: Vec<(ErrorCode, u64)> = Vec::new();
         for e in errors {
+            match counts.iter_mut().find(|(c, _)| *c == e) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((e, 1)),
+            }
+        }
+        for (e, n) in counts {
             let l = KeyErrorLabels { op, code: e.name() };
-            self.key_errors.get_or_create(&l).inc();
+            self.key_errors.get_or_create(&l).inc_by(n);
         }
     }
 

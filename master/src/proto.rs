@@ -300,7 +300,8 @@ pub enum Request<K = String> {
     },
     /// Replica lists of complete keys (grants read leases).
     BatchGetReplicaList { keys: Vec<K> },
-    /// Whether keys exist and are complete (grants read leases).
+    /// Whether keys exist and are complete (an access for eviction order; a read lease only
+    /// where the master runs with `--exist-grants-lease`).
     BatchExistKey { keys: Vec<K> },
     /// Remove keys (leased or processing ones only with `force`).
     BatchRemove { keys: Vec<K>, force: bool },

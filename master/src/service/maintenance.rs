@@ -84,19 +84,28 @@ impl MasterService {
         }
     }
 
-    /// One eviction pass: each shard evicts `eviction_ratio` of its evictable objects, oldest
-    /// lease first; soft-pinned objects only if the first pass found nothing (or `aggressive`
-    /// when an allocation failed). Returns the number of objects evicted.
+    /// One eviction pass: each shard evicts `eviction_ratio` of its evictable objects, least
+    /// recently accessed first; soft-pinned objects only if the first pass found nothing (or
+    /// `aggressive` when an allocation failed). An `aggressive` pass evicts only objects with
+    /// a replica in a segment that takes new replicas now: space freed in a held-back segment
+    /// (see [`crate::segment::SegmentRegistry::remount`]) could not serve the allocation.
+    /// Returns the number of objects evicted.
     pub fn evict(&self, now: u64, aggressive: bool) -> usize {
         self.stats.eviction_passes.fetch_add(1, Ordering::Relaxed);
-        let mut n = self.evict_pass(now, false);
+        let mut n = self.evict_pass(now, false, aggressive);
         if n == 0 || aggressive {
-            n += self.evict_pass(now, true);
+            n += self.evict_pass(now, true, aggressive);
         }
         n
     }
 
-    fn evict_pass(&self, now: u64, allow_soft_pinned: bool) -> usize {
+    fn evict_pass(&self, now: u64, allow_soft_pinned: bool, usable_only: bool) -> usize {
+        let frees_usable = |e: &ObjectEntry| {
+            !usable_only
+                || e.replicas
+                    .iter()
+                    .any(|r| r.segment().is_mounted() && r.segment().is_allocatable(now))
+        };
         let mut evicted = 0;
         let mut bytes = 0;
         let mut cands: Vec<Candidate> = Vec::new();
@@ -105,7 +114,7 @@ impl MasterService {
             cands.clear();
             cands.extend(
                 map.iter()
-                    .filter(|(_, e)| is_evictable(e, now, allow_soft_pinned))
+                    .filter(|(_, e)| is_evictable(e, now, allow_soft_pinned) && frees_usable(e))
                     .map(|(k, e)| Candidate {
                         key: k.clone(),
                         last_access_ms: e.lease.last_access_ms(),

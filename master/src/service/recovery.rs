@@ -9,9 +9,12 @@ impl MasterService {
     ///
     /// A segment this master has never seen held data under an earlier master (this one
     /// restarted, or took over): it is not allocated in until one read lease after this
-    /// master started, when every lease and write the earlier one granted has ended. Without
-    /// etcd there is no recovery window, so this is what keeps a restarted single master
-    /// from handing out bytes that an earlier reader is still reading.
+    /// master started, when every lease the earlier one granted has ended. Writes it allowed
+    /// are taken to be over by then too: a client's transfers fail after its engine's request
+    /// timeout, which is 10 s by default like the lease (a deployment that lengthens the
+    /// timeout should lengthen the lease with it). Without etcd there is no recovery window,
+    /// so this is what keeps a restarted single master from handing out bytes that an
+    /// earlier reader is still reading.
     pub fn remount_segments(
         &self,
         client: ClientId,

@@ -898,3 +898,40 @@ fn probes_take_no_lease_but_count_as_accesses_unless_configured_as_mooncake() {
         vec![Ok(())]
     );
 }
+
+#[test]
+fn a_failed_allocation_evicts_only_where_space_can_be_used() {
+    // Just after a restart a remounted segment is held back; evicting the objects reported in
+    // it would free nothing an allocation could use.
+    let old = fixture(ServiceConfig::default());
+    let b = Uuid::new_v4();
+    let held_seg = segment("h2:1", 64 * 1024);
+    old.svc.mount_segment(b, held_seg.clone()).unwrap();
+    let d = put(&old.svc, b, "kept", 1000).unwrap();
+
+    let f = fixture(ServiceConfig {
+        eviction_ratio: 1.0,
+        shards: 1,
+        ..Default::default()
+    });
+    let report = HeldObject {
+        key: "kept".into(),
+        size: 1000,
+        replicas: d,
+    };
+    let r = f
+        .svc
+        .remount_segments(b, vec![held_seg], vec![report])
+        .unwrap();
+    assert_eq!(r, vec![Ok(())]);
+    let a = Uuid::new_v4();
+    let fresh = segment("h1:1", 4096);
+    f.svc.mount_segment(a, fresh.clone()).unwrap();
+    put(&f.svc, a, "x", 4096).unwrap();
+    let z = put(&f.svc, a, "z", 4096).expect("x evicted to make room");
+    assert_eq!(z[0].segment_id, fresh.id);
+    assert_eq!(
+        f.svc.batch_exist_key(&keys(&["kept", "x"])).unwrap(),
+        vec![Ok(true), Ok(false)]
+    );
+}

@@ -9,8 +9,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 use super::Inner;
+use crate::error::ErrorCode;
 
-/// The read lease assumed until the master's first heartbeat answer (its default).
+/// The read lease before the master's first heartbeat answer (connect waits for that answer).
 pub(crate) const ASSUMED_LEASE_TTL_MS: u64 = 10_000;
 
 pub(super) fn spawn_heartbeat(inner: &Arc<Inner>) {
@@ -37,12 +38,12 @@ async fn beat(weak: &Weak<Inner>) -> bool {
     if inner.closed.load(Ordering::Acquire) {
         return false;
     }
-    beat_once(&inner).await;
+    let _ = beat_once(&inner).await;
     true
 }
 
 /// Pings the master once: records its lease time and remounts when it asks for that.
-pub(super) async fn beat_once(inner: &Inner) {
+pub(super) async fn beat_once(inner: &Inner) -> Result<(), ErrorCode> {
     match inner.master.ping(inner.id).await {
         Ok(resp) => {
             inner
@@ -51,8 +52,12 @@ pub(super) async fn beat_once(inner: &Inner) {
             if resp.need_remount {
                 remount(inner).await;
             }
+            Ok(())
         }
-        Err(code) => tracing::debug!(%code, "heartbeat failed; will retry"),
+        Err(code) => {
+            tracing::debug!(%code, "heartbeat failed; will retry");
+            Err(code)
+        }
     }
 }
 

@@ -299,8 +299,11 @@ impl Client {
             )),
             None => None,
         };
-        // The first heartbeat now: it tells this client how long its read leases last.
-        lifecycle::beat_once(&inner).await;
+        // The first heartbeat now: it tells this client how long its read leases last, which
+        // every read is checked against.
+        lifecycle::beat_once(&inner)
+            .await
+            .map_err(|code| ClientError::Refused { what: "ping", code })?;
         lifecycle::spawn_heartbeat(&inner);
         let (get_batcher, put_batcher) = match inner.config.auto_batch {
             Some(policy) => (
