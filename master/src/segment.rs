@@ -202,6 +202,10 @@ impl Run {
     }
 }
 
+/// Largest segment a client may mount (64 PiB, beyond any process's address space): sums of
+/// segment sizes cannot overflow.
+pub const MAX_SEGMENT_SIZE: u64 = 1 << 56;
+
 /// The set of mounted segments.
 #[derive(Debug, Default)]
 pub struct SegmentRegistry {
@@ -240,7 +244,7 @@ impl SegmentRegistry {
         now_ms: u64,
         unknown_until_ms: u64,
     ) -> Result<(), ErrorCode> {
-        if segment.size == 0 || segment.name.is_empty() {
+        if segment.size == 0 || segment.size > MAX_SEGMENT_SIZE || segment.name.is_empty() {
             return Err(ErrorCode::InvalidParams);
         }
         let end = segment
@@ -323,7 +327,9 @@ impl SegmentRegistry {
             .read()
             .iter()
             .map(|s| s.usage())
-            .fold((0, 0), |(c, u), (c2, u2)| (c + c2, u + u2))
+            .fold((0u64, 0u64), |(c, u), (c2, u2)| {
+                (c.saturating_add(c2), u.saturating_add(u2))
+            })
     }
 
     /// Number of mounted segments.
