@@ -13,6 +13,7 @@
 mod at_exit;
 mod buffers;
 mod compat;
+mod logging;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -537,6 +538,7 @@ fn error_name(code: i32) -> &'static str {
 
 #[pymodule]
 fn mooncake_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    logging::init();
     m.add_class::<Store>()?;
     m.add_class::<Master>()?;
     m.add_class::<compat::MooncakeDistributedStore>()?;

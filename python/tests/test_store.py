@@ -25,9 +25,11 @@ def value(i, n):
     return bytes((i * 31 + j * 7) & 0xFF for j in range(n))
 
 
-def run_python(script):
-    """Runs `script` in a fresh interpreter that imports this mooncake_rs."""
-    env = dict(os.environ)
+def run_python(script, **env_vars):
+    """Runs `script` in a fresh interpreter that imports this mooncake_rs (with `env_vars`
+    added to its environment, and no log settings but those)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RUST_LOG", "MC_LOG_LEVEL")}
+    env.update(env_vars)
     env["PYTHONPATH"] = os.pathsep.join(
         [os.path.dirname(os.path.abspath(mooncake_rs.__file__)), env.get("PYTHONPATH", "")])
     return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=60)
@@ -632,6 +634,43 @@ s.close()
             warnings.simplefilter("always")
             self.assertEqual(fresh.setup("127.0.0.1", "", 0, MIB, "tcp", "", "127.0.0.1:1"), -1)
         self.assertTrue(any("setup failed" in str(x.message) for x in w))
+
+
+class LoggingTest(unittest.TestCase):
+    # A peer that sends a bad hello to a client's transfer port: the client closes that
+    # connection and logs a warning (the child waits for the close, which comes after it).
+    BAD_PEER = """
+import socket, mooncake_rs
+m = mooncake_rs.Master()
+s = mooncake_rs.MooncakeDistributedStore()
+assert s.setup("127.0.0.1", "P2PHANDSHAKE", 0, 1 << 20, "tcp", "", m.address) == 0
+host, port = s.get_hostname().rsplit(":", 1)
+c = socket.create_connection((host, int(port)))
+c.sendall(b"NOTMCTE!")
+assert c.recv(1) == b""
+s.close()
+m.stop()
+"""
+    WARNING = "closed connection"
+
+    def stderr_of(self, **env_vars):
+        out = run_python(self.BAD_PEER, **env_vars)
+        self.assertEqual(out.returncode, 0, out.stderr.decode())
+        return out.stderr.decode()
+
+    def test_warnings_reach_stderr_unless_the_level_says_otherwise(self):
+        default = self.stderr_of()
+        self.assertIn(self.WARNING, default)
+        self.assertIn("bad magic", default)
+        self.assertIn(self.WARNING, self.stderr_of(MC_LOG_LEVEL="WARNING"))
+        self.assertNotIn(self.WARNING, self.stderr_of(MC_LOG_LEVEL="ERROR"))
+        # RUST_LOG, when set, wins over MC_LOG_LEVEL.
+        self.assertIn(self.WARNING, self.stderr_of(MC_LOG_LEVEL="ERROR", RUST_LOG="transfer_engine=warn"))
+        self.assertNotIn(self.WARNING, self.stderr_of(RUST_LOG="off"))
+        # An unknown level is said, and the default applies.
+        unknown = self.stderr_of(MC_LOG_LEVEL="LOUD")
+        self.assertIn("MC_LOG_LEVEL not understood", unknown)
+        self.assertIn(self.WARNING, unknown)
 
 
 def cuda_available():
