@@ -55,7 +55,8 @@ pub struct RdmaConfig {
     pub devices: Vec<String>,
     /// Requests are cut into slices of at most this many bytes.
     pub slice_size: usize,
-    /// GID index for RoCE; `None` picks one automatically.
+    /// GID index for RoCE; `None` picks one automatically. Defaults to Mooncake's
+    /// `MC_GID_INDEX`, else `NCCL_IB_GID_INDEX`, when set.
     pub gid_index: Option<u32>,
     /// How often a failed slice is retried before its request fails.
     pub max_retries: u32,
@@ -66,7 +67,7 @@ impl Default for RdmaConfig {
         RdmaConfig {
             devices: Vec::new(),
             slice_size: 64 * 1024,
-            gid_index: None,
+            gid_index: env_number("MC_GID_INDEX").or_else(|| env_number("NCCL_IB_GID_INDEX")),
             max_retries: 3,
         }
     }
@@ -84,10 +85,16 @@ pub struct EngineConfig {
     pub metadata: MetadataConfig,
     /// Transport for remote segments.
     pub protocol: Protocol,
-    /// A request not finished by then completes as `TimedOut`.
+    /// A request not finished by then completes as `TimedOut`. Defaults to 10 s, or to
+    /// Mooncake's `MC_TRANSFER_TIMEOUT` (seconds) when set. Keep it within the master's read
+    /// lease: a read that takes longer fails with LEASE_EXPIRED anyway.
     pub request_timeout: Duration,
     /// Persistent TCP connections per peer.
     pub tcp_connections_per_peer: usize,
+    /// How long a TCP connect to a peer may take. A peer whose connect failed is refused
+    /// without a new attempt for a moment (see [`crate::transport::tcp`]), so a dead host costs
+    /// its own requests this once, not every submit.
+    pub tcp_connect_timeout: Duration,
     /// TCP requests larger than this are striped over the connections.
     pub tcp_stripe_size: usize,
     /// RDMA knobs.
@@ -110,12 +117,44 @@ impl Default for EngineConfig {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             metadata: MetadataConfig::P2p,
             protocol: Protocol::Auto,
-            request_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(env_number("MC_TRANSFER_TIMEOUT").unwrap_or(10)),
             tcp_connections_per_peer: 4,
+            tcp_connect_timeout: Duration::from_secs(3),
             tcp_stripe_size: 1 << 20,
             rdma: RdmaConfig::default(),
             shared_memory: true,
             copy_threads: 0,
         }
+    }
+}
+
+/// A non-negative integer from environment variable `name`; unset is `None`, and so is a value
+/// that does not parse (with a warning, so a typo does not pass silently).
+fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    let v = std::env::var(name).ok()?;
+    match v.trim().parse() {
+        Ok(n) => Some(n),
+        Err(_) => {
+            tracing::warn!(variable = name, value = %v, "not a non-negative integer; ignored");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::env_number;
+
+    #[test]
+    fn numbers_from_the_environment() {
+        // A variable of this test alone: the process environment is shared by every test.
+        const VAR: &str = "MOONCAKE_RS_CONFIG_TEST_NUMBER";
+        std::env::remove_var(VAR);
+        assert_eq!(env_number::<u64>(VAR), None);
+        std::env::set_var(VAR, " 300 ");
+        assert_eq!(env_number::<u64>(VAR), Some(300));
+        std::env::set_var(VAR, "30s");
+        assert_eq!(env_number::<u64>(VAR), None, "not a number: ignored");
+        std::env::remove_var(VAR);
     }
 }

@@ -304,6 +304,15 @@ impl Client {
         lifecycle::beat_once(&inner)
             .await
             .map_err(|code| ClientError::Refused { what: "ping", code })?;
+        let lease = std::time::Duration::from_millis(inner.lease_ttl_ms.load(Ordering::Relaxed));
+        if inner.config.engine.request_timeout > lease {
+            tracing::warn!(
+                request_timeout = ?inner.config.engine.request_timeout,
+                ?lease,
+                "transfers may run longer than the master's read lease; reads that do fail \
+                 with LEASE_EXPIRED"
+            );
+        }
         lifecycle::spawn_heartbeat(&inner);
         let (get_batcher, put_batcher) = match inner.config.auto_batch {
             Some(policy) => (

@@ -40,12 +40,18 @@ pub const NAME: &str = "rdma";
 /// Environment variable restricting the devices when the configuration names none.
 pub const DEVICES_ENV: &str = "MOONCAKE_RDMA_DEVICES";
 
-/// The device filter: the configured names, else those in [`DEVICES_ENV`], else none (all).
+/// Mooncake's variable for the same (a comma-separated list of NIC names; SGLang sets it),
+/// read when [`DEVICES_ENV`] is not set.
+pub const MOONCAKE_FILTERS_ENV: &str = "MC_MS_FILTERS";
+
+/// The device filter: the configured names, else those in [`DEVICES_ENV`] or
+/// [`MOONCAKE_FILTERS_ENV`], else none (all).
 pub fn device_filter(config: &RdmaConfig) -> Vec<String> {
     if !config.devices.is_empty() {
         return config.devices.clone();
     }
     std::env::var(DEVICES_ENV)
+        .or_else(|_| std::env::var(MOONCAKE_FILTERS_ENV))
         .unwrap_or_default()
         .split(',')
         .map(str::trim)

@@ -8,6 +8,11 @@
 //! submit uses as many of them as its size is worth (a small batch stays on one). A
 //! watchdog thread closes a connection whose oldest request is past its deadline, which times
 //! out everything in flight on it.
+//!
+//! Connecting happens per peer: a submit to a peer that does not answer (a dead host whose
+//! packets vanish) waits for its own connect, up to `tcp_connect_timeout`, while submits to
+//! other peers and the watchdog go on; submits to the same peer share that one attempt, and
+//! for [`FAIL_FAST`] after a failed one they fail at once instead of trying again.
 
 pub mod connection;
 pub(crate) mod gpu_staging;
@@ -55,32 +60,85 @@ fn effective_stripe(total: u64, conns: usize, configured: u64) -> u64 {
     spread.max(MIN_STRIPE.min(configured)).min(configured)
 }
 
+/// After a failed connect, submits to that peer fail at once for this long.
+pub const FAIL_FAST: Duration = Duration::from_secs(1);
+
+/// One peer's connections.
+#[derive(Default)]
+struct Peer {
+    /// Held briefly (the watchdog reads it too).
+    conns: Mutex<Vec<Arc<Connection>>>,
+    /// Held while connecting, so that concurrent submits share one attempt.
+    connecting: Mutex<()>,
+    /// The last failed connect: until when submits fail at once, and why.
+    failed: Mutex<Option<(Instant, String)>>,
+}
+
 struct Pool {
     per_peer: usize,
-    timeout: Duration,
-    peers: Mutex<HashMap<SocketAddr, Vec<Arc<Connection>>>>,
+    connect_timeout: Duration,
+    peers: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
 }
 
 impl Pool {
-    fn connections(&self, peer: SocketAddr) -> Result<Vec<Arc<Connection>>, String> {
-        let mut peers = self.peers.lock();
-        let conns = peers.entry(peer).or_default();
+    fn peer(&self, addr: SocketAddr) -> Arc<Peer> {
+        self.peers.lock().entry(addr).or_default().clone()
+    }
+
+    /// The live connections of `p`, if it has its full set.
+    fn ready(&self, p: &Peer) -> Option<Vec<Arc<Connection>>> {
+        let mut conns = p.conns.lock();
         conns.retain(|c| c.is_alive());
-        while conns.len() < self.per_peer {
-            match Connection::connect(peer, self.timeout) {
-                Ok(c) => conns.push(Arc::new(c)),
-                Err(e) if conns.is_empty() => return Err(format!("connect to {peer}: {e}")),
+        (conns.len() >= self.per_peer).then(|| conns.clone())
+    }
+
+    fn connections(&self, addr: SocketAddr) -> Result<Vec<Arc<Connection>>, String> {
+        let p = self.peer(addr);
+        if let Some(c) = self.ready(&p) {
+            return Ok(c);
+        }
+        let recent_failure = || match &*p.failed.lock() {
+            Some((until, why)) if Instant::now() < *until => Some(format!(
+                "connect to {addr} failed less than {FAIL_FAST:?} ago ({why}); not retried yet"
+            )),
+            _ => None,
+        };
+        if let Some(e) = recent_failure() {
+            return Err(e);
+        }
+        let _connecting = p.connecting.lock();
+        // Another submit may have connected, or failed, while this one waited.
+        if let Some(c) = self.ready(&p) {
+            return Ok(c);
+        }
+        if let Some(e) = recent_failure() {
+            return Err(e);
+        }
+        let have = p.conns.lock().len();
+        let mut fresh = Vec::new();
+        for _ in have..self.per_peer {
+            match Connection::connect(addr, self.connect_timeout) {
+                Ok(c) => fresh.push(Arc::new(c)),
+                Err(e) if have == 0 && fresh.is_empty() => {
+                    let why = format!("connect to {addr}: {e}");
+                    *p.failed.lock() = Some((Instant::now() + FAIL_FAST, why.clone()));
+                    return Err(why);
+                }
                 Err(e) => {
-                    tracing::warn!(%peer, error = %e, "extra connection failed; using fewer");
+                    tracing::warn!(peer = %addr, error = %e, "extra connection failed; using fewer");
                     break;
                 }
             }
         }
+        *p.failed.lock() = None;
+        let mut conns = p.conns.lock();
+        conns.extend(fresh);
         Ok(conns.clone())
     }
 
     fn all(&self) -> Vec<Arc<Connection>> {
-        self.peers.lock().values().flatten().cloned().collect()
+        let peers: Vec<Arc<Peer>> = self.peers.lock().values().cloned().collect();
+        peers.iter().flat_map(|p| p.conns.lock().clone()).collect()
     }
 }
 
@@ -101,7 +159,7 @@ impl TcpTransport {
         let timeout = ctx.config.request_timeout;
         let pool = Arc::new(Pool {
             per_peer: ctx.config.tcp_connections_per_peer.max(1),
-            timeout,
+            connect_timeout: ctx.config.tcp_connect_timeout.min(timeout),
             peers: Mutex::new(HashMap::new()),
         });
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
@@ -227,6 +285,64 @@ impl Transport for TcpTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    /// A listener that never accepts, its queue filled: further connects get no answer (the
+    /// kernel drops their SYNs), as with a dead host. Returns it and the filler sockets.
+    fn tarpit() -> (TcpListener, Vec<TcpStream>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut filler = Vec::new();
+        while let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            filler.push(s);
+            assert!(filler.len() < 10_000, "the accept queue never filled");
+        }
+        (l, filler)
+    }
+
+    #[test]
+    fn a_peer_that_does_not_answer_holds_up_only_its_own_submits() {
+        let (dead, _filler) = tarpit();
+        let dead = dead.local_addr().unwrap();
+        let live = TcpListener::bind("127.0.0.1:0").unwrap();
+        let live_addr = live.local_addr().unwrap();
+        let _acceptor = std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            for s in live.incoming().flatten() {
+                kept.push(s);
+            }
+        });
+        let pool = Arc::new(Pool {
+            per_peer: 2,
+            connect_timeout: Duration::from_secs(3),
+            peers: Mutex::new(HashMap::new()),
+        });
+        let stuck = {
+            let pool = pool.clone();
+            std::thread::spawn(move || pool.connections(dead))
+        };
+        // Let the stuck submit start its connect.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(pool.connections(live_addr).unwrap().len(), 2);
+        assert_eq!(
+            pool.all().len(),
+            2,
+            "the watchdog's view is not blocked either"
+        );
+        assert!(
+            !stuck.is_finished(),
+            "the other peer was served while the dead one was still connecting"
+        );
+        let Err(e) = stuck.join().unwrap() else {
+            panic!("connected to a peer that never answers")
+        };
+        assert!(e.contains(&dead.to_string()), "{e}");
+        // Right after, the dead peer fails at once, without another attempt.
+        let Err(again) = pool.connections(dead) else {
+            panic!("connected to a peer that never answers")
+        };
+        assert!(again.contains("not retried yet"), "{again}");
+    }
 
     #[test]
     fn small_submits_are_spread_over_the_pool() {
