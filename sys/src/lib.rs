@@ -6,6 +6,7 @@
 //! - `cuda`: the CUDA driver API (dlopen'ed at run time): pointer attributes, copies, device
 //!   allocations.
 //! - `host_memory`: anonymous mappings for pools and staging buffers (outside the heap).
+//! - `open_files`: the open-files limit (`RLIMIT_NOFILE`), raised to its hard limit at start.
 //! - `shared_memory`: memfd-backed pools that peers on the same host map, and passing their
 //!   descriptors over Unix sockets.
 
@@ -15,4 +16,5 @@ pub use sideway as verbs;
 pub mod cq_events;
 pub mod cuda;
 pub mod host_memory;
+pub mod open_files;
 pub mod shared_memory;

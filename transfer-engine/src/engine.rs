@@ -181,6 +181,7 @@ impl Engine {
                 "request_timeout must be > 0".into(),
             ));
         }
+        crate::listener::raise_open_files_limit();
         let listener = TcpListener::bind(config.listen_addr)?;
         let addr = listener.local_addr()?;
         let name = config.name.clone().unwrap_or_else(|| addr.to_string());

@@ -1,6 +1,12 @@
 //! The engine's TCP listener: accepts connections, reads their hello and hands them to the
 //! data server or the control server. Dropping it stops accepting and shuts down every
 //! connection it serves, so no peer touches memory after the engine is gone.
+//!
+//! Served sockets probe idle peers (TCP keepalive) and give up on data a peer leaves
+//! unacknowledged (`TCP_USER_TIMEOUT`), so a crashed or partitioned initiator host costs its
+//! serving threads and descriptors for about a minute, not until the kernel's retransmissions
+//! end (~15 min) or forever (an idle connection). Accept errors (EMFILE when the descriptors
+//! run out: the pending connection stays queued) back off instead of spinning.
 
 use std::io::Read;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -10,6 +16,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use socket2::{SockRef, TcpKeepalive};
 
 use crate::control::{self, ControlHandler};
 use crate::registry::MemoryRegistry;
@@ -26,6 +33,66 @@ pub struct ServeState {
 }
 
 type Served = Arc<Mutex<Vec<(TcpStream, JoinHandle<()>)>>>;
+
+/// Idle time before a served socket's first keepalive probe.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// Time between unanswered keepalive probes.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered probes after which the peer is taken for gone.
+const KEEPALIVE_PROBES: u32 = 3;
+/// How long sent data may stay unacknowledged before the connection is dropped (as long as
+/// the keepalive probing, so both detect a dead peer in about the same time).
+const USER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Sets keepalive and the unacknowledged-data timeout on a served socket.
+fn watch_peer(stream: &TcpStream) -> std::io::Result<()> {
+    let sock = SockRef::from(stream);
+    sock.set_tcp_keepalive(
+        &TcpKeepalive::new()
+            .with_time(KEEPALIVE_IDLE)
+            .with_interval(KEEPALIVE_INTERVAL)
+            .with_retries(KEEPALIVE_PROBES),
+    )?;
+    sock.set_tcp_user_timeout(Some(USER_TIMEOUT))
+}
+
+/// The pause after a failed accept: doubling from [`AcceptBackoff::FIRST`] up to
+/// [`AcceptBackoff::MAX`] while failures continue, and one log line per burst of them.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    failures: u32,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_secs(1);
+
+    /// After a failed accept: how long to pause, and whether this failure starts a burst
+    /// (the one to log).
+    fn failed(&mut self) -> (Duration, bool) {
+        let doublings = self.failures.min(16);
+        self.failures = self.failures.saturating_add(1);
+        let pause = Self::FIRST.saturating_mul(1 << doublings).min(Self::MAX);
+        (pause, self.failures == 1)
+    }
+
+    /// After a successful accept: how many failures the burst it ends had (0: none).
+    fn succeeded(&mut self) -> u32 {
+        std::mem::take(&mut self.failures)
+    }
+}
+
+/// Raises this process's open-files limit to its hard limit, once (each peer costs a few
+/// sockets; a 1024 soft limit runs out at a few hundred peers).
+pub(crate) fn raise_open_files_limit() {
+    static RAISED: std::sync::Once = std::sync::Once::new();
+    RAISED.call_once(
+        || match mooncake_sys::open_files::raise_open_files_limit() {
+            Ok(soft) => tracing::debug!(limit = soft, "open-files limit (RLIMIT_NOFILE)"),
+            Err(e) => tracing::debug!(error = %e, "cannot raise the open-files limit"),
+        },
+    );
+}
 
 /// A running listener.
 pub struct Listener {
@@ -73,6 +140,7 @@ impl Drop for Listener {
 }
 
 fn accept_loop(listener: TcpListener, state: &Arc<ServeState>, stop: &AtomicBool, served: &Served) {
+    let mut backoff = AcceptBackoff::default();
     for conn in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             return;
@@ -80,10 +148,21 @@ fn accept_loop(listener: TcpListener, state: &Arc<ServeState>, stop: &AtomicBool
         let stream = match conn {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
+                let (pause, first) = backoff.failed();
+                if first {
+                    tracing::warn!(error = %e, "accept failed; retrying with backoff until it works");
+                }
+                std::thread::sleep(pause);
                 continue;
             }
         };
+        let failures = backoff.succeeded();
+        if failures > 0 {
+            tracing::info!(failures, "accepting again");
+        }
+        if let Err(e) = watch_peer(&stream) {
+            tracing::debug!(error = %e, "cannot set keepalive on a served connection");
+        }
         let Ok(handle) = stream.try_clone() else {
             continue;
         };
@@ -126,5 +205,96 @@ fn serve_connection(mut stream: TcpStream, state: &ServeState) {
     }
     if let Ok(c) = closer {
         let _ = c.shutdown(Shutdown::Both);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{read_frame, write_frame, ControlRequest, ControlResponse};
+    use crate::descriptor::SegmentDescriptor;
+    use crate::transport::tcp::wire::{hello, ConnKind};
+    use std::io::Write;
+
+    #[test]
+    fn accept_backoff_doubles_to_its_cap_and_logs_once_per_burst() {
+        let mut b = AcceptBackoff::default();
+        let burst: Vec<(u64, bool)> = (0..7)
+            .map(|_| b.failed())
+            .map(|(d, first)| (d.as_millis() as u64, first))
+            .collect();
+        assert_eq!(
+            burst,
+            [
+                (50, true),
+                (100, false),
+                (200, false),
+                (400, false),
+                (800, false),
+                (1000, false),
+                (1000, false)
+            ]
+        );
+        for _ in 0..100 {
+            assert_eq!(b.failed(), (AcceptBackoff::MAX, false));
+        }
+        assert_eq!(b.succeeded(), 107);
+        assert_eq!(b.succeeded(), 0);
+        assert_eq!(b.failed(), (AcceptBackoff::FIRST, true));
+    }
+
+    /// Answers with a descriptor of no buffers.
+    struct Empty(SocketAddr);
+
+    impl ControlHandler for Empty {
+        fn descriptor(&self) -> SegmentDescriptor {
+            SegmentDescriptor {
+                name: "served".into(),
+                tcp_addr: self.0,
+                buffers: Vec::new(),
+                transports: Default::default(),
+            }
+        }
+        fn transport(&self, name: &str, _: &[u8]) -> Result<Vec<u8>, String> {
+            Err(format!("no transport {name}"))
+        }
+    }
+
+    #[test]
+    fn served_sockets_probe_their_peer() {
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let state = Arc::new(ServeState {
+            registry: Arc::default(),
+            name: "served".into(),
+            control: Arc::new(Empty(addr)),
+        });
+        let listener = Listener::start(tcp, state).unwrap();
+        let mut peer = TcpStream::connect(addr).unwrap();
+        peer.write_all(&hello(ConnKind::Control)).unwrap();
+        write_frame(&mut peer, &ControlRequest::GetDescriptor).unwrap();
+        let answer: Option<ControlResponse> = read_frame(&mut peer).unwrap();
+        assert!(matches!(answer, Some(ControlResponse::Descriptor(d)) if d.name == "served"));
+        // Served, so accepted; the accept thread lists it right after starting its thread.
+        let served = (0..10_000)
+            .find_map(|_| {
+                let list = listener.served.lock();
+                let s = list.first().map(|(s, _)| s.try_clone().unwrap());
+                drop(list);
+                s.or_else(|| {
+                    std::thread::sleep(Duration::from_millis(1));
+                    None
+                })
+            })
+            .expect("the connection is never listed");
+        assert_eq!(served.peer_addr().unwrap(), peer.local_addr().unwrap());
+        let sock = SockRef::from(&served);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+        assert_eq!(sock.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+        assert_eq!(sock.tcp_user_timeout().unwrap(), Some(USER_TIMEOUT));
+        // A socket nobody configured reads differently (the checks above can fail).
+        assert!(!SockRef::from(&peer).keepalive().unwrap());
     }
 }
