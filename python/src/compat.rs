@@ -10,6 +10,7 @@
 //! (Mooncake's P2PHANDSHAKE mode).
 
 use std::ffi::CString;
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use pyo3::exceptions::{PyRuntimeError, PyRuntimeWarning, PyTypeError};
@@ -139,24 +140,35 @@ fn warn(py: Python<'_>, message: &str) -> PyResult<()> {
     PyErr::warn(py, &py.get_type::<PyRuntimeWarning>(), &message, 1)
 }
 
+/// What `setup()`'s keyword settings ask for.
+struct SetupSettings {
+    /// One line per setting accepted but ignored.
+    ignored: Vec<String>,
+    /// Where to serve the client's metrics and health (`enable_client_http_server`).
+    http_addr: Option<SocketAddr>,
+}
+
 /// Checks `setup()`'s optional keyword settings (newer Mooncake versions' and SGLang's) and
 /// returns one line per setting that is accepted but ignored.
 ///
-/// Decisions: `enable_client_http_server`, `client_http_port` (a per-client metrics server:
-/// this client's metrics are in `mooncake_rs.Store.metrics()`) and `ssd_offload_path` (only
-/// read when offload is on) change nothing the caller relies on, so they are ignored with a
-/// warning. `enable_ssd_offload=True` and a `tenant_id` other than None, "" or "default" would
+/// Decisions: `enable_client_http_server=True` serves this client's `/metrics` (Prometheus
+/// text) and `/health` on `client_http_port` (all interfaces; a free port, logged, when none
+/// is given), as Mooncake's client HTTP server does. `ssd_offload_path` (only read when
+/// offload is on) changes nothing the caller relies on, so it is ignored with a warning. `enable_ssd_offload=True` and a `tenant_id` other than None, "" or "default" would
 /// change semantics if ignored (objects believed to be on disk would be evicted; tenants would
 /// read each other's keys), so they raise a TypeError whose message names the setting, as a
 /// Mooncake without them does: SGLang then retries without SSD offload, or stops with its own
 /// message for tenants. Any other keyword is a TypeError naming it.
-fn setup_settings(settings: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<String>> {
+fn setup_settings(settings: Option<&Bound<'_, PyDict>>) -> PyResult<SetupSettings> {
     let mut ignored = Vec::new();
     let mut unknown = Vec::new();
+    let (mut http, mut http_port) = (false, None);
     for (name, value) in settings.into_iter().flat_map(|d| d.iter()) {
         let name: String = name.extract()?;
         match name.as_str() {
-            "enable_client_http_server" | "client_http_port" | "ssd_offload_path" => {
+            "enable_client_http_server" => http = value.is_truthy()?,
+            "client_http_port" => http_port = value.extract::<Option<u16>>()?,
+            "ssd_offload_path" => {
                 ignored.push(format!("{name}={} is ignored", value.repr()?));
             }
             "enable_ssd_offload" if value.is_truthy()? => {
@@ -177,7 +189,10 @@ fn setup_settings(settings: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<String>>
         }
     }
     if unknown.is_empty() {
-        Ok(ignored)
+        Ok(SetupSettings {
+            ignored,
+            http_addr: http.then(|| SocketAddr::from(([0, 0, 0, 0], http_port.unwrap_or(0)))),
+        })
     } else {
         Err(PyTypeError::new_err(format!(
             "setup() got unexpected keyword argument(s) {}",
@@ -394,7 +409,8 @@ impl MooncakeDistributedStore {
         settings: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<i64> {
         let _ = metadata_server;
-        for ignored in setup_settings(settings)? {
+        let settings = setup_settings(settings)?;
+        for ignored in &settings.ignored {
             warn(py, &format!("MooncakeDistributedStore.setup: {ignored}"))?;
         }
         let local_hostname = match engine {
@@ -416,7 +432,8 @@ impl MooncakeDistributedStore {
             local_hostname: Some(local_hostname),
             rdma_devices,
         };
-        let connected = args.config().and_then(|cfg| {
+        let connected = args.config().and_then(|mut cfg| {
+            cfg.metrics_addr = settings.http_addr;
             py.detach(|| BlockingClient::connect(cfg))
                 .map_err(|e| PyRuntimeError::new_err(e.to_string()))
         });

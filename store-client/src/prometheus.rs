@@ -130,17 +130,21 @@ pub struct MetricsServer {
 }
 
 impl MetricsServer {
-    /// Serves `GET /metrics` on `addr` (port 0 picks a free one).
+    /// Serves `GET /metrics` and `GET /health` (`OK` while the client runs) on `addr` (port 0
+    /// picks a free one; the address is logged).
     pub async fn start(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let metrics = metrics.clone();
-                async move { render(&metrics) }
-            }),
-        );
+        tracing::info!(%addr, "client metrics endpoint: /metrics, /health");
+        let app = axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let metrics = metrics.clone();
+                    async move { render(&metrics) }
+                }),
+            )
+            .route("/health", axum::routing::get(|| async { "OK" }));
         let task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::warn!(error = %e, "client metrics endpoint stopped");
