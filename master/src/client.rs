@@ -7,6 +7,14 @@
 //! connection drops, looks it up again, so that it follows failovers. A call whose connection breaks fails with `RPC_FAIL` (the caller decides
 //! whether to retry); the next call reconnects.
 //!
+//! A master can also vanish without closing the connection (its host dies, a partition, a
+//! stopped process). The socket then probes an idle master (TCP keepalive) and gives up on
+//! requests it leaves unacknowledged (`TCP_USER_TIMEOUT`), and a call that times out with
+//! nothing heard on its connection since it was sent abandons that connection, so the next
+//! call reconnects (re-resolving the leader) instead of waiting on a dead one. Callers
+//! that find no connection share one connect attempt and its outcome; for
+//! [`ClientOptions::reconnect_backoff`] after a failed one, calls fail at once.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use mooncake_master::{MasterClient, ReplicateConfig};
@@ -24,9 +32,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use socket2::{SockRef, TcpKeepalive};
 use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
 
 use crate::chunking::{run_chunked, ChunkLimits};
 use crate::codec::{
@@ -72,6 +82,10 @@ pub enum RpcError {
     /// Timed out.
     #[error("timed out connecting to master {0}")]
     Timeout(String),
+    /// Not tried: the latest connect attempt failed (with this error) just now, or while the
+    /// caller waited for it.
+    #[error("master unreachable: {0} (latest connect attempt; retried after the backoff)")]
+    RecentFailure(String),
 }
 
 /// Client tunables.
@@ -90,7 +104,21 @@ pub struct ClientOptions {
     /// cut in several that fails as a whole in one of them (even RPC_FAIL, after which the
     /// master may have acted on it) reports that error for each key of that part.
     pub chunk: ChunkLimits,
+    /// Idle time before the connection's first TCP keepalive probe; probes then go every
+    /// [`KEEPALIVE_INTERVAL`], and [`KEEPALIVE_PROBES`] unanswered ones close it.
+    pub keepalive: Duration,
+    /// How long a request may stay unacknowledged by the master's host before the connection
+    /// is closed (`TCP_USER_TIMEOUT`).
+    pub user_timeout: Duration,
+    /// After a failed connect attempt, calls fail at once (`RPC_FAIL`) for this long instead
+    /// of each trying again.
+    pub reconnect_backoff: Duration,
 }
+
+/// Time between unanswered keepalive probes on a master connection.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// Unanswered keepalive probes after which a master connection is closed.
+pub const KEEPALIVE_PROBES: u32 = 3;
 
 impl Default for ClientOptions {
     fn default() -> Self {
@@ -100,6 +128,9 @@ impl Default for ClientOptions {
             failover_wait: Duration::from_secs(20),
             max_frame: DEFAULT_MAX_FRAME,
             chunk: ChunkLimits::default(),
+            keepalive: Duration::from_secs(5),
+            user_timeout: Duration::from_secs(10),
+            reconnect_backoff: Duration::from_millis(500),
         }
     }
 }
@@ -162,6 +193,10 @@ struct Conn {
     pending: Pending,
     next_id: AtomicU64,
     alive: AtomicBool,
+    /// Frames received so far: a call that times out without this moving heard nothing.
+    heard: AtomicU64,
+    /// Its reader and writer tasks, stopped when it fails (a silent master never ends them).
+    tasks: Mutex<Vec<AbortHandle>>,
 }
 
 impl Conn {
@@ -169,6 +204,38 @@ impl Conn {
         self.alive.store(false, Ordering::SeqCst);
         // Dropping the senders wakes every waiter with an error.
         self.pending.lock().clear();
+        for t in self.tasks.lock().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// What callers without a connection know of the connect attempts made so far.
+#[derive(Debug, Default)]
+struct Attempts {
+    /// Attempts finished.
+    done: u64,
+    /// When the latest one failed, and why; `None` if it succeeded.
+    failed: Option<(Instant, String)>,
+}
+
+impl Attempts {
+    /// The failure a caller that saw `seen` attempts finished should return instead of trying:
+    /// the latest attempt's, if it failed and finished since (the caller waited on it) or less
+    /// than `backoff` before `now`.
+    fn reuse(&self, seen: u64, now: Instant, backoff: Duration) -> Option<RpcError> {
+        match &self.failed {
+            Some((at, why)) if self.done != seen || now < *at + backoff => {
+                Some(RpcError::RecentFailure(why.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Records a finished attempt.
+    fn finished(&mut self, result: Result<(), &RpcError>, now: Instant) {
+        self.done += 1;
+        self.failed = result.err().map(|e| (now, e.to_string()));
     }
 }
 
@@ -178,6 +245,24 @@ struct Inner {
     opts: ClientOptions,
     conn: Mutex<Option<Arc<Conn>>>,
     connecting: tokio::sync::Mutex<()>,
+    attempts: Mutex<Attempts>,
+}
+
+/// Sets keepalive and the unacknowledged-data timeout on a master connection, so that a
+/// master host that vanished closes it (best effort: a socket that refuses keeps working).
+fn watch_master(stream: &TcpStream, opts: &ClientOptions) {
+    let sock = SockRef::from(stream);
+    let set = sock
+        .set_tcp_keepalive(
+            &TcpKeepalive::new()
+                .with_time(opts.keepalive)
+                .with_interval(KEEPALIVE_INTERVAL)
+                .with_retries(KEEPALIVE_PROBES),
+        )
+        .and_then(|()| sock.set_tcp_user_timeout(Some(opts.user_timeout)));
+    if let Err(e) = set {
+        tracing::debug!(error = %e, "cannot set keepalive on the master connection");
+    }
 }
 
 /// See the module documentation. Cheap to clone; clones share the connection.
@@ -200,6 +285,7 @@ impl MasterClient {
                 opts,
                 conn: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
+                attempts: Mutex::default(),
             }),
         };
         c.connection().await?;
@@ -216,14 +302,37 @@ impl MasterClient {
             .map(|c| c.addr.clone())
     }
 
+    /// The live connection, else the outcome of one connect attempt: this caller's, or the
+    /// one it waited on, or the latest failed one during the backoff.
     async fn connection(&self) -> Result<Arc<Conn>, RpcError> {
         if let Some(c) = self.live_conn() {
             return Ok(c);
         }
+        let seen = self.inner.attempts.lock().done;
         let _g = self.inner.connecting.lock().await;
         if let Some(c) = self.live_conn() {
             return Ok(c);
         }
+        let backoff = self.inner.opts.reconnect_backoff;
+        if let Some(e) = self
+            .inner
+            .attempts
+            .lock()
+            .reuse(seen, Instant::now(), backoff)
+        {
+            return Err(e);
+        }
+        let made = self.connect_once().await;
+        self.inner
+            .attempts
+            .lock()
+            .finished(made.as_ref().map(drop), Instant::now());
+        made
+    }
+
+    /// One connect attempt (with etcd, retried until a leader answers or the failover wait
+    /// ends); the connection made becomes the client's.
+    async fn connect_once(&self) -> Result<Arc<Conn>, RpcError> {
         let deadline = match self.inner.target {
             Target::Direct(_) => Instant::now(),
             Target::Etcd { .. } => Instant::now() + self.inner.opts.failover_wait,
@@ -284,6 +393,7 @@ impl MasterClient {
                     source,
                 })?;
             let _ = s.set_nodelay(true);
+            watch_master(&s, opts);
             client_handshake(&mut s)
                 .await
                 .map_err(|source| RpcError::Frame {
@@ -303,12 +413,14 @@ impl MasterClient {
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             alive: AtomicBool::new(true),
+            heard: AtomicU64::new(0),
+            tasks: Mutex::new(Vec::new()),
         });
         // The tasks hold the connection weakly: when the last user drops it, its sink (and so
         // the writer's queue) closes, the writer shuts the socket down, the master closes its
         // side and the reader sees EOF, so a dropped client leaves no task or socket behind.
         let wconn = Arc::downgrade(&conn);
-        tokio::spawn(async move {
+        let writing = tokio::spawn(async move {
             if let Err(e) = writer.run().await {
                 tracing::debug!("master connection writer: {e}");
             }
@@ -319,7 +431,7 @@ impl MasterClient {
         let rconn = Arc::downgrade(&conn);
         let raddr = addr.clone();
         let max = opts.max_frame;
-        tokio::spawn(async move {
+        let reading = tokio::spawn(async move {
             let mut rd = BufReader::with_capacity(256 * 1024, rd);
             let mut buf = Vec::new();
             loop {
@@ -334,6 +446,7 @@ impl MasterClient {
                 match decode_payload::<Response>(&buf) {
                     Ok((id, resp)) => {
                         let Some(c) = rconn.upgrade() else { break };
+                        c.heard.fetch_add(1, Ordering::SeqCst);
                         let waiter = c.pending.lock().remove(&id);
                         if let Some(w) = waiter {
                             let _ = w.send(resp);
@@ -349,6 +462,13 @@ impl MasterClient {
                 c.fail_all();
             }
         });
+        conn.tasks
+            .lock()
+            .extend([writing.abort_handle(), reading.abort_handle()]);
+        if !conn.alive.load(Ordering::SeqCst) {
+            // Failed before its tasks were listed: stop them now.
+            conn.fail_all();
+        }
         Ok(conn)
     }
 
@@ -388,7 +508,10 @@ impl MasterClient {
     /// Sends one request and waits for its response.
     pub async fn call(&self, req: Request) -> Result<Response, ErrorCode> {
         let conn = self.connection().await.map_err(|e| {
-            tracing::warn!("{e}");
+            match e {
+                RpcError::RecentFailure(_) => tracing::debug!("{e}"),
+                _ => tracing::warn!("{e}"),
+            }
             ErrorCode::RpcFail
         })?;
         let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
@@ -398,6 +521,7 @@ impl MasterClient {
             return Err(ErrorCode::InvalidParams);
         }
         let (tx, rx) = oneshot::channel();
+        let heard = conn.heard.load(Ordering::SeqCst);
         conn.pending.lock().insert(id, tx);
         let exchange = async {
             if !conn.alive.load(Ordering::SeqCst) {
@@ -413,9 +537,18 @@ impl MasterClient {
             // The sender is dropped when the connection fails.
             rx.await.map_err(|_| ErrorCode::RpcFail)
         };
-        let r = tokio::time::timeout(self.inner.opts.rpc_timeout, exchange)
-            .await
-            .unwrap_or(Err(ErrorCode::RpcFail));
+        let r = match tokio::time::timeout(self.inner.opts.rpc_timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => {
+                // Nothing at all from the master for a whole call: take it for gone (a
+                // master that answers others and is only slow on this call keeps it).
+                if conn.heard.load(Ordering::SeqCst) == heard && conn.alive.load(Ordering::SeqCst) {
+                    tracing::warn!(addr = %conn.addr, "master silent for a whole call; reconnecting");
+                    conn.fail_all();
+                }
+                Err(ErrorCode::RpcFail)
+            }
+        };
         if r.is_err() {
             conn.pending.lock().remove(&id);
         }
@@ -686,6 +819,44 @@ mod tests {
         ] {
             assert!(parse_target_with(bad, fixed).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn callers_share_a_failed_attempt_and_wait_out_the_backoff() {
+        let t0 = Instant::now();
+        let backoff = Duration::from_millis(500);
+        let mut a = Attempts::default();
+        assert!(a.reuse(0, t0, backoff).is_none(), "nothing tried yet");
+        let seen = a.done;
+        a.finished(Err(&RpcError::Timeout("m:1".into())), t0);
+        // One that waited on it gets its failure, even long after.
+        let shared = a
+            .reuse(seen, t0 + 10 * backoff, backoff)
+            .map(|e| e.to_string());
+        assert!(shared.is_some_and(|e| e.contains("timed out connecting to master m:1")));
+        // One that came after it, during the backoff: the same; after it: its own attempt.
+        assert!(a.reuse(a.done, t0 + backoff / 2, backoff).is_some());
+        assert!(a.reuse(a.done, t0 + backoff, backoff).is_none());
+        // A success clears it, for those who waited on it too.
+        let seen = a.done;
+        a.finished(Ok(()), t0 + backoff);
+        assert!(a.reuse(seen, t0 + backoff, backoff).is_none());
+        assert_eq!(a.done, 2);
+    }
+
+    #[tokio::test]
+    async fn master_sockets_probe_the_master() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let s = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let sock = SockRef::from(&s);
+        assert!(!sock.keepalive().unwrap());
+        let opts = ClientOptions::default();
+        watch_master(&s, &opts);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), opts.keepalive);
+        assert_eq!(sock.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+        assert_eq!(sock.tcp_user_timeout().unwrap(), Some(opts.user_timeout));
     }
 
     #[test]
