@@ -279,6 +279,39 @@ async fn a_read_that_outlasts_its_lease_fails_instead_of_answering_bytes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_of_a_holder_restarted_on_its_address_are_never_read_from_the_new_one() {
+    // The master still lists the dead holder's replicas (its TTL has not run out) when a new
+    // process takes over its address: the new process's memory must never answer for them.
+    let m = master(Duration::from_secs(30)).await;
+    let addr = m.rpc_addr().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut old = Holder::spawn_at(&addr, "16M", 1000, false, Some(port));
+    let c = reader(&addr, false).await;
+    let (keys, vals) =
+        put_objects(&c, "restart", 2, |i| 4096 + i, ReplicateConfig::default()).await;
+    assert_eq!(c.get(&keys[0]).await.value(), Some(&vals[0]));
+    old.kill();
+    let new = Holder::spawn_at(&addr, "16M", 1000, false, Some(port));
+    assert_eq!(
+        new.info.segment, old.info.segment,
+        "same name, same address"
+    );
+    for k in &keys {
+        let r = c.get(k).await;
+        assert_eq!(r.code(), ErrorCode::TransferFail, "{:?}", r.result.err());
+    }
+    // Once the stale descriptor is gone, the replica is recognised as another process's.
+    let r = c.get(&keys[1]).await;
+    let e = r.result.expect_err("a read of a dead holder's replica");
+    assert!(e.message.contains("holder restarted"), "{e:?}");
+    drop(new);
+    c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_batcher_gives_each_concurrent_caller_its_own_result() {
     let m = master(Duration::from_secs(30)).await;
     let addr = m.rpc_addr().to_string();

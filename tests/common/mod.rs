@@ -35,16 +35,31 @@ impl Holder {
 
     /// As [`Holder::spawn`]; with `shm`, its pool is shared memory that same-host clients map.
     pub fn spawn_with(master: &str, pool: &str, ping_ms: u64, shm: bool) -> Holder {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mooncake-bench"))
-            .args([
-                "store-holder",
-                "--master",
-                master,
-                "--pool-size",
-                pool,
-                "--protocol",
-                "tcp",
-            ])
+        Self::spawn_at(master, pool, ping_ms, shm, None)
+    }
+
+    /// As [`Holder::spawn_with`], its engine listening on `listen` when given.
+    pub fn spawn_at(
+        master: &str,
+        pool: &str,
+        ping_ms: u64,
+        shm: bool,
+        listen: Option<std::net::SocketAddr>,
+    ) -> Holder {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mooncake-bench"));
+        cmd.args([
+            "store-holder",
+            "--master",
+            master,
+            "--pool-size",
+            pool,
+            "--protocol",
+            "tcp",
+        ]);
+        if let Some(addr) = listen {
+            cmd.args(["--listen", &addr.to_string()]);
+        }
+        let mut child = cmd
             .args(["--ping-ms", &ping_ms.to_string()])
             .args(["--shm", if shm { "true" } else { "false" }])
             .stdin(Stdio::piped())

@@ -123,7 +123,7 @@ pub fn call(
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    s.write_all(&hello(ConnKind::Control))?;
+    s.write_all(&hello(ConnKind::Control, 0))?;
     write_frame(&mut s, req)?;
     read_frame(&mut s)?.ok_or_else(|| invalid("peer closed the control connection".into()))
 }

@@ -17,6 +17,9 @@ pub struct SegmentDescriptor {
     pub name: String,
     /// The owning engine's TCP listener (data and control).
     pub tcp_addr: SocketAddr,
+    /// Random per engine start: tells an engine restarted on the same address (with other
+    /// memory at possibly the same addresses) from the one this descriptor describes.
+    pub incarnation: u64,
     /// Exported buffers in address order.
     pub buffers: Vec<Region>,
     /// Opaque per-transport data, keyed by transport name (e.g. `"rdma"`).
@@ -61,6 +64,7 @@ mod tests {
         let d = SegmentDescriptor {
             name: "a".into(),
             tcp_addr: "127.0.0.1:5".parse().unwrap(),
+            incarnation: 9,
             buffers: vec![reg(4096, 100), reg(10_000, 50)],
             transports: BTreeMap::from([("rdma".to_string(), vec![1, 2])]),
         };

@@ -48,6 +48,7 @@ type TargetGroup = (SegmentHandle, Vec<(usize, TransferRequest)>, bool);
 struct LocalSegment {
     name: String,
     addr: SocketAddr,
+    incarnation: u64,
     registry: Arc<MemoryRegistry>,
     transport: Arc<dyn Transport>,
     /// Memory registered with `register_shared_memory`, kept alive while registered.
@@ -79,6 +80,7 @@ impl ControlHandler for LocalSegment {
         SegmentDescriptor {
             name: self.name.clone(),
             tcp_addr: self.addr,
+            incarnation: self.incarnation,
             buffers: self.registry.snapshot(),
             transports,
         }
@@ -216,9 +218,12 @@ impl Engine {
         } else {
             None
         };
+        // Random per start (never 0, which control connections send).
+        let incarnation = rand::random::<u64>().max(1);
         let local = Arc::new(LocalSegment {
             name: name.clone(),
             addr,
+            incarnation,
             registry: registry.clone(),
             transport,
             shared,
@@ -226,6 +231,7 @@ impl Engine {
         });
         let state = Arc::new(ServeState {
             registry: registry.clone(),
+            incarnation,
             name,
             control: local.clone(),
         });
@@ -269,6 +275,19 @@ impl Engine {
     /// This engine's current segment descriptor.
     pub fn descriptor(&self) -> SegmentDescriptor {
         self.inner.local.descriptor()
+    }
+
+    /// This engine's incarnation: random per start, published in its descriptor (see
+    /// [`SegmentDescriptor::incarnation`]).
+    pub fn incarnation(&self) -> u64 {
+        self.inner.local.incarnation
+    }
+
+    /// Drops the cached descriptor of segment `name`, so that the next
+    /// [`Engine::open_segment`] fetches it again (its peer may have restarted); handles
+    /// given out before keep the descriptor they had.
+    pub fn forget_segment(&self, name: &str) {
+        self.inner.segments.forget(name);
     }
 
     fn publish(&self) -> Result<(), TransferError> {

@@ -28,6 +28,8 @@ pub struct ServeState {
     pub registry: Arc<MemoryRegistry>,
     /// This segment's name (for error messages).
     pub name: String,
+    /// This engine's incarnation: data connections naming another are refused.
+    pub incarnation: u64,
     /// Answers control requests.
     pub control: Arc<dyn ControlHandler>,
 }
@@ -196,8 +198,16 @@ fn serve_connection(mut stream: TcpStream, state: &ServeState) {
     // the connection: shut it down explicitly whenever serving ends.
     let closer = stream.try_clone();
     let result = match kind {
-        Ok(wire::ConnKind::Data) => server::serve(stream, &state.registry, &state.name),
-        Ok(wire::ConnKind::Control) => control::serve(stream, state.control.as_ref()),
+        Ok((wire::ConnKind::Data, inc)) if inc != state.incarnation => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "data connection for incarnation {inc:#x} of {}; this is {:#x} (the peer's \
+                     descriptor is from before a restart)",
+                state.name, state.incarnation
+            ),
+        )),
+        Ok((wire::ConnKind::Data, _)) => server::serve(stream, &state.registry, &state.name),
+        Ok((wire::ConnKind::Control, _)) => control::serve(stream, state.control.as_ref()),
         Err(e) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
     };
     if let Err(e) = result {
@@ -251,6 +261,7 @@ mod tests {
             SegmentDescriptor {
                 name: "served".into(),
                 tcp_addr: self.0,
+                incarnation: 1,
                 buffers: Vec::new(),
                 transports: Default::default(),
             }
@@ -267,11 +278,12 @@ mod tests {
         let state = Arc::new(ServeState {
             registry: Arc::default(),
             name: "served".into(),
+            incarnation: 1,
             control: Arc::new(Empty(addr)),
         });
         let listener = Listener::start(tcp, state).unwrap();
         let mut peer = TcpStream::connect(addr).unwrap();
-        peer.write_all(&hello(ConnKind::Control)).unwrap();
+        peer.write_all(&hello(ConnKind::Control, 0)).unwrap();
         write_frame(&mut peer, &ControlRequest::GetDescriptor).unwrap();
         let answer: Option<ControlResponse> = read_frame(&mut peer).unwrap();
         assert!(matches!(answer, Some(ControlResponse::Descriptor(d)) if d.name == "served"));

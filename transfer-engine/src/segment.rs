@@ -42,6 +42,12 @@ pub struct SegmentTable {
 }
 
 impl SegmentTable {
+    /// Forgets the name `name`: its next open resolves a fresh descriptor under a new handle
+    /// (the old handle keeps working with the old descriptor).
+    pub fn forget(&self, name: &str) {
+        self.by_name.lock().remove(name);
+    }
+
     /// The handle of `name`, resolving its descriptor with `resolve` on first open.
     pub fn open(
         &self,

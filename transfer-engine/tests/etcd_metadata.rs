@@ -120,6 +120,7 @@ fn etcd_store_publishes_fetches_and_removes() {
     let d = SegmentDescriptor {
         name: "seg-1".into(),
         tcp_addr: "127.0.0.1:4000".parse().unwrap(),
+        incarnation: 1,
         buffers: vec![],
         transports: Default::default(),
     };

@@ -84,6 +84,7 @@ fn run_against(how: Misbehaviour, op: OpCode) -> (Vec<TransferState>, Duration, 
         .publish(&SegmentDescriptor {
             name: "fake".into(),
             tcp_addr: fake,
+            incarnation: 1,
             buffers: vec![Region {
                 addr: FAKE_BASE,
                 len: 1 << 20,

@@ -237,9 +237,39 @@ fn server_checks_raw_frames_and_closes_on_garbage() {
     let seed = 9;
     let mut target = Target::spawn(MIB, seed);
     let (base, end) = (target.base, target.base + target.len);
+    let e = engine(Duration::from_secs(10), MIB as usize);
+    let seg = e.open_segment(&target.name).unwrap();
+    let incarnation = e.segment_descriptor(seg).unwrap().incarnation;
+    // A data connection for another incarnation of the target (a descriptor from before a
+    // restart) is refused before any frame is served.
+    let mut stale = TcpStream::connect(target.name.as_str()).unwrap();
+    stale
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stale
+        .write_all(&hello(ConnKind::Data, incarnation ^ 1))
+        .unwrap();
+    stale
+        .write_all(
+            &Header {
+                kind: FrameKind::ReadReq,
+                aux: 0,
+                id: 1,
+                addr: base,
+                len: 16,
+            }
+            .encode(),
+        )
+        .unwrap();
+    let mut one = [0u8; 1];
+    match stale.read(&mut one) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("a stale incarnation should be refused, got {other:?}"),
+    }
     let mut s = TcpStream::connect(target.name.as_str()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(&hello(ConnKind::Data)).unwrap();
+    s.write_all(&hello(ConnKind::Data, incarnation)).unwrap();
     let frame = |kind, id, addr, len| {
         Header {
             kind,
@@ -278,9 +308,7 @@ fn server_checks_raw_frames_and_closes_on_garbage() {
         crc32fast::hash(&pattern_bytes(seed, target.len))
     );
     // The target still serves new connections.
-    let e = engine(Duration::from_secs(10), MIB as usize);
     let local = registered(&e, 4096);
-    let seg = e.open_segment(&target.name).unwrap();
     let b = e.allocate_batch(1).unwrap();
     e.submit(b, &[req(OpCode::Read, local.addr(), seg, base, 4096)])
         .unwrap();

@@ -174,12 +174,17 @@ pub(crate) struct Inner {
     pub(crate) staging: Arc<Staging>,
     pub(crate) buffers: RwLock<RegisteredBuffers>,
     /// Engine handles of the segments this client has talked to, by segment name.
-    pub(crate) handles: Mutex<HashMap<String, u64>>,
+    pub(crate) handles: Mutex<HashMap<String, (u64, u64)>>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) closed: AtomicBool,
     pub(crate) runtime: tokio::runtime::Handle,
     /// The master's read lease, in milliseconds, as its last heartbeat answer gave it.
     pub(crate) lease_ttl_ms: AtomicU64,
+}
+
+/// The master's id of the segment an engine of this incarnation mounts.
+pub(crate) fn segment_id_of(incarnation: u64) -> ClientId {
+    uuid::Uuid::from_u64_pair(incarnation, 0)
 }
 
 /// A store client. Cheap to clone (all clones share one connection, engine and segment);
@@ -255,7 +260,9 @@ impl Client {
                 }
             };
             let segment = Segment {
-                id: uuid::Uuid::new_v4(),
+                // The engine's incarnation: readers and writers check that the engine they
+                // reach under this name is the one the master placed replicas in.
+                id: segment_id_of(engine.incarnation()),
                 name: engine.name().to_string(),
                 base: buffer.addr(),
                 size: buffer.len() as u64,

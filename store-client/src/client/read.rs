@@ -390,7 +390,7 @@ impl Inner {
                     retries += 1;
                 }
                 let r = &t.replicas[ri];
-                let target = match self.segment_handle(&r.segment_name).await {
+                let target = match self.segment_handle(&r.segment_name, r.segment_id).await {
                     Ok(h) => h,
                     Err(m) => {
                         t.last_error = Some(m);

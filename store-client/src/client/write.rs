@@ -2,7 +2,7 @@
 //! transfer batch of WRITEs for every key × replica (adjacent ones merged), then one
 //! BatchPutEnd for the keys that were written and one BatchPutRevoke for those that were not.
 
-use mooncake_master::proto::{ReplicaDescriptor, ReplicateConfig};
+use mooncake_master::proto::{ReplicaDescriptor, ReplicateConfig, SegmentId};
 use transfer_engine::OpCode;
 
 use crate::buffers::BufferSlice;
@@ -13,7 +13,7 @@ use crate::staging::StagingLease;
 use crate::staging_alloc::aligned_len;
 use crate::transfer::run_pieces;
 
-use super::Inner;
+use super::{segment_id_of, Inner};
 
 /// One key to write: its bytes are the concatenation of `parts` (registered memory or
 /// staging), `len` bytes in all.
@@ -27,24 +27,51 @@ pub(crate) struct WriteItem {
 }
 
 impl Inner {
-    /// Engine handle of the segment `name`, opened (and cached) on first use.
-    pub(crate) async fn segment_handle(&self, name: &str) -> Result<u64, String> {
-        if let Some(&h) = self.handles.lock().get(name) {
-            return Ok(h);
+    /// Engine handle of the segment `name` whose master id is `id`, opened (and cached) on
+    /// first use. The engine found under that name must be the one the master knows as `id`:
+    /// a holder restarted on the same address is another engine, whose memory must not be
+    /// read or written at the old replicas' addresses; its descriptor is fetched once more
+    /// before the replica is given up.
+    pub(crate) async fn segment_handle(&self, name: &str, id: SegmentId) -> Result<u64, String> {
+        if let Some(&(h, inc)) = self.handles.lock().get(name) {
+            if segment_id_of(inc) == id {
+                return Ok(h);
+            }
         }
-        let (engine, owned) = (self.engine.clone(), name.to_string());
-        // Opening may handshake with the peer over the network: keep it off the async workers.
-        let handle = tokio::task::spawn_blocking(move || engine.open_segment(&owned))
-            .await
-            .map_err(|e| format!("opening segment {name}: task failed: {e}"))?
-            .map_err(|e| format!("opening segment {name}: {e}"))?;
-        self.handles.lock().insert(name.to_string(), handle.0);
-        Ok(handle.0)
+        for fresh in [false, true] {
+            if fresh {
+                self.engine.forget_segment(name);
+            }
+            let (engine, owned) = (self.engine.clone(), name.to_string());
+            // Opening may handshake with the peer over the network: keep it off the async
+            // workers.
+            let handle = tokio::task::spawn_blocking(move || engine.open_segment(&owned))
+                .await
+                .map_err(|e| format!("opening segment {name}: task failed: {e}"))?
+                .map_err(|e| format!("opening segment {name}: {e}"))?;
+            let inc = self
+                .engine
+                .segment_descriptor(handle)
+                .map_err(|e| format!("opening segment {name}: {e}"))?
+                .incarnation;
+            if segment_id_of(inc) == id {
+                self.handles
+                    .lock()
+                    .insert(name.to_string(), (handle.0, inc));
+                return Ok(handle.0);
+            }
+        }
+        Err(format!(
+            "segment {name} is served by another process than the one the master placed this \
+             replica in (its holder restarted): the replica is gone"
+        ))
     }
 
-    /// Forgets a cached handle (after its transfers failed, the peer may have restarted).
+    /// Forgets a cached handle and the engine's descriptor (after its transfers failed, the
+    /// peer may have restarted).
     pub(crate) fn forget_segment(&self, name: &str) {
         self.handles.lock().remove(name);
+        self.engine.forget_segment(name);
     }
 
     /// Writes items whose keys are unique, non-empty and whose lengths are > 0; one result
@@ -226,7 +253,7 @@ impl Inner {
                 ));
             }
             let target = self
-                .segment_handle(&r.segment_name)
+                .segment_handle(&r.segment_name, r.segment_id)
                 .await
                 .map_err(|m| KeyError::new(ErrorCode::TransferFail, m))?;
             let spans = spans(r.addr, r.len, &item.parts).ok_or_else(|| {

@@ -34,6 +34,9 @@ pub struct HolderArgs {
     /// Heartbeat period in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub ping_ms: u64,
+    /// Address its engine listens on (default: 127.0.0.1 and a free port).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// What a holder reports once its segment is mounted.
@@ -62,6 +65,9 @@ pub fn run_holder(args: HolderArgs) -> anyhow::Result<()> {
             .segment_size(size)
             .staging_size(1 << 20);
         cfg.ping_interval = std::time::Duration::from_millis(args.ping_ms.max(1));
+        if let Some(addr) = args.listen {
+            cfg.engine.listen_addr = addr;
+        }
         let client = Client::connect(cfg)
             .await
             .context("holder: connecting to the master")?;

@@ -134,11 +134,16 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Connects to `peer` and starts its sender and receiver threads.
-    pub fn connect(peer: SocketAddr, timeout: Duration) -> io::Result<Connection> {
+    /// Connects to incarnation `incarnation` of the engine at `peer` (its descriptor's) and
+    /// starts the sender and receiver threads.
+    pub fn connect(
+        peer: SocketAddr,
+        incarnation: u64,
+        timeout: Duration,
+    ) -> io::Result<Connection> {
         let stream = TcpStream::connect_timeout(&peer, timeout)?;
         stream.set_nodelay(true)?;
-        io::Write::write_all(&mut &stream, &hello(ConnKind::Data))?;
+        io::Write::write_all(&mut &stream, &hello(ConnKind::Data, incarnation))?;
         let shared = Arc::new(Shared {
             peer,
             stream: stream.try_clone()?,

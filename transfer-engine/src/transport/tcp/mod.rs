@@ -74,15 +74,22 @@ struct Peer {
     failed: Mutex<Option<(Instant, String)>>,
 }
 
+/// A peer engine: its address and incarnation (an engine restarted on the same address is
+/// another peer, with other connections).
+type PeerKey = (SocketAddr, u64);
+
 struct Pool {
     per_peer: usize,
     connect_timeout: Duration,
-    peers: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
+    peers: Mutex<HashMap<PeerKey, Arc<Peer>>>,
 }
 
 impl Pool {
-    fn peer(&self, addr: SocketAddr) -> Arc<Peer> {
-        self.peers.lock().entry(addr).or_default().clone()
+    fn peer(&self, key: PeerKey) -> Arc<Peer> {
+        let mut peers = self.peers.lock();
+        // An engine seen restarted on an address: its predecessor's connections are useless.
+        peers.retain(|k, p| k.0 != key.0 || k.1 == key.1 || !p.conns.lock().is_empty());
+        peers.entry(key).or_default().clone()
     }
 
     /// The live connections of `p`, if it has its full set.
@@ -92,8 +99,9 @@ impl Pool {
         (conns.len() >= self.per_peer).then(|| conns.clone())
     }
 
-    fn connections(&self, addr: SocketAddr) -> Result<Vec<Arc<Connection>>, String> {
-        let p = self.peer(addr);
+    fn connections(&self, key: PeerKey) -> Result<Vec<Arc<Connection>>, String> {
+        let (addr, incarnation) = key;
+        let p = self.peer(key);
         if let Some(c) = self.ready(&p) {
             return Ok(c);
         }
@@ -117,7 +125,7 @@ impl Pool {
         let have = p.conns.lock().len();
         let mut fresh = Vec::new();
         for _ in have..self.per_peer {
-            match Connection::connect(addr, self.connect_timeout) {
+            match Connection::connect(addr, incarnation, self.connect_timeout) {
                 Ok(c) => fresh.push(Arc::new(c)),
                 Err(e) if have == 0 && fresh.is_empty() => {
                     let why = format!("connect to {addr}: {e}");
@@ -212,7 +220,7 @@ impl Transport for TcpTransport {
         items: Vec<(usize, TransferRequest)>,
         sink: &CompletionSink,
     ) {
-        let conns = match self.pool.connections(target.tcp_addr) {
+        let conns = match self.pool.connections((target.tcp_addr, target.incarnation)) {
             Ok(c) => c,
             Err(e) => {
                 let reason = format!("segment {}: {e}", target.name);
@@ -319,11 +327,11 @@ mod tests {
         });
         let stuck = {
             let pool = pool.clone();
-            std::thread::spawn(move || pool.connections(dead))
+            std::thread::spawn(move || pool.connections((dead, 1)))
         };
         // Let the stuck submit start its connect.
         std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(pool.connections(live_addr).unwrap().len(), 2);
+        assert_eq!(pool.connections((live_addr, 1)).unwrap().len(), 2);
         assert_eq!(
             pool.all().len(),
             2,
@@ -338,7 +346,7 @@ mod tests {
         };
         assert!(e.contains(&dead.to_string()), "{e}");
         // Right after, the dead peer fails at once, without another attempt.
-        let Err(again) = pool.connections(dead) else {
+        let Err(again) = pool.connections((dead, 1)) else {
             panic!("connected to a peer that never answers")
         };
         assert!(again.contains("not retried yet"), "{again}");

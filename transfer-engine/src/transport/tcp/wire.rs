@@ -18,9 +18,9 @@ use std::io::{self, IoSlice, Read, Write};
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 32;
 /// Bytes in a connection hello.
-pub const HELLO_LEN: usize = 8;
+pub const HELLO_LEN: usize = 16;
 /// Wire version.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Payload remainders at least this long are read straight into their destination.
 pub const DIRECT_READ_MIN: usize = 16 << 10;
 /// Longest error reason carried in an `Error` frame.
@@ -35,14 +35,20 @@ pub enum ConnKind {
     Control = 2,
 }
 
-/// Encodes a hello.
-pub fn hello(kind: ConnKind) -> [u8; HELLO_LEN] {
+/// Encodes a hello. A data connection names the incarnation of the engine it means to reach
+/// (as that engine's descriptor gave it; 0 for control connections, which reach any): an
+/// engine restarted on the same address refuses it, so that addresses taken from the old
+/// engine's descriptor never reach the new engine's memory.
+pub fn hello(kind: ConnKind, incarnation: u64) -> [u8; HELLO_LEN] {
     let v = VERSION.to_le_bytes();
-    [b'M', b'C', b'T', b'E', v[0], v[1], kind as u8, 0]
+    let mut h = [0u8; HELLO_LEN];
+    h[..8].copy_from_slice(&[b'M', b'C', b'T', b'E', v[0], v[1], kind as u8, 0]);
+    h[8..].copy_from_slice(&incarnation.to_le_bytes());
+    h
 }
 
-/// Decodes a hello.
-pub fn parse_hello(b: &[u8; HELLO_LEN]) -> Result<ConnKind, String> {
+/// Decodes a hello: the connection's kind and the incarnation it expects.
+pub fn parse_hello(b: &[u8; HELLO_LEN]) -> Result<(ConnKind, u64), String> {
     if &b[..4] != b"MCTE" {
         return Err("not a mooncake-rs transfer connection (bad magic)".into());
     }
@@ -50,9 +56,12 @@ pub fn parse_hello(b: &[u8; HELLO_LEN]) -> Result<ConnKind, String> {
     if v != VERSION {
         return Err(format!("wire version {v}, this engine speaks {VERSION}"));
     }
+    let mut inc = [0u8; 8];
+    inc.copy_from_slice(&b[8..]);
+    let incarnation = u64::from_le_bytes(inc);
     match b[6] {
-        1 => Ok(ConnKind::Data),
-        2 => Ok(ConnKind::Control),
+        1 => Ok((ConnKind::Data, incarnation)),
+        2 => Ok((ConnKind::Control, incarnation)),
         k => Err(format!("unknown connection kind {k}")),
     }
 }
@@ -361,13 +370,16 @@ mod tests {
 
     #[test]
     fn hello_roundtrip_and_garbage() {
-        assert_eq!(parse_hello(&hello(ConnKind::Data)), Ok(ConnKind::Data));
         assert_eq!(
-            parse_hello(&hello(ConnKind::Control)),
-            Ok(ConnKind::Control)
+            parse_hello(&hello(ConnKind::Data, 7)),
+            Ok((ConnKind::Data, 7))
         );
-        assert!(parse_hello(b"GET / HT").is_err());
-        let mut h = hello(ConnKind::Data);
+        assert_eq!(
+            parse_hello(&hello(ConnKind::Control, 0)),
+            Ok((ConnKind::Control, 0))
+        );
+        assert!(parse_hello(b"GET / HTTP/1.1\r\n").is_err());
+        let mut h = hello(ConnKind::Data, 1);
         h[4] = 9;
         assert!(parse_hello(&h).is_err());
     }
