@@ -11,7 +11,9 @@
 //! stopped process). The socket then probes an idle master (TCP keepalive) and gives up on
 //! requests it leaves unacknowledged (`TCP_USER_TIMEOUT`), and a call that times out with
 //! nothing heard on its connection since it was sent abandons that connection, so the next
-//! call reconnects (re-resolving the leader) instead of waiting on a dead one. Callers
+//! call reconnects (re-resolving the leader) instead of waiting on a dead one; heartbeat
+//! pings have a short deadline of their own ([`ClientOptions::ping_timeout`]), so a stopped
+//! master is left within seconds. Callers
 //! that find no connection share one connect attempt and its outcome; for
 //! [`ClientOptions::reconnect_backoff`] after a failed one, calls fail at once.
 //!
@@ -93,6 +95,10 @@ pub enum RpcError {
 pub struct ClientOptions {
     /// Deadline of one call.
     pub rpc_timeout: Duration,
+    /// Deadline of a heartbeat ping: the master answers pings at once, so one unanswered
+    /// for this long with nothing else heard either means the master is gone (see the module
+    /// documentation), and the next call reconnects.
+    pub ping_timeout: Duration,
     /// Deadline of one TCP connect + handshake.
     pub connect_timeout: Duration,
     /// With etcd: how long a reconnect keeps looking for a (new) leader.
@@ -124,6 +130,7 @@ impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             rpc_timeout: Duration::from_secs(30),
+            ping_timeout: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(3),
             failover_wait: Duration::from_secs(20),
             max_frame: DEFAULT_MAX_FRAME,
@@ -507,6 +514,11 @@ impl MasterClient {
 
     /// Sends one request and waits for its response.
     pub async fn call(&self, req: Request) -> Result<Response, ErrorCode> {
+        self.call_within(req, self.inner.opts.rpc_timeout).await
+    }
+
+    /// Like [`Self::call`], with its own deadline.
+    async fn call_within(&self, req: Request, timeout: Duration) -> Result<Response, ErrorCode> {
         let conn = self.connection().await.map_err(|e| {
             match e {
                 RpcError::RecentFailure(_) => tracing::debug!("{e}"),
@@ -537,7 +549,7 @@ impl MasterClient {
             // The sender is dropped when the connection fails.
             rx.await.map_err(|_| ErrorCode::RpcFail)
         };
-        let r = match tokio::time::timeout(self.inner.opts.rpc_timeout, exchange).await {
+        let r = match tokio::time::timeout(timeout, exchange).await {
             Ok(r) => r,
             Err(_) => {
                 // Nothing at all from the master for a whole call: take it for gone (a
@@ -624,7 +636,8 @@ impl MasterClient {
 
     /// Heartbeat; `need_remount` asks the client to remount its segments.
     pub async fn ping(&self, client: ClientId) -> Result<PingResponse, ErrorCode> {
-        match self.call(Request::Ping { client }).await? {
+        let ping = Request::Ping { client };
+        match self.call_within(ping, self.inner.opts.ping_timeout).await? {
             Response::Ping(r) => r,
             _ => Err(ErrorCode::RpcFail),
         }

@@ -141,6 +141,23 @@ async fn a_call_that_hears_nothing_leaves_its_connection_and_the_next_reconnects
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_ping_leaves_the_connection_long_before_the_call_deadline() {
+    let opts = ClientOptions {
+        rpc_timeout: Duration::from_secs(3600),
+        ping_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let (master, proxy, client) = connected(opts).await;
+    proxy.freeze();
+    // A liveness bound, not a timing: the call deadline is an hour.
+    let ping = tokio::time::timeout(Duration::from_secs(60), client.ping(Uuid::new_v4()));
+    assert!(matches!(ping.await, Ok(Err(ErrorCode::RpcFail))));
+    assert_eq!(client.exist_key("k".into()).await, Ok(false));
+    assert_eq!(proxy.accepted(), 2);
+    master.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_without_a_connection_share_one_attempt_then_back_off() {
     let opts = ClientOptions {
         rpc_timeout: Duration::from_secs(1),
