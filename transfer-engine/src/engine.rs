@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::batch::{BatchTable, CompletionSink};
@@ -184,7 +184,7 @@ impl Engine {
             ));
         }
         crate::listener::raise_open_files_limit();
-        let listener = TcpListener::bind(config.listen_addr)?;
+        let listener = crate::listener::bind(config.listen_addr)?;
         let addr = listener.local_addr()?;
         let name = config.name.clone().unwrap_or_else(|| addr.to_string());
         if name.is_empty() {

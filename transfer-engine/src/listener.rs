@@ -22,6 +22,80 @@ use crate::control::{self, ControlHandler};
 use crate::registry::MemoryRegistry;
 use crate::transport::tcp::{server, wire};
 
+/// Mooncake's variables bounding the port an engine picks when its address names none (so
+/// that firewall rules can name the range); either alone takes Mooncake's default for the
+/// other (15000 and 17000).
+pub const PORT_RANGE_ENV: (&str, &str) = ("MC_MIN_RPC_PORT", "MC_MAX_RPC_PORT");
+
+/// The port range from the values of [`PORT_RANGE_ENV`]: `None` when neither is set; an
+/// error names a value that is not a port or a range that is empty.
+pub fn port_range(min: Option<&str>, max: Option<&str>) -> Result<Option<(u16, u16)>, String> {
+    if min.is_none() && max.is_none() {
+        return Ok(None);
+    }
+    let parse = |v: Option<&str>, name: &str, default: u16| match v {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or_else(|| format!("{name}={v:?} is not a port")),
+    };
+    let lo = parse(min, PORT_RANGE_ENV.0, 15000)?;
+    let hi = parse(max, PORT_RANGE_ENV.1, 17000)?;
+    if lo > hi {
+        return Err(format!(
+            "{}={lo} is above {}={hi}",
+            PORT_RANGE_ENV.0, PORT_RANGE_ENV.1
+        ));
+    }
+    Ok(Some((lo, hi)))
+}
+
+/// Binds `addr`; when it names no port and a range is set ([`PORT_RANGE_ENV`]), the first
+/// free port of the range from a random start.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let env = |n: &str| std::env::var(n).ok();
+    let range = port_range(
+        env(PORT_RANGE_ENV.0).as_deref(),
+        env(PORT_RANGE_ENV.1).as_deref(),
+    )
+    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    match range {
+        Some((lo, hi)) if addr.port() == 0 => bind_in_range(lo, hi, rand::random(), |p| {
+            TcpListener::bind(SocketAddr::new(addr.ip(), p))
+        }),
+        _ => TcpListener::bind(addr),
+    }
+}
+
+/// Tries every port of `lo..=hi` once, starting at `lo + start % size`; the last error when
+/// none binds.
+fn bind_in_range<L>(
+    lo: u16,
+    hi: u16,
+    start: u32,
+    mut try_bind: impl FnMut(u16) -> std::io::Result<L>,
+) -> std::io::Result<L> {
+    let size = u32::from(hi - lo) + 1;
+    let mut last = None;
+    for i in 0..size {
+        let port = lo + ((start % size + i) % size) as u16;
+        match try_bind(port) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!(
+            "no free port in {lo}..={hi} ({}): {:?}",
+            "MC_MIN_RPC_PORT..MC_MAX_RPC_PORT", last
+        ),
+    ))
+}
+
 /// What the served connections need.
 pub struct ServeState {
     /// Memory peers may access.
@@ -221,6 +295,42 @@ fn serve_connection(mut stream: TcpStream, state: &ServeState) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn port_ranges_from_mooncakes_variables() {
+        assert_eq!(port_range(None, None), Ok(None));
+        assert_eq!(port_range(Some("16000"), None), Ok(Some((16000, 17000))));
+        assert_eq!(port_range(None, Some(" 15100 ")), Ok(Some((15000, 15100))));
+        assert!(port_range(Some("x"), None)
+            .unwrap_err()
+            .contains("MC_MIN_RPC_PORT"));
+        assert!(port_range(Some("0"), None).is_err());
+        assert!(port_range(Some("17001"), None)
+            .unwrap_err()
+            .contains("above"));
+    }
+
+    #[test]
+    fn a_range_is_walked_once_from_a_random_start() {
+        let mut tried = Vec::new();
+        let r = bind_in_range(100, 104, 7, |p| {
+            tried.push(p);
+            if p == 101 {
+                Ok(p)
+            } else {
+                Err(std::io::Error::from(std::io::ErrorKind::AddrInUse))
+            }
+        });
+        assert_eq!(r.unwrap(), 101);
+        assert_eq!(tried, [102, 103, 104, 100, 101]);
+        let mut n = 0;
+        let none = bind_in_range(100, 104, 0, |_| -> std::io::Result<()> {
+            n += 1;
+            Err(std::io::Error::from(std::io::ErrorKind::AddrInUse))
+        });
+        assert_eq!(n, 5, "every port once");
+        assert!(none.unwrap_err().to_string().contains("100..=104"));
+    }
     use crate::control::{read_frame, write_frame, ControlRequest, ControlResponse};
     use crate::descriptor::SegmentDescriptor;
     use crate::transport::tcp::wire::{hello, ConnKind};

@@ -392,3 +392,29 @@ fn descriptor_refreshed_for_memory_registered_after_open() {
     assert_eq!(e.wait(b).unwrap()[0], TransferStatus::completed(65536));
     assert_eq!(target.crc(fresh, 65536), crc32fast::hash(local.as_slice()));
 }
+
+#[test]
+fn engines_pick_their_port_from_mooncakes_range_when_told() {
+    // Two processes in a range of two ports: each gets one of them.
+    let lo = (0..100)
+        .find_map(|_| {
+            let a = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+            let p = a.local_addr().ok()?.port();
+            let b = std::net::TcpListener::bind(("127.0.0.1", p.checked_add(1)?)).ok()?;
+            drop((a, b));
+            Some(p)
+        })
+        .expect("two free ports side by side");
+    let hi = lo + 1;
+    let range = [
+        ("MC_MIN_RPC_PORT", lo.to_string()),
+        ("MC_MAX_RPC_PORT", hi.to_string()),
+    ];
+    let env: Vec<(&str, &str)> = range.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = Target::spawn_env(4096, 1, &env);
+    let b = Target::spawn_env(4096, 2, &env);
+    let port = |t: &Target| t.name.rsplit_once(':').unwrap().1.parse::<u16>().unwrap();
+    let mut ports = [port(&a), port(&b)];
+    ports.sort();
+    assert_eq!(ports, [lo, hi]);
+}
