@@ -120,8 +120,9 @@ const KEEPALIVE_PROBES: u32 = 3;
 /// the keepalive probing, so both detect a dead peer in about the same time).
 const USER_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Sets keepalive and the unacknowledged-data timeout on a served socket.
-fn watch_peer(stream: &TcpStream) -> std::io::Result<()> {
+/// Sets keepalive and the unacknowledged-data timeout on a served socket (and on the
+/// initiating side's data connections, which then notice a dead peer while idle).
+pub(crate) fn watch_peer(stream: &TcpStream) -> std::io::Result<()> {
     let sock = SockRef::from(stream);
     sock.set_tcp_keepalive(
         &TcpKeepalive::new()

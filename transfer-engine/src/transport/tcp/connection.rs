@@ -143,6 +143,11 @@ impl Connection {
     ) -> io::Result<Connection> {
         let stream = TcpStream::connect_timeout(&peer, timeout)?;
         stream.set_nodelay(true)?;
+        // An idle pooled connection to a host that died is found dead before the next submit
+        // has to wait out its deadline on it.
+        if let Err(e) = crate::listener::watch_peer(&stream) {
+            tracing::debug!(%peer, error = %e, "cannot set keepalive on a data connection");
+        }
         io::Write::write_all(&mut &stream, &hello(ConnKind::Data, incarnation))?;
         let shared = Arc::new(Shared {
             peer,
@@ -201,6 +206,14 @@ impl Connection {
             Some(tx) => tx.send(parts).map_err(|e| e.0),
             None => Err(parts),
         }
+    }
+
+    /// Whether its socket probes the peer while idle (TCP keepalive).
+    #[cfg(test)]
+    pub(crate) fn probes_peer(&self) -> bool {
+        socket2::SockRef::from(&self.shared.stream)
+            .keepalive()
+            .unwrap_or(false)
     }
 
     /// Whether the connection still works.

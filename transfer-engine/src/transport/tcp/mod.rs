@@ -331,7 +331,12 @@ mod tests {
         };
         // Let the stuck submit start its connect.
         std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(pool.connections((live_addr, 1)).unwrap().len(), 2);
+        let live_conns = pool.connections((live_addr, 1)).unwrap();
+        assert_eq!(live_conns.len(), 2);
+        assert!(
+            live_conns.iter().all(|c| c.probes_peer()),
+            "keepalive on data connections"
+        );
         assert_eq!(
             pool.all().len(),
             2,
