@@ -310,6 +310,57 @@ fn range_items(
     (items, slots)
 }
 
+/// Where one replica lives, as Mooncake's replica descriptor tells it (every replica of this
+/// store is in memory: `is_memory_replica()` is true).
+#[pyclass(frozen, module = "mooncake_rs")]
+#[derive(Clone)]
+pub struct ReplicaDescriptor {
+    /// The holder's transfer endpoint (`host:port`, its segment name).
+    #[pyo3(get)]
+    transport_endpoint: String,
+    /// Address of the replica in the holder's memory.
+    #[pyo3(get)]
+    buffer_address: u64,
+    /// Bytes.
+    #[pyo3(get)]
+    size: u64,
+}
+
+impl From<mooncake_master::proto::ReplicaDescriptor> for ReplicaDescriptor {
+    fn from(d: mooncake_master::proto::ReplicaDescriptor) -> Self {
+        ReplicaDescriptor {
+            transport_endpoint: d.segment_name,
+            buffer_address: d.addr,
+            size: d.len,
+        }
+    }
+}
+
+#[pymethods]
+impl ReplicaDescriptor {
+    /// Always true: this store keeps replicas in memory only.
+    fn is_memory_replica(&self) -> bool {
+        true
+    }
+
+    /// Always false (no disk tier).
+    fn is_disk_replica(&self) -> bool {
+        false
+    }
+
+    /// Always false (no local disk tier).
+    fn is_local_disk_replica(&self) -> bool {
+        false
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "ReplicaDescriptor(transport_endpoint={:?}, buffer_address={:#x}, size={})",
+            self.transport_endpoint, self.buffer_address, self.size
+        )
+    }
+}
+
 /// Mooncake's store client API.
 #[pyclass(frozen, module = "mooncake_rs")]
 pub struct MooncakeDistributedStore {
@@ -317,6 +368,27 @@ pub struct MooncakeDistributedStore {
 }
 
 impl MooncakeDistributedStore {
+    /// Each key with its replicas' descriptors (none when it cannot be read).
+    fn replica_descs(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+    ) -> PyResult<Vec<(String, Vec<ReplicaDescriptor>)>> {
+        let client = self.client()?;
+        let found = py.detach(|| client.batch_replica_descriptors(&keys));
+        Ok(keys
+            .into_iter()
+            .zip(found)
+            .map(|(k, r)| {
+                let descs = r
+                    .result
+                    .map(|v| v.into_iter().map(ReplicaDescriptor::from).collect())
+                    .unwrap_or_default();
+                (k, descs)
+            })
+            .collect())
+    }
+
     fn client(&self) -> PyResult<Arc<BlockingClient>> {
         self.client
             .read()
@@ -589,6 +661,23 @@ impl MooncakeDistributedStore {
         Ok(count_code(
             py.detach(|| client.remove_by_regex(regex_pattern, false)),
         ))
+    }
+
+    /// Where `key`'s replicas live (Mooncake's replica descriptors): an empty list when the
+    /// object does not exist or is not complete. Takes a read lease, as a get does.
+    fn get_replica_desc(&self, py: Python<'_>, key: String) -> PyResult<Vec<ReplicaDescriptor>> {
+        let mut all = self.replica_descs(py, vec![key])?;
+        Ok(all.pop().map(|(_, d)| d).unwrap_or_default())
+    }
+
+    /// `{key: [descriptor, ...]}` for every key (an empty list for a missing one), with one
+    /// replica lookup.
+    fn batch_get_replica_desc(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+    ) -> PyResult<std::collections::HashMap<String, Vec<ReplicaDescriptor>>> {
+        Ok(self.replica_descs(py, keys)?.into_iter().collect())
     }
 
     /// The object's size in bytes, or a negative code.

@@ -543,6 +543,7 @@ fn mooncake_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Master>()?;
     m.add_class::<compat::MooncakeDistributedStore>()?;
     m.add_class::<compat::ReplicateConfig>()?;
+    m.add_class::<compat::ReplicaDescriptor>()?;
     m.add_function(wrap_pyfunction!(error_name, m)?)?;
     m.add("StoreError", m.py().get_type::<StoreError>())?;
     buffers::register(m)?;

@@ -472,6 +472,27 @@ class CompatTest(unittest.TestCase):
                 s.close()
             master.stop()
 
+    def test_replica_descriptors_say_where_objects_live(self):
+        # vLLM's tier logging asks for these; every replica here is in memory.
+        s = self.store
+        self.assertEqual(s.put("desc/a", b"a" * 700), 0)
+        self.assertEqual(s.put("desc/b", b"b" * 50), 0)
+        got = s.batch_get_replica_desc(["desc/a", "desc/b", "desc/none"])
+        self.assertEqual(sorted(got), ["desc/a", "desc/b", "desc/none"])
+        self.assertEqual(got["desc/none"], [])
+        for key, size in (("desc/a", 700), ("desc/b", 50)):
+            (d,) = got[key]
+            self.assertTrue(d.is_memory_replica())
+            self.assertFalse(d.is_disk_replica() or d.is_local_disk_replica())
+            self.assertEqual(d.size, size)
+            # In the holder's pool (this store contributes none).
+            self.assertTrue(d.transport_endpoint.startswith("127.0.0.1:"), d)
+            self.assertNotEqual(d.transport_endpoint, s.get_hostname())
+            self.assertGreater(d.buffer_address, 0)
+        (one,) = s.get_replica_desc("desc/a")
+        self.assertEqual((one.buffer_address, one.size), (got["desc/a"][0].buffer_address, 700))
+        self.assertEqual(s.get_replica_desc("desc/none"), [])
+
     def test_sizes_and_remove_all(self):
         s = self.store
         self.assertEqual(s.put("sz/a", b"x" * 300), 0)

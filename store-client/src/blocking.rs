@@ -40,6 +40,15 @@ impl BlockingClient {
         &self.client
     }
 
+    /// See [`Client::batch_replica_descriptors`].
+    pub fn batch_replica_descriptors<K: AsRef<str>>(
+        &self,
+        keys: &[K],
+    ) -> Vec<KeyResult<Vec<mooncake_master::proto::ReplicaDescriptor>>> {
+        self.runtime
+            .block_on(self.client.batch_replica_descriptors(keys))
+    }
+
     /// See [`Client::put`].
     pub fn put(&self, key: &str, value: &[u8]) -> KeyResult<u64> {
         self.runtime.block_on(self.client.put(key, value))

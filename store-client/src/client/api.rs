@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use mooncake_master::proto::ReplicateConfig;
+use mooncake_master::proto::{ReplicaDescriptor, ReplicateConfig};
 
 use crate::auto_batcher::{AutoBatcher, BatchExecutor};
 use crate::buffers::{total_len, BufferSlice};
@@ -612,6 +612,19 @@ impl Client {
             .await;
         self.record(OpKind::BatchGetSize, &r, 0, started, |_| 0);
         r
+    }
+
+    /// Where the replicas of many objects live (one replica lookup; it grants read leases,
+    /// as a get does): per key its complete replicas, or an error (`OBJECT_NOT_FOUND`, ...).
+    pub async fn batch_replica_descriptors<K: AsRef<str>>(
+        &self,
+        keys: &[K],
+    ) -> Vec<KeyResult<Vec<ReplicaDescriptor>>> {
+        let inner = &self.inner;
+        self.key_rpc(keys, |todo| async move {
+            inner.master.batch_get_replica_list(todo).await
+        })
+        .await
     }
 
     /// Removes every object of the pool and returns how many; without `force`, objects under
