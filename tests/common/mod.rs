@@ -90,13 +90,36 @@ impl Holder {
         let _ = self.child.wait();
     }
 
-    /// Sends a signal by name (`STOP`, `CONT`).
+    /// Sends a signal by name (`STOP`, `CONT`). After `STOP` it waits until every thread of
+    /// the holder has stopped: the stop reaches running threads only when they next enter the
+    /// kernel, and a test must not race a thread that still serves one more request.
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([&format!("-{sig}"), &self.pid().to_string()])
             .status()
             .expect("kill");
         assert!(ok.success(), "kill -{sig} failed");
+        if sig == "STOP" {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !self.all_threads_stopped() {
+                assert!(Instant::now() < deadline, "holder did not stop");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// Whether every thread of the holder is in the stopped state (`T` in its stat line).
+    fn all_threads_stopped(&self) -> bool {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return false;
+        };
+        tasks.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                // The state follows the parenthesised command name.
+                stat.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+            })
+        })
     }
 }
 
