@@ -220,7 +220,7 @@ impl SegmentRegistry {
     /// A segment unmounted less than its quarantine ago is mounted but not allocated in until
     /// the quarantine ends.
     pub fn mount(&self, owner: ClientId, segment: Segment, now_ms: u64) -> Result<(), ErrorCode> {
-        self.mount_held(owner, segment, now_ms, 0)
+        self.remount(owner, segment, now_ms, 0)
     }
 
     /// As [`SegmentRegistry::mount`], for a segment its owner says it mounted before (with a
@@ -228,16 +228,6 @@ impl SegmentRegistry {
     /// nor recently unmounted - is not allocated in before `unknown_until_ms`, since readers
     /// and writers of an earlier master may still be using its bytes.
     pub fn remount(
-        &self,
-        owner: ClientId,
-        segment: Segment,
-        now_ms: u64,
-        unknown_until_ms: u64,
-    ) -> Result<(), ErrorCode> {
-        self.mount_held(owner, segment, now_ms, unknown_until_ms)
-    }
-
-    fn mount_held(
         &self,
         owner: ClientId,
         segment: Segment,

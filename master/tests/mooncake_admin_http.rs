@@ -7,25 +7,12 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, spawn_master, wait_for};
+use common::{free_port, http_response, spawn_master, wait_for};
 use mooncake_master::{ClientId, MasterClient, ReplicateConfig, Segment};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Status, head and body of a plain HTTP/1.0 GET.
 async fn get(addr: &str, path: &str) -> (u16, String, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .expect("send");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("read");
-    let (head, body) = out.split_once("\r\n\r\n").expect("http response");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status code");
-    (status, head.to_ascii_lowercase(), body.to_string())
+    http_response(addr, path).await.expect("an HTTP answer")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

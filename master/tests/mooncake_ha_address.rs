@@ -45,14 +45,9 @@ async fn leader_of(etcd: &str) -> Option<String> {
 }
 
 async fn status_of(addr: &str, path: &str) -> Option<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+    common::http_response(addr, path)
         .await
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.ok()?;
-    out.split_whitespace().nth(1)?.parse().ok()
+        .map(|(status, _, _)| status)
 }
 
 #[test]

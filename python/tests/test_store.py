@@ -639,7 +639,7 @@ for o in (s, n):
         master = Master()
         try:
             script = f"""
-import ctypes, os, sys, time, mooncake_rs
+import os, sys, time, mooncake_rs
 s = mooncake_rs.MooncakeDistributedStore()
 assert s.setup("127.0.0.1", "P2PHANDSHAKE", 4 << 20, 1 << 20, "tcp", "", "{master.address}") == 0
 assert s.put("fork/key", b"k" * 1000) == 0

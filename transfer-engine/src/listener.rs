@@ -89,10 +89,7 @@ fn bind_in_range<L>(
     }
     Err(std::io::Error::new(
         std::io::ErrorKind::AddrInUse,
-        format!(
-            "no free port in {lo}..={hi} ({}): {:?}",
-            "MC_MIN_RPC_PORT..MC_MAX_RPC_PORT", last
-        ),
+        format!("no free port in {lo}..={hi} (MC_MIN_RPC_PORT..MC_MAX_RPC_PORT): {last:?}"),
     ))
 }
 

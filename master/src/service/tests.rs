@@ -357,10 +357,11 @@ fn upsert_reuses_equal_size_buffers_and_respects_leases() {
         .is_ok());
 }
 
-#[test]
-fn full_pool_evicts_unleased_objects_to_make_room() {
+/// One shard, one 4 KiB segment filled by objects a, b, c and d (1 KiB each, written 1 ms
+/// apart in that order), evicting `ratio` of the candidates per pass.
+fn four_in_a_full_pool(ratio: f64) -> (Fixture, ClientId) {
     let f = fixture(ServiceConfig {
-        eviction_ratio: 0.5,
+        eviction_ratio: ratio,
         shards: 1,
         ..Default::default()
     });
@@ -370,6 +371,12 @@ fn full_pool_evicts_unleased_objects_to_make_room() {
         put(&f.svc, a, k, 1024).unwrap();
         f.clock.advance_ms(1);
     }
+    (f, a)
+}
+
+#[test]
+fn full_pool_evicts_unleased_objects_to_make_room() {
+    let (f, a) = four_in_a_full_pool(0.5);
     f.svc.batch_get_replica_list(&keys(&["a"])).unwrap()[0]
         .clone()
         .unwrap();
@@ -852,17 +859,7 @@ fn segments_remounted_after_a_restart_are_held_back_for_one_lease() {
 
 #[test]
 fn probes_take_no_lease_but_count_as_accesses_unless_configured_as_mooncake() {
-    let f = fixture(ServiceConfig {
-        eviction_ratio: 0.25,
-        shards: 1,
-        ..Default::default()
-    });
-    let a = Uuid::new_v4();
-    f.svc.mount_segment(a, segment("h1:1", 4096)).unwrap();
-    for k in ["a", "b", "c", "d"] {
-        put(&f.svc, a, k, 1024).unwrap();
-        f.clock.advance_ms(1);
-    }
+    let (f, a) = four_in_a_full_pool(0.25);
     // Probing every key leases none of them: a full pool still evicts to make room, and it
     // evicts the least recently probed ("b"), not the oldest write ("a", probed last).
     for k in ["b", "c", "d", "a"] {

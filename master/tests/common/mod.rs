@@ -146,8 +146,9 @@ where
     }
 }
 
-/// A plain HTTP/1.0 GET; the body.
-pub async fn http_get(addr: &str, path: &str) -> Option<String> {
+/// A plain HTTP/1.0 GET: status, head (lowercased, for header lookups) and body; `None` when
+/// there is no HTTP answer.
+pub async fn http_response(addr: &str, path: &str) -> Option<(u16, String, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
@@ -156,5 +157,14 @@ pub async fn http_get(addr: &str, path: &str) -> Option<String> {
     let mut out = String::new();
     s.read_to_string(&mut out).await.ok()?;
     let (head, body) = out.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.").then(|| body.to_string())
+    if !head.starts_with("HTTP/1.") {
+        return None;
+    }
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, head.to_ascii_lowercase(), body.to_string()))
+}
+
+/// The body of a plain HTTP/1.0 GET.
+pub async fn http_get(addr: &str, path: &str) -> Option<String> {
+    http_response(addr, path).await.map(|(_, _, body)| body)
 }

@@ -87,8 +87,11 @@ struct Pool {
 impl Pool {
     fn peer(&self, key: PeerKey) -> Arc<Peer> {
         let mut peers = self.peers.lock();
-        // An engine seen restarted on an address: its predecessor's connections are useless.
-        peers.retain(|k, p| k.0 != key.0 || k.1 == key.1 || !p.conns.lock().is_empty());
+        if let Some(p) = peers.get(&key) {
+            return p.clone();
+        }
+        // A new incarnation at an address: its predecessor's idle entries are useless.
+        peers.retain(|k, p| k.0 != key.0 || !p.conns.lock().is_empty());
         peers.entry(key).or_default().clone()
     }
 
