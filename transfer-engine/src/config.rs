@@ -95,6 +95,12 @@ pub struct EngineConfig {
     /// without a new attempt for a moment (see [`crate::transport::tcp`]), so a dead host costs
     /// its own requests this once, not every submit.
     pub tcp_connect_timeout: Duration,
+    /// A pooled TCP connection that carried nothing for this long is closed (with its two
+    /// threads here and its thread on the peer); the next request to that peer connects again.
+    /// `None`: keep connections until the peer or the engine goes. Without it an engine that
+    /// once talked to every host of a large cluster would keep four connections and eight
+    /// threads per host for good.
+    pub tcp_idle_timeout: Option<Duration>,
     /// TCP requests larger than this are striped over the connections.
     pub tcp_stripe_size: usize,
     /// RDMA knobs.
@@ -120,6 +126,7 @@ impl Default for EngineConfig {
             request_timeout: Duration::from_secs(env_number("MC_TRANSFER_TIMEOUT").unwrap_or(10)),
             tcp_connections_per_peer: 4,
             tcp_connect_timeout: Duration::from_secs(3),
+            tcp_idle_timeout: Some(Duration::from_secs(60)),
             tcp_stripe_size: 1 << 20,
             rdma: RdmaConfig::default(),
             shared_memory: true,

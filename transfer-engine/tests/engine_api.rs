@@ -256,3 +256,43 @@ fn unusable_configuration_is_refused() {
     });
     assert!(matches!(empty_name, Err(TransferError::InvalidArgument(_))));
 }
+
+/// Established TCP connections (IPv4) whose remote end is `port`, from `/proc/net/tcp`.
+fn established_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let remote_port = f[2].rsplit(':').next().unwrap();
+            u16::from_str_radix(remote_port, 16).unwrap() == port && f[3] == "01"
+        })
+        .count()
+}
+
+#[test]
+fn idle_data_connections_close_and_the_next_transfer_reconnects() {
+    let a = Engine::new(EngineConfig {
+        protocol: Protocol::Tcp,
+        tcp_idle_timeout: Some(Duration::from_millis(100)),
+        ..Default::default()
+    })
+    .unwrap();
+    let b = tcp_engine(MetadataConfig::P2p, None);
+    let mut a_buf = registered(&a, 1 << 20);
+    let b_buf = registered(&b, 1 << 20);
+    let seg = a.open_segment(b.name()).unwrap();
+    let port = b.listen_addr().port();
+    write_whole_and_check(&a, &mut a_buf, seg, &b_buf);
+    assert!(established_to(port) > 0, "the transfer used pooled connections");
+    let since = std::time::Instant::now();
+    while established_to(port) > 0 {
+        assert!(
+            since.elapsed() < Duration::from_secs(20),
+            "idle connections were never closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    write_whole_and_check(&a, &mut a_buf, seg, &b_buf);
+}

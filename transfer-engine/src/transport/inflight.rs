@@ -80,6 +80,11 @@ impl<T> InFlight<T> {
         self.parts.is_empty()
     }
 
+    /// Whether no part is in flight and no payload is being read.
+    pub fn is_quiet(&self) -> bool {
+        self.parts.is_empty() && self.receiving.is_none()
+    }
+
     /// The reason the table was closed, if it was.
     pub fn closed(&self) -> Option<&CloseReason> {
         self.closed.as_ref()

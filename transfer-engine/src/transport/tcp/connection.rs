@@ -10,6 +10,7 @@
 
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -112,6 +113,12 @@ struct Shared {
     stream: TcpStream,
     inflight: Mutex<InFlight<Part>>,
     writer: Mutex<Writer>,
+    /// When the connection was made; the origin of `last_send_ns`.
+    opened: Instant,
+    /// When parts were last handed to [`Connection::send`], in ns after `opened`.
+    last_send_ns: AtomicU64,
+    /// Parts queued for the sender thread and not yet in the in-flight table (or failed).
+    queued: AtomicUsize,
 }
 
 impl Shared {
@@ -158,6 +165,9 @@ impl Connection {
                 next_id: 0,
                 out: OutBatch::default(),
             }),
+            opened: Instant::now(),
+            last_send_ns: AtomicU64::new(0),
+            queued: AtomicUsize::new(0),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         let s = shared.clone();
@@ -186,6 +196,11 @@ impl Connection {
 
     /// Queues parts; gives them back if the connection is gone.
     pub fn send(&self, parts: Vec<Part>) -> Result<(), Vec<Part>> {
+        let since_open = self.shared.opened.elapsed().as_nanos();
+        self.shared.last_send_ns.fetch_max(
+            u64::try_from(since_open).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         // A batch's READ frames are written here when no other thread is writing: header-only
         // frames are small, so the socket takes them without blocking unless the peer stopped
         // reading, which the deadline watchdog ends by closing the connection. A lone small
@@ -202,10 +217,29 @@ impl Connection {
                 return Ok(());
             }
         }
-        match &self.tx {
-            Some(tx) => tx.send(parts).map_err(|e| e.0),
-            None => Err(parts),
+        let Some(tx) = &self.tx else {
+            return Err(parts);
+        };
+        let n = parts.len();
+        self.shared.queued.fetch_add(n, Ordering::AcqRel);
+        tx.send(parts).map_err(|e| {
+            self.shared.queued.fetch_sub(n, Ordering::AcqRel);
+            e.0
+        })
+    }
+
+    /// Since when the connection has carried nothing, or `None` while parts are queued, in
+    /// flight or being received. A caller that holds the only handle to a connection (so no
+    /// submit can start on it) may close it once this is `Some` without failing anything.
+    pub fn idle_since(&self) -> Option<Instant> {
+        if self.shared.queued.load(Ordering::Acquire) > 0 {
+            return None;
         }
+        if !self.shared.inflight.lock().is_quiet() {
+            return None;
+        }
+        let ns = self.shared.last_send_ns.load(Ordering::Relaxed);
+        Some(self.shared.opened + Duration::from_nanos(ns))
     }
 
     /// Whether its socket probes the peer while idle (TCP keepalive).
@@ -266,7 +300,11 @@ fn send_loop(shared: &Shared, rx: Receiver<Vec<Part>>) {
                 Err(_) => break,
             }
         }
+        let n = parts.len();
         write_parts(shared, &mut shared.writer.lock(), parts);
+        // Only now are they in the table (or finished), so the connection counts as busy
+        // without a gap.
+        shared.queued.fetch_sub(n, Ordering::AcqRel);
     }
 }
 

@@ -13,6 +13,11 @@
 //! packets vanish) waits for its own connect, up to `tcp_connect_timeout`, while submits to
 //! other peers and the watchdog go on; submits to the same peer share that one attempt, and
 //! for [`FAIL_FAST`] after a failed one they fail at once instead of trying again.
+//!
+//! Connections that carried nothing for `tcp_idle_timeout` are taken out of the pool by the
+//! watchdog and closed once no submit holds them and nothing is in flight on them, so the
+//! threads and sockets an engine keeps follow the peers it is talking to now, not every peer
+//! it ever reached.
 
 pub mod connection;
 pub(crate) mod gpu_staging;
@@ -78,20 +83,47 @@ struct Peer {
 /// another peer, with other connections).
 type PeerKey = (SocketAddr, u64);
 
+impl Peer {
+    /// Whether the pool may drop its entry: no connections, nobody using or connecting it
+    /// (only the pool's map holds it, checked under the map's lock, where submits get it),
+    /// and no recent failure to remember.
+    fn forgettable(self: &Arc<Self>, now: Instant) -> bool {
+        Arc::strong_count(self) == 1
+            && self.conns.lock().is_empty()
+            && !matches!(&*self.failed.lock(), Some((until, _)) if now < *until)
+    }
+}
+
 struct Pool {
     per_peer: usize,
     connect_timeout: Duration,
+    /// Connections idle this long leave the pool (`None`: never).
+    idle_timeout: Option<Duration>,
     peers: Mutex<HashMap<PeerKey, Arc<Peer>>>,
+    /// Idle connections taken out of the pool, closed once nobody holds them and they are
+    /// still idle (a submit that took one just before may still be using it).
+    retired: Mutex<Vec<Arc<Connection>>>,
 }
 
 impl Pool {
+    fn new(per_peer: usize, connect_timeout: Duration, idle_timeout: Option<Duration>) -> Pool {
+        Pool {
+            per_peer: per_peer.max(1),
+            connect_timeout,
+            idle_timeout,
+            peers: Mutex::new(HashMap::new()),
+            retired: Mutex::new(Vec::new()),
+        }
+    }
+
     fn peer(&self, key: PeerKey) -> Arc<Peer> {
         let mut peers = self.peers.lock();
         if let Some(p) = peers.get(&key) {
             return p.clone();
         }
         // A new incarnation at an address: its predecessor's idle entries are useless.
-        peers.retain(|k, p| k.0 != key.0 || !p.conns.lock().is_empty());
+        let now = Instant::now();
+        peers.retain(|k, p| k.0 != key.0 || !p.forgettable(now));
         peers.entry(key).or_default().clone()
     }
 
@@ -147,9 +179,50 @@ impl Pool {
         Ok(conns.clone())
     }
 
+    /// Every connection, retired ones included (their requests still have deadlines).
     fn all(&self) -> Vec<Arc<Connection>> {
         let peers: Vec<Arc<Peer>> = self.peers.lock().values().cloned().collect();
-        peers.iter().flat_map(|p| p.conns.lock().clone()).collect()
+        let mut all: Vec<Arc<Connection>> =
+            peers.iter().flat_map(|p| p.conns.lock().clone()).collect();
+        all.extend(self.retired.lock().iter().cloned());
+        all
+    }
+
+    /// Retires connections idle for the idle timeout at `now`, closes retired ones that
+    /// nobody holds and that are still idle, and forgets peers left with nothing.
+    fn reap_idle(&self, now: Instant) {
+        let Some(idle) = self.idle_timeout else {
+            return;
+        };
+        let peers: Vec<Arc<Peer>> = self.peers.lock().values().cloned().collect();
+        let mut retiring = Vec::new();
+        for p in &peers {
+            p.conns.lock().retain(|c| {
+                let stale = c
+                    .idle_since()
+                    .is_some_and(|t| now.saturating_duration_since(t) >= idle);
+                if stale {
+                    retiring.push(c.clone());
+                }
+                !stale
+            });
+        }
+        drop(peers);
+        let closing: Vec<Arc<Connection>> = {
+            let mut retired = self.retired.lock();
+            retired.extend(retiring);
+            let (closing, kept) = std::mem::take(&mut *retired)
+                .into_iter()
+                .partition(|c| Arc::strong_count(c) == 1 && c.idle_since().is_some());
+            *retired = kept;
+            closing
+        };
+        if !closing.is_empty() {
+            tracing::debug!(connections = closing.len(), "closing idle data connections");
+        }
+        // Dropping them shuts the sockets and joins their threads, outside the locks.
+        drop(closing);
+        self.peers.lock().retain(|_, p| !p.forgettable(now));
     }
 }
 
@@ -168,11 +241,11 @@ impl TcpTransport {
     /// Creates the transport and its deadline watchdog.
     pub fn new(ctx: &TransportContext) -> Result<TcpTransport, TransferError> {
         let timeout = ctx.config.request_timeout;
-        let pool = Arc::new(Pool {
-            per_peer: ctx.config.tcp_connections_per_peer.max(1),
-            connect_timeout: ctx.config.tcp_connect_timeout.min(timeout),
-            peers: Mutex::new(HashMap::new()),
-        });
+        let pool = Arc::new(Pool::new(
+            ctx.config.tcp_connections_per_peer,
+            ctx.config.tcp_connect_timeout.min(timeout),
+            ctx.config.tcp_idle_timeout,
+        ));
         let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let tick = (timeout / 10).clamp(Duration::from_millis(5), Duration::from_millis(500));
         let p = pool.clone();
@@ -184,6 +257,7 @@ impl TcpTransport {
                     for c in p.all() {
                         c.check_deadline(now);
                     }
+                    p.reap_idle(now);
                 }
             })?;
         Ok(TcpTransport {
@@ -205,6 +279,7 @@ impl Drop for TcpTransport {
             let _ = w.join();
         }
         self.pool.peers.lock().clear();
+        self.pool.retired.lock().clear();
     }
 }
 
@@ -323,11 +398,7 @@ mod tests {
                 kept.push(s);
             }
         });
-        let pool = Arc::new(Pool {
-            per_peer: 2,
-            connect_timeout: Duration::from_secs(3),
-            peers: Mutex::new(HashMap::new()),
-        });
+        let pool = Arc::new(Pool::new(2, Duration::from_secs(3), None));
         let stuck = {
             let pool = pool.clone();
             std::thread::spawn(move || pool.connections((dead, 1)))
@@ -358,6 +429,92 @@ mod tests {
             panic!("connected to a peer that never answers")
         };
         assert!(again.contains("not retried yet"), "{again}");
+    }
+
+    /// A listener that accepts every connection and reports each one the peer closed.
+    fn counting_listener() -> (SocketAddr, crossbeam_channel::Receiver<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (closed, ends) = crossbeam_channel::unbounded();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                let closed = closed.clone();
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut &s, &mut std::io::sink());
+                    let _ = closed.send(());
+                });
+            }
+        });
+        (addr, ends)
+    }
+
+    #[test]
+    fn idle_connections_are_closed_once_unused_and_reopened_on_demand() {
+        let (addr, ends) = counting_listener();
+        let pool = Pool::new(2, Duration::from_secs(3), Some(Duration::ZERO));
+        let held = pool.connections((addr, 1)).unwrap();
+        assert_eq!(held.len(), 2);
+        // Idle, but a submit still holds them: out of the pool, not closed.
+        pool.reap_idle(Instant::now());
+        assert!(held.iter().all(|c| c.is_alive()));
+        assert_eq!(pool.retired.lock().len(), 2);
+        drop(held);
+        pool.reap_idle(Instant::now());
+        for _ in 0..2 {
+            ends.recv_timeout(Duration::from_secs(10))
+                .expect("the peer sees the idle connection closed");
+        }
+        assert!(pool.all().is_empty());
+        assert!(pool.peers.lock().is_empty(), "the idle peer is forgotten");
+        let again = pool.connections((addr, 1)).unwrap();
+        assert_eq!(again.len(), 2);
+        assert!(again.iter().all(|c| c.is_alive()));
+    }
+
+    #[test]
+    fn a_connection_with_a_request_in_flight_is_not_reaped() {
+        // Accepts and never answers, so a request stays in flight.
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = silent.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            for s in silent.incoming().flatten() {
+                kept.push(s);
+            }
+        });
+        let pool = Pool::new(2, Duration::from_secs(3), Some(Duration::ZERO));
+        let table = crate::batch::BatchTable::default();
+        let batch = table.get(table.allocate(1).unwrap()).unwrap();
+        batch.reserve(1).unwrap();
+        let buf = [0u8; 64];
+        {
+            let conns = pool.connections((addr, 1)).unwrap();
+            let part = Part {
+                op: crate::OpCode::Read,
+                local: buf.as_ptr() as u64,
+                remote: 0x1000,
+                len: buf.len() as u64,
+                device: None,
+                deadline: Instant::now() + Duration::from_secs(60),
+                done: PartDone::Whole {
+                    sink: CompletionSink::new(batch.clone(), 0, 1),
+                    index: 0,
+                },
+            };
+            if conns[0].send(vec![part]).is_err() {
+                panic!("fresh connection refused a part");
+            }
+        }
+        for _ in 0..3 {
+            pool.reap_idle(Instant::now());
+        }
+        let left = pool.all();
+        assert_eq!(left.len(), 1, "the idle one closed, the busy one kept");
+        assert!(left[0].is_alive());
+        assert_eq!(batch.pending(), 1, "the request in flight was not failed");
+        drop(left);
+        drop(pool);
+        assert_eq!(batch.pending(), 0, "closing the engine fails it");
     }
 
     #[test]
