@@ -221,15 +221,8 @@ async fn remount_after_expiry(shm: bool) {
 async fn a_read_that_outlasts_its_lease_fails_instead_of_answering_bytes() {
     // Once a read lease has run out the master may give the space to another object, so bytes
     // that arrive later cannot be trusted. A paused holder makes the transfer outlast it.
-    let lease = Duration::from_millis(300);
-    let m = master_with(ServiceConfig {
-        lease_ttl: lease,
-        client_ttl: Duration::from_secs(30),
-        ..ServiceConfig::default()
-    })
-    .await;
+    let (m, holder, lease) = short_lease_cluster().await;
     let addr = m.rpc_addr().to_string();
-    let holder = Holder::spawn(&addr, "16M", 1000);
     let c = reader(&addr, false).await;
     let (keys, vals) =
         put_objects(&c, "leased", 2, |i| 65536 + i, ReplicateConfig::default()).await;
@@ -240,15 +233,7 @@ async fn a_read_that_outlasts_its_lease_fails_instead_of_answering_bytes() {
     );
 
     holder.signal("STOP");
-    let lookups = || {
-        let text = m.metrics_text();
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix("mooncake_master_rpc_requests_total{op=\"batch_get_replica_list\"} ")
-            })
-            .and_then(|n| n.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let lookups = || replica_lookups(&m);
     let before = lookups();
     let one = {
         let (c, key) = (c.clone(), keys[0].clone());
@@ -275,6 +260,81 @@ async fn a_read_that_outlasts_its_lease_fails_instead_of_answering_bytes() {
     for (r, v) in again.iter().zip(&vals) {
         assert_eq!(r.value(), Some(v));
     }
+    c.close().await;
+}
+
+/// A master with a 300 ms read lease (returned) and one 16 MiB holder.
+async fn short_lease_cluster() -> (mooncake_master::RunningMaster, Holder, Duration) {
+    let lease = Duration::from_millis(300);
+    let m = master_with(ServiceConfig {
+        lease_ttl: lease,
+        client_ttl: Duration::from_secs(30),
+        ..ServiceConfig::default()
+    })
+    .await;
+    let holder = Holder::spawn(&m.rpc_addr().to_string(), "16M", 1000);
+    (m, holder, lease)
+}
+
+/// Replica lookups the master has answered.
+fn replica_lookups(m: &mooncake_master::RunningMaster) -> u64 {
+    m.metrics_text()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("mooncake_master_rpc_requests_total{op=\"batch_get_replica_list\"} ")
+        })
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_whose_lease_ran_out_while_waiting_for_staging_is_looked_up_again() {
+    // The first read holds the whole staging buffer while its paused holder does not answer;
+    // the second read waits for staging until its lease has run out. It never started, so it
+    // looks its key up again (a new lease) instead of failing.
+    let (m, holder, lease) = short_lease_cluster().await;
+    let addr = m.rpc_addr().to_string();
+    let mut cfg = store_client::ClientConfig::new(&addr)
+        .protocol(store_client::Protocol::Tcp)
+        .shared_memory(false)
+        .segment_size(0)
+        .staging_size(1 << 20);
+    cfg.ping_interval = Duration::from_millis(200);
+    let c = store_client::Client::connect(cfg).await.unwrap();
+    let (keys, vals) =
+        put_objects(&c, "staged", 2, |_| 768 << 10, ReplicateConfig::default()).await;
+
+    holder.signal("STOP");
+    let before = replica_lookups(&m);
+    let first = {
+        let (c, key) = (c.clone(), keys[0].clone());
+        tokio::spawn(async move { c.get(&key).await })
+    };
+    eventually(Duration::from_secs(20), "first lookup answered", || async {
+        replica_lookups(&m) > before
+    })
+    .await;
+    let second = {
+        let (c, key) = (c.clone(), keys[1].clone());
+        tokio::spawn(async move { c.get(&key).await })
+    };
+    eventually(
+        Duration::from_secs(20),
+        "second lookup answered",
+        || async { replica_lookups(&m) > before + 1 },
+    )
+    .await;
+    tokio::time::sleep(lease * 3).await;
+    holder.signal("CONT");
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    assert_eq!(
+        first.code(),
+        ErrorCode::LeaseExpired,
+        "its transfer ended late"
+    );
+    assert_eq!(second.value(), Some(&vals[1]), "{:?}", second.result);
+    assert!(replica_lookups(&m) > before + 2, "looked up again");
+    assert!(c.metrics().op(OpKind::Get).is_some_and(|o| o.retries >= 1));
     c.close().await;
 }
 

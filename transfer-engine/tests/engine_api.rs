@@ -285,7 +285,10 @@ fn idle_data_connections_close_and_the_next_transfer_reconnects() {
     let seg = a.open_segment(b.name()).unwrap();
     let port = b.listen_addr().port();
     write_whole_and_check(&a, &mut a_buf, seg, &b_buf);
-    assert!(established_to(port) > 0, "the transfer used pooled connections");
+    assert!(
+        established_to(port) > 0,
+        "the transfer used pooled connections"
+    );
     let since = std::time::Instant::now();
     while established_to(port) > 0 {
         assert!(

@@ -91,21 +91,74 @@ fn distinct_keys(keys: &[String]) -> (Vec<String>, Option<Vec<usize>>) {
     (distinct, of_key)
 }
 
+/// What one lookup-and-read pass produced.
+struct Pass {
+    /// One result per key.
+    results: Vec<Result<ReadOut, KeyError>>,
+    /// Replica retries.
+    retries: u64,
+    /// Keys whose lease ran out before their transfers could start (their group waited for
+    /// staging): nothing was read for them, and a new lookup may well succeed.
+    unstarted: Vec<usize>,
+}
+
+impl Pass {
+    /// Every one of `n` keys failed with `e`.
+    fn failed(n: usize, e: KeyError) -> Pass {
+        Pass {
+            results: (0..n).map(|_| Err(e.clone())).collect(),
+            retries: 0,
+            unstarted: Vec::new(),
+        }
+    }
+}
+
 impl Inner {
     /// Reads `keys` (already checked) into `dsts`; one result per key, plus the retry count.
+    ///
+    /// Keys whose read lease ran out while their group waited for staging (other reads held
+    /// it) are looked up again, once, with a new lease; keys whose transfers started and ended
+    /// past the lease fail with LEASE_EXPIRED (the holder is slow, and its bytes may be another
+    /// object's by then).
     pub(crate) async fn read_keys(
         &self,
         keys: Vec<String>,
         dsts: Vec<ReadDst>,
     ) -> (Vec<Result<ReadOut, KeyError>>, u64) {
+        let first = self.read_pass(&keys, &dsts).await;
+        let (mut results, mut retries) = (first.results, first.retries);
+        if first.unstarted.is_empty() {
+            return (results, retries);
+        }
+        tracing::debug!(
+            keys = first.unstarted.len(),
+            "read lease ran out while waiting for staging; looking the keys up again"
+        );
+        let again_keys: Vec<String> = first.unstarted.iter().map(|&i| keys[i].clone()).collect();
+        let again_dsts: Vec<ReadDst> = first.unstarted.iter().map(|&i| dsts[i].clone()).collect();
+        let second = self.read_pass(&again_keys, &again_dsts).await;
+        retries += second.retries + first.unstarted.len() as u64;
+        for (i, r) in first.unstarted.into_iter().zip(second.results) {
+            results[i] = r;
+        }
+        (results, retries)
+    }
+
+    /// One replica lookup for `keys` and the reads it allows.
+    async fn read_pass(&self, keys: &[String], dsts: &[ReadDst]) -> Pass {
         let n = keys.len();
         let mut results: Vec<Option<Result<ReadOut, KeyError>>> = (0..n).map(|_| None).collect();
+        let mut unstarted = Vec::new();
         if n == 0 {
-            return (Vec::new(), 0);
+            return Pass {
+                results: Vec::new(),
+                retries: 0,
+                unstarted,
+            };
         }
         let t0 = std::time::Instant::now();
         // A key asked for many times (ranged reads of one object) is looked up once.
-        let (distinct, of_key) = distinct_keys(&keys);
+        let (distinct, of_key) = distinct_keys(keys);
         let asked = distinct.len();
         let lookup = self.master.batch_get_replica_list(distinct).await;
         tracing::trace!(
@@ -123,28 +176,18 @@ impl Inner {
             },
             Ok(v) => {
                 let msg = format!("master answered {} results for {asked} keys", v.len());
-                return (
-                    (0..n)
-                        .map(|_| Err(KeyError::new(ErrorCode::RpcFail, msg.clone())))
-                        .collect(),
-                    0,
-                );
+                return Pass::failed(n, KeyError::new(ErrorCode::RpcFail, msg));
             }
             Err(code) => {
                 let msg = format!("replica lookup failed for the whole batch: {code}");
-                return (
-                    (0..n)
-                        .map(|_| Err(KeyError::new(code, msg.clone())))
-                        .collect(),
-                    0,
-                );
+                return Pass::failed(n, KeyError::new(code, msg));
             }
         };
         let local = self.mounted.as_ref().map(|m| m.segment.name.clone());
         let near = NearSegments::new(&self.engine);
         let mut direct = Vec::new();
         let mut copy = Vec::new();
-        for (i, (lookup, dst)) in lookups.into_iter().zip(dsts).enumerate() {
+        for (i, (lookup, dst)) in lookups.into_iter().zip(dsts.iter().cloned()).enumerate() {
             let replicas = match lookup {
                 Ok(r) => r,
                 Err(code) => {
@@ -289,7 +332,10 @@ impl Inner {
             };
             let outcomes = match self.lease_expired(t0) {
                 // Too late to start: the replicas may hold other objects' bytes by now.
-                Some(e) => targets.iter().map(|_| Err(e.clone())).collect(),
+                Some(e) => {
+                    unstarted.extend(targets.iter().map(|t| t.slot));
+                    targets.iter().map(|_| Err(e.clone())).collect()
+                }
                 None => {
                     let (mut outcomes, r) = self.read_targets(&mut targets, Some(scratch)).await;
                     retries += r;
@@ -338,7 +384,11 @@ impl Inner {
                 })
             })
             .collect();
-        (results, retries)
+        Pass {
+            results,
+            retries,
+            unstarted,
+        }
     }
 
     /// The error of reads whose lease, counted from `asked` (just before the replica lookup
