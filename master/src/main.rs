@@ -7,8 +7,10 @@
 //!
 //! Command lines written for Mooncake's C++ `mooncake_master` (gflags: `--port=50051`,
 //! `-eviction_high_watermark_ratio=0.7`, `--enable_ha --etcd_endpoints=a:2379;b:2379`, ...)
-//! work too: see [`mooncake_flags`] for how they translate.
+//! work too: see [`mooncake_flags`] for how they translate, and [`config_file`] for Mooncake's
+//! `--config_path=FILE.json`.
 
+mod config_file;
 mod mooncake_flags;
 
 use std::net::SocketAddr;
@@ -37,7 +39,9 @@ const ETCD_ENDPOINTS_ENV: &str = "MOONCAKE_MASTER_ETCD_ENDPOINTS";
                   --rpc_address, --metrics_port, --default_kv_lease_ttl, --client_ttl, \
                   --eviction_high_watermark_ratio, --enable_ha --etcd_endpoints=a:2379;b:2379, \
                   --cluster_id, ... are translated into the flags above (ours win when both are \
-                  given); flags without meaning here are ignored with a warning."
+                  given); flags without meaning here are ignored with a warning. \
+                  --config_path=FILE.json reads Mooncake's master config file (keys are those \
+                  flag names; the command line wins over it)."
 )]
 struct Args {
     /// RPC listen address.
@@ -205,7 +209,10 @@ fn parse_args() -> anyhow::Result<Args> {
         etcd_from_env: std::env::var(ETCD_ENDPOINTS_ENV).is_ok_and(|v| !v.trim().is_empty()),
     };
     let mut cmd = Args::command();
-    let t = mooncake_flags::translate(&raw, &mooncake_flags::OurFlags::of(&cmd), &base)?;
+    let t = config_file::translate(&raw, &mooncake_flags::OurFlags::of(&cmd), &base)?;
+    if let Some(path) = &t.config_path {
+        tracing::info!("settings read from config file {path} (the command line wins)");
+    }
     for w in &t.warnings {
         tracing::warn!("{w}");
     }
@@ -257,7 +264,8 @@ fn main() -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    /// A Mooncake command line, translated with our real clap flags, parsed by clap.
+    /// A Mooncake command line (and the config file it names), translated with our real clap
+    /// flags, parsed by clap.
     fn parse(line: &str) -> Args {
         let raw: Vec<String> = line.split_whitespace().map(str::to_string).collect();
         let base = mooncake_flags::Base {
@@ -266,7 +274,7 @@ mod tests {
             etcd_from_env: false,
         };
         let t =
-            mooncake_flags::translate(&raw, &mooncake_flags::OurFlags::of(&Args::command()), &base)
+            config_file::translate(&raw, &mooncake_flags::OurFlags::of(&Args::command()), &base)
                 .unwrap();
         Args::try_parse_from(std::iter::once("mooncake-master".to_string()).chain(t.args)).unwrap()
     }
@@ -310,6 +318,32 @@ mod tests {
         let etcd = cfg.etcd.unwrap();
         assert_eq!(etcd.endpoints, vec!["e1:2379", "e2:2379"]);
         assert_eq!(etcd.cluster_id, "c7");
+    }
+
+    #[test]
+    fn a_config_file_configures_the_master_under_the_command_line() {
+        use std::io::Write;
+        let mut f = tempfile::Builder::new().suffix(".json").tempfile().unwrap();
+        f.write_all(
+            br#"{"rpc_port": 7001, "eviction_high_watermark_ratio": 0.7,
+                 "client_live_ttl_sec": 20, "cluster_id": "from-file",
+                 "allocation_strategy": "free_ratio_first", "enable_ha": true,
+                 "etcd_endpoints": "e1:2379;e2:2379", "put_start_discard_timeout_sec": 5}"#,
+        )
+        .unwrap();
+        let a = parse(&format!(
+            "--config_path={} --cluster_id=from-line",
+            f.path().display()
+        ));
+        let cfg = config(&a).unwrap();
+        assert_eq!(cfg.rpc_addr, "0.0.0.0:7001".parse().unwrap());
+        assert_eq!(cfg.service.eviction_high_watermark, 0.7);
+        assert_eq!(cfg.service.client_ttl, Duration::from_secs(20));
+        assert_eq!(cfg.service.put_discard_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.service.strategy, AllocationStrategy::FreeRatioFirst);
+        let etcd = cfg.etcd.unwrap();
+        assert_eq!(etcd.endpoints, vec!["e1:2379", "e2:2379"]);
+        assert_eq!(etcd.cluster_id, "from-line");
     }
 
     #[test]

@@ -17,11 +17,12 @@
 //! | `rpc_thread_num` (wins when > 0), `max_threads` | `--threads` |
 //! | `enable_ha` + `etcd_endpoints` or `ha_backend_connstring` (`;` or `,` separated) | `--etcd-endpoints` |
 //! | `cluster_id`, `allocation_strategy` | `--cluster-id`, `--allocation-strategy` |
+//! | `config_path` | a JSON file of these flags, read by `config_file` (command line wins) |
 //!
 //! Flags with no meaning here (logging, GC, metric reporting, the HTTP metadata server, task
 //! manager, storage backend, snapshots, oplog, the NVMe-oF tier) are accepted with one warning
 //! each; turning on a feature we lack (`enable_offload`, `enable_cxl`, a `ha_backend_type`
-//! other than etcd), `rpc_interface` or `config_path`/`flagfile` is an error, as is any other
+//! other than etcd), `rpc_interface` or `flagfile` is an error, as is any other
 //! Mooncake-looking flag (underscores, or a long name after one dash). Like gflags, the last
 //! occurrence of a flag wins, and like clap, the command line beats `MOONCAKE_MASTER_*`.
 //! When one of our own flags is given too, ours wins and the Mooncake one is dropped with a
@@ -126,6 +127,9 @@ pub struct Translated {
     pub args: Vec<String>,
     /// One line per ignored or overridden flag, for the log.
     pub warnings: Vec<String>,
+    /// The config file `--config_path` names (the last one given; an empty path is none, as
+    /// in Mooncake). The caller reads it: see `config_file`.
+    pub config_path: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,6 +160,8 @@ enum Effect {
     ClusterId,
     AllocationStrategy,
     MemoryAllocator,
+    /// Mooncake's JSON config file.
+    ConfigPath,
     /// Accepted with a warning saying why it does not matter here.
     Ignored(&'static str),
     /// Accepted while false; an error when true.
@@ -168,8 +174,8 @@ const LOGGING: &str = "logging is configured with RUST_LOG (e.g. RUST_LOG=debug)
 const TASKS: &str = "this master has no task manager";
 const STORAGE: &str = "this master has no storage backend";
 const CXL: &str = "this master has no CXL memory support";
-const CONFIG_FILE: &str =
-    "put the file's settings on the command line (or MOONCAKE_MASTER_* variables)";
+const FLAGFILE: &str =
+    "use --config_path=FILE.json (Mooncake's master config file) or put the flags on the command line";
 const HTTP_METADATA: &str =
     "mooncake-rs clients need no metadata server (descriptors travel peer to peer)";
 const SOFT_PIN: &str = "soft-pinned objects are evicted only when no unpinned object can be";
@@ -254,8 +260,8 @@ const FLAGS: &[(&str, Kind, Effect)] = &[
         "enable_offload",
         Effect::OnlyOff("this master has no SSD offload"),
     ),
-    val("config_path", Effect::Unsupported(CONFIG_FILE)),
-    val("flagfile", Effect::Unsupported(CONFIG_FILE)),
+    val("config_path", Effect::ConfigPath),
+    val("flagfile", Effect::Unsupported(FLAGFILE)),
     val("v", Effect::Ignored(LOGGING)),
     val("vmodule", Effect::Ignored(LOGGING)),
     boolean("logtostderr", Effect::Ignored(LOGGING)),
@@ -297,6 +303,12 @@ fn lookup(name: &str) -> Option<(Kind, Effect)> {
         .iter()
         .find(|(n, _, _)| *n == name)
         .map(|&(_, k, e)| (k, e))
+}
+
+/// Whether `name` is a Mooncake flag taking a value (`Some(true)`), a boolean one
+/// (`Some(false)`), or none (`None`).
+pub fn takes_value(name: &str) -> Option<bool> {
+    lookup(name).map(|(k, _)| k == Kind::Value)
 }
 
 /// gflags' boolean spellings.
@@ -361,6 +373,7 @@ struct Gathered {
     enable_ha: Option<bool>,
     etcd: Option<Vec<String>>,
     ha_connstring: Option<Vec<String>>,
+    config_path: Option<String>,
     /// Our flag → value, for the one-to-one flags.
     values: BTreeMap<&'static str, String>,
     /// Mooncake flags given, by our flag they set (for the override warnings).
@@ -566,6 +579,7 @@ pub fn translate(args: &[String], ours: &OurFlags, base: &Base) -> Result<Transl
                 )),
                 _ => return Err(bad(&shown, &value, "cachelib or offset")),
             },
+            Effect::ConfigPath => g.config_path = Some(value).filter(|p| !p.is_empty()),
             Effect::Ignored(why) => {
                 if ignored_seen.insert(name) {
                     warnings.push(format!("{shown} ignored: {why}"));
@@ -579,11 +593,13 @@ pub fn translate(args: &[String], ours: &OurFlags, base: &Base) -> Result<Transl
             Effect::Unsupported(why) => return Err(FlagError::Unsupported { flag: shown, why }),
         }
     }
+    let config_path = g.config_path.take();
     emit(g, &explicit, base, &mut out, &mut warnings)?;
     out.extend(tail);
     Ok(Translated {
         args: out,
         warnings,
+        config_path,
     })
 }
 
@@ -913,7 +929,6 @@ mod tests {
         for input in [
             "--enable_offload",
             "--enable_cxl=true",
-            "--config_path=/etc/m.json",
             "--ha_backend_type=redis",
             "--rpc_interface=eth0",
             "--flagfile=f",
@@ -929,6 +944,28 @@ mod tests {
         // Error text names the flag.
         let msg = tr("--enable_warp_drive=true").unwrap_err().to_string();
         assert!(msg.contains("--enable_warp_drive"), "{msg}");
+    }
+
+    #[test]
+    fn config_path_is_returned_last_one_winning() {
+        assert_eq!(tr("--port=1").unwrap().config_path, None);
+        let t = tr("--config_path=/a.json --port=1 -config_path /b.json").unwrap();
+        assert_eq!(t.config_path.as_deref(), Some("/b.json"));
+        assert_eq!(t.args, v("--rpc-addr 0.0.0.0:1"));
+        assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+        assert_eq!(tr("--config_path=").unwrap().config_path, None);
+        assert_eq!(
+            tr("--config_path").unwrap_err(),
+            FlagError::MissingValue("--config_path".into())
+        );
+    }
+
+    #[test]
+    fn takes_value_follows_the_table() {
+        assert_eq!(takes_value("rpc_port"), Some(true));
+        assert_eq!(takes_value("enable_ha"), Some(false));
+        assert_eq!(takes_value("rpc-addr"), None);
+        assert_eq!(takes_value("client_live_ttl_sec"), None);
     }
 
     #[test]

@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, http_response, spawn_master, wait_for};
+use common::{free_port, http_response, run_master_to_exit, spawn_master, wait_for};
 use mooncake_master::{ClientId, MasterClient, ReplicateConfig, Segment};
 
 /// Status, head and body of a plain HTTP/1.0 GET.
@@ -125,17 +124,11 @@ async fn mooncake_flags_start_it_and_admin_routes_answer() {
 
 #[test]
 fn unknown_mooncake_flag_is_a_clear_error() {
-    let out = Command::new(env!("CARGO_BIN_EXE_mooncake-master"))
-        .args([
-            format!("--port={}", free_port()),
-            "--enable_warp_drive=true".into(),
-        ])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
-        .expect("running mooncake-master");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = run_master_to_exit(&[
+        format!("--port={}", free_port()),
+        "--enable_warp_drive=true".into(),
+    ]);
+    assert_eq!(code, Some(2));
     assert!(
         err.contains("unknown flag --enable_warp_drive=true"),
         "stderr: {err}"
@@ -145,22 +138,14 @@ fn unknown_mooncake_flag_is_a_clear_error() {
 #[test]
 fn ignored_flags_are_logged_once_each() {
     // An invalid ratio stops the process after the warnings are logged, before it binds.
-    let out = Command::new(env!("CARGO_BIN_EXE_mooncake-master"))
-        .args([
-            "--enable_gc",
-            "--logtostderr",
-            "--v=2",
-            "--max_threads=2",
-            "--eviction-ratio=2",
-        ])
-        .env("RUST_LOG", "warn")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .output()
-        .expect("running mooncake-master");
-    assert!(!out.status.success());
-    let log =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let (code, log) = run_master_to_exit(&[
+        "--enable_gc",
+        "--logtostderr",
+        "--v=2",
+        "--max_threads=2",
+        "--eviction-ratio=2",
+    ]);
+    assert_ne!(code, Some(0));
     for flag in [
         "--enable_gc ignored",
         "--logtostderr ignored",

@@ -130,6 +130,21 @@ pub fn spawn_master(name: &str, args: &[String]) -> Proc {
     }
 }
 
+/// Runs the `mooncake-master` binary with `args` until it exits by itself (a bad flag or
+/// setting): its exit code and its output, stdout (the log) then stderr (the error).
+pub fn run_master_to_exit<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mooncake-master"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running mooncake-master");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
 /// Polls `f` every 20 ms until it returns `Some`, or panics after `limit` with `what`.
 pub async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
 where
