@@ -88,6 +88,34 @@ pub async fn current_leader(
     }
 }
 
+/// How often a campaigning master looks up the leader (for its admin routes).
+pub const LEADER_POLL: Duration = Duration::from_secs(1);
+
+/// Reports the current leader's `(rpc address, term)` every [`LEADER_POLL`]: `None` when there
+/// is none or etcd does not answer within a few seconds. Never returns.
+pub async fn observe_leader(cfg: &EtcdConfig, mut report: impl FnMut(Option<(String, u64)>)) {
+    const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
+    let mut client = None;
+    loop {
+        if client.is_none() {
+            client = tokio::time::timeout(LOOKUP_TIMEOUT, connect(&cfg.endpoints))
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
+        let mut seen = None;
+        if let Some(c) = client.as_mut() {
+            match tokio::time::timeout(LOOKUP_TIMEOUT, current_leader(c, &cfg.cluster_id)).await {
+                Ok(Ok(leader)) => seen = leader,
+                // Reconnect next time: the channel may be stuck on a dead member.
+                _ => client = None,
+            }
+        }
+        report(seen);
+        tokio::time::sleep(LEADER_POLL).await;
+    }
+}
+
 /// Leadership won in an election; lost when its lease cannot be renewed.
 pub struct Leadership {
     /// Term of this leadership (the etcd revision of the leader key; grows across leaders).

@@ -17,6 +17,7 @@ pub mod config;
 pub mod eviction;
 mod frame_sink;
 pub mod ha;
+pub mod ha_state;
 pub mod http;
 pub mod index;
 pub mod lease;

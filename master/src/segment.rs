@@ -61,6 +61,11 @@ impl MountedSegment {
         (a.capacity(), a.used())
     }
 
+    /// Number of allocations in it: replicas, and ranges waiting for delayed release.
+    pub fn allocations(&self) -> usize {
+        self.alloc.lock().allocations()
+    }
+
     /// Free fraction of the capacity.
     pub fn free_ratio(&self) -> f64 {
         let (cap, used) = self.usage();

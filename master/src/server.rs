@@ -21,6 +21,7 @@ use crate::codec::{decode_payload, encode_frame, read_frame, server_handshake};
 use crate::config::MasterConfig;
 use crate::frame_sink::frame_sink;
 use crate::ha::{self, EtcdConfig};
+use crate::ha_state::{HaState, LeaderView, RuntimeState};
 use crate::metrics::Metrics;
 use crate::proto::{ErrorCode, Request, Response};
 use crate::replica_lists::ReplicasResponse;
@@ -43,6 +44,8 @@ pub enum ServerError {
 pub struct Shared {
     /// Metrics registry.
     pub metrics: Metrics,
+    /// Campaigning and the leader seen, for the admin routes.
+    pub ha: HaState,
     current: RwLock<Option<Arc<MasterService>>>,
     leader: AtomicBool,
 }
@@ -56,6 +59,11 @@ impl Shared {
     /// Whether this process is serving as leader.
     pub fn is_leader(&self) -> bool {
         self.leader.load(Ordering::Acquire)
+    }
+
+    /// Its HA runtime state and the leader it last saw.
+    pub fn ha_status(&self) -> (RuntimeState, Option<LeaderView>) {
+        self.ha.snapshot(self.is_leader())
     }
 
     fn set(&self, service: Option<Arc<MasterService>>) {
@@ -103,6 +111,13 @@ impl MasterServer {
                 let mut scfg = cfg.service.clone();
                 scfg.recovery_window = Duration::ZERO;
                 let service = Arc::new(MasterService::new(scfg, Arc::new(SystemClock::new())));
+                shared.ha.observed(Some(LeaderView {
+                    address: cfg
+                        .advertise_addr
+                        .clone()
+                        .unwrap_or_else(|| rpc_addr.to_string()),
+                    view_version: 0,
+                }));
                 shared.set(Some(service.clone()));
                 tracing::info!(%rpc_addr, "master serving (no etcd: single master)");
                 let sh = shared.clone();
@@ -216,10 +231,21 @@ async fn ha_loop(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    shared.ha.campaigning();
     loop {
         tracing::info!(cluster = %etcd.cluster_id, "standby: campaigning for leadership");
+        // While campaigning, the admin routes show the leader etcd names.
+        let observe = ha::observe_leader(&etcd, |seen| {
+            shared
+                .ha
+                .observed(seen.map(|(address, view_version)| LeaderView {
+                    address,
+                    view_version,
+                }))
+        });
         let won = tokio::select! {
             r = ha::campaign(&etcd, &advertise) => r,
+            () = observe => continue,
             _ = shutdown.wait_for(|s| *s) => return,
         };
         let mut leadership = match won {
@@ -235,6 +261,10 @@ async fn ha_loop(
         let mut scfg = cfg.service.clone();
         scfg.view_version = leadership.term;
         let service = Arc::new(MasterService::new(scfg, Arc::new(SystemClock::new())));
+        shared.ha.observed(Some(LeaderView {
+            address: advertise.clone(),
+            view_version: leadership.term,
+        }));
         shared.set(Some(service.clone()));
         tracing::info!(term = leadership.term, addr = %advertise, "elected leader");
         let mut stop_rx = shutdown.clone();
@@ -247,6 +277,7 @@ async fn ha_loop(
         })
         .await;
         shared.set(None);
+        shared.ha.observed(None);
         if lost {
             tracing::error!("lost leadership; dropping all state and returning to standby");
             continue;

@@ -145,14 +145,11 @@ async fn standby_takes_over_and_no_surviving_object_shares_space_with_new_ones()
     let leader = masters.iter().position(|m| m.rpc == first).unwrap();
     assert_eq!(
         http_get(&masters[leader].http, "/role").await.as_deref(),
-        Some("leader\n")
+        Some("leader")
     );
     for (i, m) in masters.iter().enumerate() {
         if i != leader {
-            assert_eq!(
-                http_get(&m.http, "/role").await.as_deref(),
-                Some("standby\n")
-            );
+            assert_eq!(http_get(&m.http, "/role").await.as_deref(), Some("standby"));
         }
     }
 
@@ -223,9 +220,7 @@ async fn standby_takes_over_and_no_surviving_object_shares_space_with_new_ones()
     .await;
     let m3 = masters.iter().find(|m| m.rpc == third).unwrap();
     wait_for(Duration::from_secs(5), "role leader", || async {
-        http_get(&m3.http, "/role")
-            .await
-            .filter(|r| r == "leader\n")
+        http_get(&m3.http, "/role").await.filter(|r| r == "leader")
     })
     .await;
     heartbeat.abort();

@@ -1,13 +1,14 @@
 //! HA in Mooncake's spelling, with a real etcd and real master processes: masters started with
 //! `--enable_ha --etcd_endpoints=a;b` and `MC_STORE_CLUSTER_ID` elect a leader in that cluster,
 //! a client given `etcd://a;b` (no cluster id) finds it through the same variable, and a
-//! standby's `/get_all_segments` answers 503 (readiness probes keep it out of service).
+//! standby's `/get_all_segments` answers 503 (readiness probes keep it out of service) while
+//! its `/role`, `/ha_status`, `/leader` and `/health` name the leader as Mooncake's do.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{free_port, spawn_master, start_etcd, wait_for, Proc};
+use common::{free_port, http_get, http_response, spawn_master, start_etcd, wait_for, Proc};
 use mooncake_master::client::ClientOptions;
 use mooncake_master::MasterClient;
 
@@ -91,9 +92,61 @@ fn mooncake_ha_flags_and_address_meet_in_the_env_cluster() {
             status_of(&standby_http, "/get_all_segments").await,
             Some(503)
         );
+        let (status, _, body) = http_response(&standby_http, "/query_segment?segment=x:1")
+            .await
+            .unwrap();
+        assert_eq!(status, 503);
+        assert!(body.contains("service plane is not active"), "{body}");
         assert_eq!(
             status_of(&leader_http, "/get_all_segments").await,
             Some(200)
         );
+
+        // The standby names the leader etcd holds (looked up every second).
+        let leader_json = wait_for(
+            Duration::from_secs(10),
+            "the standby to see the leader",
+            || async {
+                http_get(&standby_http, "/leader")
+                    .await
+                    .filter(|b| b.contains(&leader_rpc))
+            },
+        )
+        .await;
+        let leader_view = http_get(&leader_http, "/leader").await.unwrap();
+        assert_eq!(
+            leader_json, leader_view,
+            "both name the leader and its term"
+        );
+        assert!(
+            leader_json.starts_with(&format!(
+                r#"{{"present":true,"leader_address":"{leader_rpc}","view_version":"#
+            )),
+            "{leader_json}"
+        );
+        assert_eq!(
+            http_get(&standby_http, "/role").await.as_deref(),
+            Some("standby")
+        );
+        assert_eq!(
+            http_get(&standby_http, "/ha_status").await.as_deref(),
+            Some("standby")
+        );
+        assert_eq!(
+            http_get(&leader_http, "/role").await.as_deref(),
+            Some("leader")
+        );
+        assert_eq!(
+            http_get(&leader_http, "/ha_status").await.as_deref(),
+            Some("serving")
+        );
+        let health = http_get(&standby_http, "/health").await.unwrap();
+        assert!(
+            health.starts_with(
+                r#"{"status":"ok","role":"standby","ha_state":"standby","service_ready":false,"#
+            ),
+            "{health}"
+        );
+        assert!(health.contains(&leader_rpc), "{health}");
     });
 }

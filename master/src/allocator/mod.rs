@@ -36,6 +36,8 @@ pub trait SpaceAllocator: Send + std::fmt::Debug {
     fn capacity(&self) -> u64;
     /// Bytes allocated (rounded lengths).
     fn used(&self) -> u64;
+    /// Number of allocations.
+    fn allocations(&self) -> usize;
     /// Length of the largest free range.
     fn largest_free(&self) -> u64;
     /// `1 - largest_free / free`: 0 when all free space is one range.

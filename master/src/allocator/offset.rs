@@ -177,6 +177,10 @@ impl SpaceAllocator for OffsetAllocator {
         self.capacity
     }
 
+    fn allocations(&self) -> usize {
+        self.allocated.len()
+    }
+
     fn used(&self) -> u64 {
         self.used
     }

@@ -1,5 +1,6 @@
-//! Read-only views for the admin HTTP routes (`/query_key`, `/get_all_keys`): unlike the RPCs
-//! they grant no lease and refresh no soft pin, so probing never keeps an object from eviction.
+//! Read-only views for the admin HTTP routes (`/query_key`, `/get_all_keys`,
+//! `/query_segment`): unlike the RPCs they grant no lease and refresh no soft pin, so probing
+//! never keeps an object from eviction.
 
 use super::MasterService;
 use crate::proto::ReplicaDescriptor;
@@ -24,6 +25,19 @@ impl MasterService {
             complete: e.is_complete(),
             replicas: e.descriptors(),
         })
+    }
+
+    /// `(used, capacity)` bytes of the mounted segments named `name` (one holder may mount
+    /// several), `None` if none is.
+    pub fn segment_usage(&self, name: &str) -> Option<(u64, u64)> {
+        self.segments()
+            .iter()
+            .filter(|m| m.is_mounted() && m.segment.name == name)
+            .map(|m| m.usage())
+            .fold(None, |acc, (capacity, used)| {
+                let (u, c) = acc.unwrap_or((0u64, 0u64));
+                Some((u.saturating_add(used), c.saturating_add(capacity)))
+            })
     }
 
     /// At most `limit` keys (in no particular order), and whether more exist.
@@ -98,6 +112,26 @@ mod tests {
             svc.batch_remove(&["done"], false).unwrap(),
             vec![Err(ErrorCode::ObjectHasLease)]
         );
+    }
+
+    #[test]
+    fn segment_usage_sums_the_segments_of_a_name() {
+        let svc = service_with(&["a"], &[]);
+        let c = uuid::Uuid::new_v4();
+        let second = Segment {
+            id: uuid::Uuid::new_v4(),
+            name: "host-a:1".into(),
+            base: 0x10_0000_0000,
+            size: 1 << 20,
+        };
+        assert_eq!(svc.segment_usage("host-a:1"), Some((128, 1 << 20)));
+        svc.mount_segment(c, second.clone()).unwrap();
+        assert_eq!(svc.segment_usage("host-a:1"), Some((128, 2 << 20)));
+        assert_eq!(svc.segment_usage("host-b:1"), None);
+        svc.unmount_segment(c, second.id).unwrap();
+        assert_eq!(svc.segment_usage("host-a:1"), Some((128, 1 << 20)));
+        let seg = &svc.segments()[0];
+        assert_eq!(seg.allocations(), 1, "the one replica");
     }
 
     #[test]
