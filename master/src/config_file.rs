@@ -18,7 +18,7 @@
 
 use serde_json::{Map, Number, Value};
 
-use crate::mooncake_flags::{self, Base, FlagError, OurFlags, Translated};
+use super::mooncake_flags::{self, Base, FlagError, OurFlags, Translated};
 
 /// File keys that are not flag names, and the flag each stands for.
 const FILE_ALIASES: &[(&str, &str)] = &[("client_live_ttl_sec", "client_ttl")];

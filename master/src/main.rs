@@ -208,7 +208,12 @@ fn parse_args() -> anyhow::Result<Args> {
         http_addr: env_addr(HTTP_ADDR_ENV, DEFAULT_HTTP_ADDR)?,
         etcd_from_env: std::env::var(ETCD_ENDPOINTS_ENV).is_ok_and(|v| !v.trim().is_empty()),
     };
-    let mut cmd = Args::command();
+    // Usage lines name the binary as called (mooncake-master or mooncake_master).
+    let called = std::path::Path::new(&program)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "mooncake-master".into());
+    let mut cmd = Args::command().bin_name(called);
     let t = config_file::translate(&raw, &mooncake_flags::OurFlags::of(&cmd), &base)?;
     if let Some(path) = &t.config_path {
         tracing::info!("settings read from config file {path} (the command line wins)");
@@ -228,7 +233,8 @@ fn parse_args() -> anyhow::Result<Args> {
     Ok(args)
 }
 
-fn main() -> anyhow::Result<()> {
+/// Runs the daemon (also as `mooncake_master`: see `src/bin/mooncake_master.rs`).
+pub(crate) fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

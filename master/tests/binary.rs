@@ -31,6 +31,29 @@ fn help_lists_every_flag_with_its_default_and_env() {
     }
 }
 
+#[test]
+fn mooncake_master_is_the_same_daemon_under_mooncakes_name() {
+    let help = |exe: &str| {
+        let out = std::process::Command::new(exe)
+            .arg("--help")
+            .output()
+            .expect("running --help");
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ours = help(env!("CARGO_BIN_EXE_mooncake-master"));
+    let theirs = help(common::MOONCAKE_MASTER_EXE);
+    assert!(
+        theirs.contains("Usage: mooncake_master [OPTIONS]"),
+        "{theirs}"
+    );
+    assert_eq!(
+        theirs.replace("Usage: mooncake_master", "Usage: mooncake-master"),
+        ours,
+        "same flags, only the name differs"
+    );
+}
+
 fn seg(name: &str) -> Segment {
     Segment {
         id: ClientId::new_v4(),

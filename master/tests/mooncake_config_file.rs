@@ -1,4 +1,4 @@
-//! The `mooncake-master` binary started with Mooncake's `--config_path=FILE.json` takes its
+//! The daemon started as Mooncake's `mooncake_master --config_path=FILE.json` takes its
 //! settings from the file, the command line winning; a bad file stops it with an error naming
 //! the file and the key.
 
@@ -7,7 +7,9 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use common::{free_port, http_response, run_master_to_exit, spawn_master, wait_for};
+use common::{
+    free_port, http_response, run_master_to_exit, spawn_exe, wait_for, MOONCAKE_MASTER_EXE,
+};
 use mooncake_master::MasterClient;
 
 fn json_file(text: &str) -> tempfile::NamedTempFile {
@@ -34,8 +36,9 @@ async fn config_file_sets_ports_and_the_command_line_overrides_it() {
             "enable_gc": false
         }}"#
     ));
-    let mut master = spawn_master(
-        "master with a config file",
+    let mut master = spawn_exe(
+        MOONCAKE_MASTER_EXE,
+        "mooncake_master with a config file",
         &[
             format!("--config_path={}", file.path().display()),
             format!("--metrics_port={line_http_port}"),

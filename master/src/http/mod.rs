@@ -2,9 +2,9 @@
 //! master, with its paths, status codes and body formats, which deployments probe (SGLang's
 //! `check_server` and k8s readiness probes poll `/get_all_segments` until it lists a segment):
 //!
-//! - [`role`]: `/health`, `/role`, `/ha_status`, `/leader` (which master this is in HA);
-//! - [`keys`]: `/query_key`, `/batch_query_keys`, `/get_all_keys` (objects);
-//! - [`segments`]: `/get_all_segments`, `/query_segment`, `/get_segments_detail`,
+//! - `role`: `/health`, `/role`, `/ha_status`, `/leader` (which master this is in HA);
+//! - `keys`: `/query_key`, `/batch_query_keys`, `/get_all_keys` (objects);
+//! - `segments`: `/get_all_segments`, `/query_segment`, `/get_segments_detail`,
 //!   `/api/v1/segments/status` (mounted segments);
 //! - `/metrics/summary`: one line, `role=…, state=…, service_ready=…, keys=…, segments=…,
 //!   clients=…, capacity_bytes=…, allocated_bytes=…, leader=…, view_version=…`.

@@ -115,15 +115,23 @@ pub async fn start_etcd() -> Etcd {
     }
 }
 
+/// The daemon under Mooncake's binary name (the same program as `mooncake-master`).
+pub const MOONCAKE_MASTER_EXE: &str = env!("CARGO_BIN_EXE_mooncake_master");
+
 /// Spawns the `mooncake-master` binary with `args`.
 pub fn spawn_master(name: &str, args: &[String]) -> Proc {
-    let child = Command::new(env!("CARGO_BIN_EXE_mooncake-master"))
+    spawn_exe(env!("CARGO_BIN_EXE_mooncake-master"), name, args)
+}
+
+/// Spawns the executable `exe` (one of this package's binaries) with `args`.
+pub fn spawn_exe(exe: &str, name: &str, args: &[String]) -> Proc {
+    let child = Command::new(exe)
         .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("spawning mooncake-master");
+        .unwrap_or_else(|e| panic!("spawning {exe}: {e}"));
     Proc {
         child,
         name: name.into(),
