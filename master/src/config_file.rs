@@ -1,10 +1,12 @@
 //! Mooncake's master config file: `--config_path=FILE`.
 //!
-//! Kvcache-ai's `mooncake_master` reads a JSON (or YAML) file whose top-level keys are its flag
-//! names (`"rpc_port": 50051`, `"enable_ha": true`, `"etcd_endpoints": "a:2379;b:2379"`, ...);
-//! the one exception is `client_live_ttl_sec`, its file name for `--client_ttl`. This module
-//! turns such a file into the same Mooncake flags ([`to_flags`]) and translates them through
-//! [`mooncake_flags`]'s table, so each key has exactly the effect of its flag.
+//! Kvcache-ai's `mooncake_master` reads a YAML (`.yaml`/`.yml`, as its shipped
+//! `conf/master.yaml`) or JSON (`.json`) file whose top-level keys are its flag names
+//! (`rpc_port: 50051`, `"enable_ha": true`, `etcd_endpoints: "a:2379;b:2379"`, ...); the one
+//! exception is `client_live_ttl_sec`, its older file name for `--client_ttl`. This module turns
+//! such a file into the same Mooncake flags ([`to_flags`]) and translates them through
+//! [`mooncake_flags`]'s table, so each key has exactly the effect of its flag. YAML is read by
+//! [`flat_yaml`]: flat `key: value` lines, all a master file needs; other paths are JSON.
 //!
 //! Precedence, as in Mooncake (`LoadConfigFromCmdline` overrides a file setting only with a
 //! flag given on the command line): command line, then the file, then the `MOONCAKE_MASTER_*`
@@ -12,12 +14,13 @@
 //!
 //! Stricter than Mooncake, which ignores what it does not read: an unknown key, a nested
 //! object, an array or `null` is an error naming the key; so is a file naming another config
-//! file. Values may be JSON strings as well as numbers and booleans (`"default_kv_lease_ttl":
-//! "60s"` works as on the command line); `port` and `max_threads`, flags Mooncake's file loader
-//! skips, act as on the command line. YAML files (`.yaml`/`.yml`) are refused with a hint.
+//! file. Values may be strings as well as numbers and booleans (`default_kv_lease_ttl: 60s`
+//! works as on the command line); `port` and `max_threads`, flags Mooncake's file loader
+//! skips, act as on the command line.
 
 use serde_json::{Map, Number, Value};
 
+use super::flat_yaml::{self, YamlError};
 use super::mooncake_flags::{self, Base, FlagError, OurFlags, Translated};
 
 /// File keys that are not flag names, and the flag each stands for.
@@ -37,11 +40,13 @@ pub enum ConfigFileError {
         /// What reading it said.
         source: std::io::Error,
     },
-    /// A YAML file: Mooncake reads those, this daemon does not.
-    #[error("config file {path}: YAML is not supported by mooncake-rs; write the same keys as a JSON object")]
+    /// A YAML file that is not flat `key: value` lines.
+    #[error("config file {path}: {source}")]
     Yaml {
         /// The path given.
         path: String,
+        /// The line and what is wrong there.
+        source: YamlError,
     },
     /// Not JSON.
     #[error("config file {path}: invalid JSON: {source}")]
@@ -112,7 +117,10 @@ pub fn translate(
     let Some(path) = t.config_path else {
         return Ok(t);
     };
-    let text = read(&path)?;
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigFileError::Read {
+        path: path.clone(),
+        source,
+    })?;
     let from_file = to_flags(&path, &text)?;
     // Values are checked on their own so that an error names the file; a missing companion
     // (`enable_ha` without endpoints) may still come from the command line.
@@ -127,26 +135,24 @@ pub fn translate(
     Ok(t)
 }
 
-/// The file's text; YAML refused by its extension before reading.
-fn read(path: &str) -> Result<String, ConfigFileError> {
-    let lower = path.to_ascii_lowercase();
-    if lower.ends_with(".yaml") || lower.ends_with(".yml") {
-        return Err(ConfigFileError::Yaml { path: path.into() });
-    }
-    std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
-        path: path.into(),
-        source,
-    })
-}
-
-/// A config file's JSON `text` as Mooncake command-line flags (`--name=value`), keys sorted.
+/// A config file's `text` (YAML or JSON by `path`'s extension) as Mooncake command-line flags
+/// (`--name=value`), keys sorted.
 pub fn to_flags(path: &str, text: &str) -> Result<Vec<String>, ConfigFileError> {
-    let root: Value = serde_json::from_str(text).map_err(|source| ConfigFileError::Json {
-        path: path.into(),
-        source,
-    })?;
-    let Value::Object(map) = root else {
-        return Err(ConfigFileError::NotAnObject { path: path.into() });
+    let lower = path.to_ascii_lowercase();
+    let map = if lower.ends_with(".yaml") || lower.ends_with(".yml") {
+        flat_yaml::parse(text).map_err(|source| ConfigFileError::Yaml {
+            path: path.into(),
+            source,
+        })?
+    } else {
+        let root: Value = serde_json::from_str(text).map_err(|source| ConfigFileError::Json {
+            path: path.into(),
+            source,
+        })?;
+        let Value::Object(map) = root else {
+            return Err(ConfigFileError::NotAnObject { path: path.into() });
+        };
+        map
     };
     flags_of(path, &map)
 }
@@ -257,10 +263,19 @@ mod tests {
         translate(&args, &ours(), &base())
     }
 
+    fn with_file_ext(text: &str, ext: &str) -> Result<Translated, ConfigFileError> {
+        let f = file(text, ext);
+        translate(
+            &[format!("--config_path={}", f.path().display())],
+            &ours(),
+            &base(),
+        )
+    }
+
     #[test]
     fn keys_become_their_flags() {
         let flags = to_flags(
-            "f",
+            "f.json",
             r#"{"rpc_port": 50052, "enable_ha": true, "eviction_ratio": 0.1,
                 "etcd_endpoints": "a:1;b:2", "client_live_ttl_sec": 20,
                 "default_kv_lease_ttl": "60s", "enable_gc": false, "metrics_port": 9100.0}"#,
@@ -381,15 +396,62 @@ mod tests {
             e.starts_with("config file /nonexistent/m.json: No such file"),
             "{e}"
         );
-        let f = file("rpc_port: 1\n", ".yaml");
-        let e = translate(
-            &[format!("--config_path={}", f.path().display())],
-            &ours(),
-            &base(),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("YAML is not supported"), "{e}");
+        let f = file("rpc_port: 1\nmaster:\n  rpc_port: 2\n", ".yaml");
+        let path = f.path().display().to_string();
+        let e = translate(&[format!("--config_path={path}")], &ours(), &base())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "config file {path}: YAML line 3: an indented line"
+            )),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn yaml_files_read_like_json_ones() {
+        let yaml = "# Mooncake's conf/master.yaml style\n\
+            rpc_port: 7001\n\
+            rpc_address: \"127.0.0.1\"\n\
+            rpc_interface: \"\"\n\
+            metrics_port: 7002\n\
+            default_kv_lease_ttl: 5000\n\
+            eviction_high_watermark_ratio: 1.0\n\
+            enable_ha: false\n\
+            etcd_endpoints: \"http://localhost:2379\"\n\
+            client_active_ttl_sec: 60\n\
+            client_suspicion_ttl_sec: 60\n\
+            dynamic_replication_mode: \"off\"\n\
+            enable_multi_tenants: false\n\
+            tenant_eviction_high_watermark_ratio: 0.9\n";
+        let t = with_file_ext(yaml, ".yaml").unwrap();
+        assert_eq!(
+            t.args,
+            v(
+                "--rpc-addr 127.0.0.1:7001 --http-addr 0.0.0.0:7002 --client-ttl-ms 60000 \
+               --eviction-high-watermark 1.0 --lease-ttl-ms 5000"
+            )
+        );
+        assert!(
+            t.warnings
+                .iter()
+                .any(|w| w.contains("--etcd_endpoints ignored without --enable_ha")),
+            "{:?}",
+            t.warnings
+        );
+        let e = with_file_ext("enable_ha: maybe\n", ".yml").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("flag --enable_ha: invalid value \"maybe\""),
+            "{e}"
+        );
+        let e = with_file_ext("cluster_id: ~\n", ".yaml").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("key \"cluster_id\" must be a string or a number, not null"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -8,9 +8,10 @@
 //! Command lines written for Mooncake's C++ `mooncake_master` (gflags: `--port=50051`,
 //! `-eviction_high_watermark_ratio=0.7`, `--enable_ha --etcd_endpoints=a:2379;b:2379`, ...)
 //! work too: see [`mooncake_flags`] for how they translate, and [`config_file`] for Mooncake's
-//! `--config_path=FILE.json`.
+//! `--config_path=FILE` (its YAML or JSON master config).
 
 mod config_file;
+mod flat_yaml;
 mod mooncake_flags;
 
 use std::net::SocketAddr;
@@ -40,8 +41,8 @@ const ETCD_ENDPOINTS_ENV: &str = "MOONCAKE_MASTER_ETCD_ENDPOINTS";
                   --eviction_high_watermark_ratio, --enable_ha --etcd_endpoints=a:2379;b:2379, \
                   --cluster_id, ... are translated into the flags above (ours win when both are \
                   given); flags without meaning here are ignored with a warning. \
-                  --config_path=FILE.json reads Mooncake's master config file (keys are those \
-                  flag names; the command line wins over it)."
+                  --config_path=FILE.yaml|FILE.json reads Mooncake's master config file (keys \
+                  are those flag names; the command line wins over it)."
 )]
 struct Args {
     /// RPC listen address.
@@ -64,6 +65,11 @@ struct Args {
     /// counts as an access: leasing every probed key keeps a full pool from evicting them).
     #[arg(long, env = "MOONCAKE_MASTER_EXIST_GRANTS_LEASE")]
     exist_grants_lease: bool,
+    /// Keep a client whose segment name a new client mounts under (by default the new one
+    /// replaces it as its restart: names are addresses a live process keeps). Set only where
+    /// segment names are not addresses and two live clients may share one.
+    #[arg(long, env = "MOONCAKE_MASTER_KEEP_NAMESAKE_CLIENTS")]
+    keep_namesake_clients: bool,
     /// Soft-pin duration, in milliseconds.
     #[arg(
         long,
@@ -142,6 +148,7 @@ fn config(a: &Args) -> anyhow::Result<MasterConfig> {
     let service = ServiceConfig {
         lease_ttl: Duration::from_millis(a.lease_ttl_ms),
         exist_grants_lease: a.exist_grants_lease,
+        replace_restarted_clients: !a.keep_namesake_clients,
         soft_pin_ttl: Duration::from_millis(a.soft_pin_ttl_ms),
         client_ttl: Duration::from_millis(a.client_ttl_ms),
         put_discard_timeout: Duration::from_millis(a.put_discard_timeout_ms),
@@ -356,6 +363,18 @@ mod tests {
     fn a_zero_lease_is_refused() {
         let e = config(&parse("--lease-ttl-ms 0")).unwrap_err().to_string();
         assert!(e.contains("--lease-ttl-ms"), "{e}");
+    }
+
+    #[test]
+    fn restarted_clients_are_replaced_unless_asked_not_to() {
+        assert!(
+            config(&parse(""))
+                .unwrap()
+                .service
+                .replace_restarted_clients
+        );
+        let a = parse("--keep-namesake-clients");
+        assert!(!config(&a).unwrap().service.replace_restarted_clients);
     }
 
     #[test]

@@ -9,10 +9,10 @@
 //! | Mooncake flag | ours |
 //! |---|---|
 //! | `port`, `rpc_port` (wins when > 0) | port of `--rpc-addr` |
-//! | `rpc_address` | host of `--rpc-addr` |
-//! | `metrics_port` | port of `--http-addr` |
+//! | `rpc_address` | host of `--rpc-addr` (`rpc_interface` only empty: naming one is an error) |
+//! | `metrics_port`, `metrics_host` | port and host of `--http-addr` |
 //! | `default_kv_lease_ttl`, `default_kv_soft_pin_ttl` (ms, or `60s`/`2m`/`1h`) | `--lease-ttl-ms`, `--soft-pin-ttl-ms` |
-//! | `client_ttl`, `put_start_discard_timeout_sec`, `put_start_release_timeout_sec` (s) | `--client-ttl-ms`, `--put-discard-timeout-ms`, `--put-release-timeout-ms` |
+//! | `client_ttl` or `client_active_ttl_sec` (wins), `put_start_discard_timeout_sec`, `put_start_release_timeout_sec` (s) | `--client-ttl-ms`, `--put-discard-timeout-ms`, `--put-release-timeout-ms` |
 //! | `eviction_ratio`, `eviction_high_watermark_ratio` | `--eviction-ratio`, `--eviction-high-watermark` |
 //! | `rpc_thread_num` (wins when > 0), `max_threads` | `--threads` |
 //! | `enable_ha` + `etcd_endpoints` or `ha_backend_connstring` (`;` or `,` separated) | `--etcd-endpoints` |
@@ -20,9 +20,11 @@
 //! | `config_path` | a JSON file of these flags, read by `config_file` (command line wins) |
 //!
 //! Flags with no meaning here (logging, GC, metric reporting, the HTTP metadata server, task
-//! manager, storage backend, snapshots, oplog, the NVMe-oF tier) are accepted with one warning
-//! each; turning on a feature we lack (`enable_offload`, `enable_cxl`, a `ha_backend_type`
-//! other than etcd), `rpc_interface` or `flagfile` is an error, as is any other
+//! manager, storage backend, snapshots, oplog, the NVMe-oF tier, tenants' and offload tuning,
+//! KV-event and pod-label settings) are accepted with one warning each; turning on a feature we
+//! lack (`enable_offload`, `enable_cxl`, `enable_multi_tenants`, `enable_kv_events`, a
+//! `dynamic_replication_mode` other than off, a `ha_backend_type` other than etcd), a
+//! non-empty `rpc_interface` or `flagfile` is an error, as is any other
 //! Mooncake-looking flag (underscores, or a long name after one dash). Like gflags, the last
 //! occurrence of a flag wins, and like clap, the command line beats `MOONCAKE_MASTER_*`.
 //! When one of our own flags is given too, ours wins and the Mooncake one is dropped with a
@@ -143,7 +145,14 @@ enum Effect {
     Port,
     RpcPort,
     RpcAddress,
+    /// Newer Mooncake: an interface whose address to bind; empty means none.
+    RpcInterface,
     MetricsPort,
+    /// Newer Mooncake: the admin HTTP bind address.
+    MetricsHost,
+    /// Newer Mooncake's client TTL (s); wins over `client_ttl`, which newer Mooncake keeps as
+    /// the legacy spelling of both its liveness windows.
+    ActiveClientTtl,
     /// Milliseconds copied to our flag.
     Millis(&'static str),
     /// Seconds, times 1000 into our millisecond flag.
@@ -166,6 +175,8 @@ enum Effect {
     Ignored(&'static str),
     /// Accepted while false; an error when true.
     OnlyOff(&'static str),
+    /// Accepted while the value is the first field (the feature's "off"); an error otherwise.
+    OnlyValue(&'static str, &'static str),
     /// Always an error.
     Unsupported(&'static str),
 }
@@ -175,7 +186,7 @@ const TASKS: &str = "this master has no task manager";
 const STORAGE: &str = "this master has no storage backend";
 const CXL: &str = "this master has no CXL memory support";
 const FLAGFILE: &str =
-    "use --config_path=FILE.json (Mooncake's master config file) or put the flags on the command line";
+    "use --config_path=FILE.yaml (Mooncake's master config file) or put the flags on the command line";
 const HTTP_METADATA: &str =
     "mooncake-rs clients need no metadata server (descriptors travel peer to peer)";
 const SOFT_PIN: &str = "soft-pinned objects are evicted only when no unpinned object can be";
@@ -187,6 +198,13 @@ const SNAPSHOT: &str =
 const NOF: &str = "this master has no NVMe-oF SSD tier";
 const RPC_INTERFACE: &str = "give the interface's address with --rpc_address";
 const CONN_TIMEOUT: &str = "dead clients are dropped after --client-ttl-ms";
+const SUSPICION: &str =
+    "a silent client is dropped after the client TTL, with no separate suspicion window";
+const TENANTS: &str = "this master has no tenants or quotas";
+const DYNAMIC_REPLICATION: &str = "this master adds no replicas of hot objects";
+const KV_EVENTS: &str = "this master publishes no KV events";
+const OFFLOAD: &str = "this master has no SSD offload or promotion";
+const POD_LABELS: &str = "this master labels no pods; /role tells a leader from a standby";
 
 /// A Mooncake flag taking a value.
 const fn val(name: &'static str, e: Effect) -> (&'static str, Kind, Effect) {
@@ -204,9 +222,12 @@ const FLAGS: &[(&str, Kind, Effect)] = &[
     val("rpc_port", Effect::RpcPort),
     val("rpc_address", Effect::RpcAddress),
     val("metrics_port", Effect::MetricsPort),
+    val("metrics_host", Effect::MetricsHost),
     val("default_kv_lease_ttl", Effect::Millis("lease-ttl-ms")),
     val("default_kv_soft_pin_ttl", Effect::Millis("soft-pin-ttl-ms")),
     val("client_ttl", Effect::Seconds("client-ttl-ms")),
+    val("client_active_ttl_sec", Effect::ActiveClientTtl),
+    val("client_suspicion_ttl_sec", Effect::Ignored(SUSPICION)),
     val(
         "put_start_discard_timeout_sec",
         Effect::Seconds("put-discard-timeout-ms"),
@@ -226,7 +247,7 @@ const FLAGS: &[(&str, Kind, Effect)] = &[
     val("etcd_endpoints", Effect::EtcdEndpoints),
     val("ha_backend_connstring", Effect::HaConnString),
     val("ha_backend_type", Effect::HaBackendType),
-    val("rpc_interface", Effect::Unsupported(RPC_INTERFACE)),
+    val("rpc_interface", Effect::RpcInterface),
     val("cluster_id", Effect::ClusterId),
     val("allocation_strategy", Effect::AllocationStrategy),
     val("memory_allocator", Effect::MemoryAllocator),
@@ -256,10 +277,57 @@ const FLAGS: &[(&str, Kind, Effect)] = &[
     val("cxl_path", Effect::Ignored(CXL)),
     val("cxl_size", Effect::Ignored(CXL)),
     boolean("enable_cxl", Effect::OnlyOff(CXL)),
-    boolean(
-        "enable_offload",
-        Effect::OnlyOff("this master has no SSD offload"),
+    boolean("enable_offload", Effect::OnlyOff(OFFLOAD)),
+    val("offload_cap_ratio", Effect::Ignored(OFFLOAD)),
+    boolean("offload_force_evict", Effect::Ignored(OFFLOAD)),
+    boolean("offload_on_evict", Effect::Ignored(OFFLOAD)),
+    val("offloading_queue_limit", Effect::Ignored(OFFLOAD)),
+    val("promotion_admission_threshold", Effect::Ignored(OFFLOAD)),
+    val("promotion_max_per_heartbeat", Effect::Ignored(OFFLOAD)),
+    boolean("promotion_on_hit", Effect::Ignored(OFFLOAD)),
+    val("promotion_queue_limit", Effect::Ignored(OFFLOAD)),
+    val("max_kv_soft_pin_ttl", Effect::Ignored(SOFT_PIN)),
+    boolean("enable_multi_tenants", Effect::OnlyOff(TENANTS)),
+    val(
+        "tenant_eviction_high_watermark_ratio",
+        Effect::Ignored(TENANTS),
     ),
+    val("tenant_quota_connector_type", Effect::Ignored(TENANTS)),
+    val("tenant_quota_connector_uri", Effect::Ignored(TENANTS)),
+    val(
+        "dynamic_replication_mode",
+        Effect::OnlyValue("off", DYNAMIC_REPLICATION),
+    ),
+    val(
+        "dynamic_replication_heat_window_seconds",
+        Effect::Ignored(DYNAMIC_REPLICATION),
+    ),
+    val(
+        "dynamic_replication_admission_qps_threshold",
+        Effect::Ignored(DYNAMIC_REPLICATION),
+    ),
+    val(
+        "dynamic_replication_max_memory_replicas",
+        Effect::Ignored(DYNAMIC_REPLICATION),
+    ),
+    boolean("enable_kv_events", Effect::OnlyOff(KV_EVENTS)),
+    val("kv_events_additional_salt", Effect::Ignored(KV_EVENTS)),
+    val("kv_events_backend_id", Effect::Ignored(KV_EVENTS)),
+    val("kv_events_bind_endpoint", Effect::Ignored(KV_EVENTS)),
+    val("kv_events_block_size", Effect::Ignored(KV_EVENTS)),
+    val("kv_events_dp_rank", Effect::Ignored(KV_EVENTS)),
+    boolean("kv_events_emit_legacy_compat", Effect::Ignored(KV_EVENTS)),
+    boolean("kv_events_emit_object_key", Effect::Ignored(KV_EVENTS)),
+    val("kv_events_lora_name", Effect::Ignored(KV_EVENTS)),
+    val("kv_events_model_name", Effect::Ignored(KV_EVENTS)),
+    val("kv_events_queue_capacity", Effect::Ignored(KV_EVENTS)),
+    val("kv_events_tenant_id", Effect::Ignored(KV_EVENTS)),
+    boolean(
+        "enable_metadata_cleanup_on_timeout",
+        Effect::Ignored(HTTP_METADATA),
+    ),
+    val("pod_name", Effect::Ignored(POD_LABELS)),
+    val("pod_namespace", Effect::Ignored(POD_LABELS)),
     val("config_path", Effect::ConfigPath),
     val("flagfile", Effect::Unsupported(FLAGFILE)),
     val("v", Effect::Ignored(LOGGING)),
@@ -271,6 +339,16 @@ const FLAGS: &[(&str, Kind, Effect)] = &[
     val("minloglevel", Effect::Ignored(LOGGING)),
     val("log_dir", Effect::Ignored(LOGGING)),
     boolean("enable_oplog", Effect::Ignored(OPLOG)),
+    boolean("enable_oplog_snapshot", Effect::Ignored(OPLOG)),
+    boolean(
+        "weight_management_oplog_capability_confirmed",
+        Effect::Ignored(OPLOG),
+    ),
+    val("oplog_poll_interval_ms", Effect::Ignored(OPLOG)),
+    val("oplog_batch_max_entries", Effect::Ignored(OPLOG)),
+    val("batch_oplog_retry_timeout_sec", Effect::Ignored(OPLOG)),
+    val("snapshot_chunk_object_count", Effect::Ignored(SNAPSHOT)),
+    val("snapshot_backend_type", Effect::Ignored(SNAPSHOT)),
     boolean("enable_snapshot", Effect::Ignored(SNAPSHOT)),
     boolean("enable_snapshot_restore", Effect::Ignored(SNAPSHOT)),
     val("snapshot_backup_dir", Effect::Ignored(SNAPSHOT)),
@@ -332,6 +410,13 @@ fn num<T: std::str::FromStr>(flag: &str, v: &str, why: &'static str) -> Result<T
     v.trim().parse().map_err(|_| bad(flag, v, why))
 }
 
+/// Whole seconds as milliseconds.
+fn seconds_ms(flag: &str, v: &str) -> Result<u64, FlagError> {
+    let s: u64 = num(flag, v, "whole seconds, not negative")?;
+    s.checked_mul(1000)
+        .ok_or_else(|| bad(flag, v, "seconds too large"))
+}
+
 /// Newer Mooncake's durations: plain milliseconds, or a whole number with `ms`, `s`, `m` or `h`.
 fn duration_ms(v: &str) -> Option<u64> {
     let v = v.trim();
@@ -351,7 +436,8 @@ fn duration_ms(v: &str) -> Option<u64> {
 fn target(e: Effect) -> Option<&'static str> {
     match e {
         Effect::Port | Effect::RpcPort | Effect::RpcAddress => Some("rpc-addr"),
-        Effect::MetricsPort => Some("http-addr"),
+        Effect::MetricsPort | Effect::MetricsHost => Some("http-addr"),
+        Effect::ActiveClientTtl => Some("client-ttl-ms"),
         Effect::Millis(t) | Effect::Seconds(t) | Effect::Ratio(t) => Some(t),
         Effect::RpcThreads | Effect::MaxThreads => Some("threads"),
         Effect::EnableHa | Effect::EtcdEndpoints | Effect::HaConnString => Some("etcd-endpoints"),
@@ -368,6 +454,8 @@ struct Gathered {
     rpc_port: Option<u16>,
     rpc_address: Option<IpAddr>,
     metrics_port: Option<u16>,
+    metrics_host: Option<IpAddr>,
+    active_client_ttl_ms: Option<u64>,
     rpc_threads: Option<usize>,
     max_threads: Option<usize>,
     enable_ha: Option<bool>,
@@ -518,7 +606,20 @@ pub fn translate(args: &[String], ours: &OurFlags, base: &Base) -> Result<Transl
             Effect::RpcAddress => {
                 g.rpc_address = Some(num(&shown, &value, "an IP address to bind")?)
             }
+            Effect::RpcInterface if value.trim().is_empty() => {}
+            Effect::RpcInterface => {
+                return Err(FlagError::Unsupported {
+                    flag: shown,
+                    why: RPC_INTERFACE,
+                })
+            }
             Effect::MetricsPort => g.metrics_port = Some(num(&shown, &value, "a port 0-65535")?),
+            Effect::MetricsHost => {
+                g.metrics_host = Some(num(&shown, &value, "an IP address to bind")?)
+            }
+            Effect::ActiveClientTtl => {
+                g.active_client_ttl_ms = Some(seconds_ms(&shown, &value)?);
+            }
             Effect::Millis(t) => {
                 let ms = duration_ms(&value).ok_or_else(|| {
                     bad(&shown, &value, "milliseconds, or a number with ms/s/m/h")
@@ -526,11 +627,7 @@ pub fn translate(args: &[String], ours: &OurFlags, base: &Base) -> Result<Transl
                 g.values.insert(t, ms.to_string());
             }
             Effect::Seconds(t) => {
-                let s: u64 = num(&shown, &value, "whole seconds, not negative")?;
-                let ms = s
-                    .checked_mul(1000)
-                    .ok_or_else(|| bad(&shown, &value, "seconds too large"))?;
-                g.values.insert(t, ms.to_string());
+                g.values.insert(t, seconds_ms(&shown, &value)?.to_string());
             }
             Effect::Ratio(t) => {
                 let r: f64 = num(&shown, &value, "a ratio between 0 and 1")?;
@@ -590,6 +687,14 @@ pub fn translate(args: &[String], ours: &OurFlags, base: &Base) -> Result<Transl
                     return Err(FlagError::Unsupported { flag: shown, why });
                 }
             }
+            Effect::OnlyValue(off, why) => {
+                if value.trim() != off {
+                    return Err(FlagError::Unsupported {
+                        flag: format!("{shown}={value}"),
+                        why,
+                    });
+                }
+            }
             Effect::Unsupported(why) => return Err(FlagError::Unsupported { flag: shown, why }),
         }
     }
@@ -621,13 +726,18 @@ fn emit(
         );
         wanted.push(("rpc-addr", addr.to_string()));
     }
-    if let Some(p) = g.metrics_port {
-        wanted.push((
-            "http-addr",
-            SocketAddr::new(base.http_addr.ip(), p).to_string(),
-        ));
+    if g.metrics_port.is_some() || g.metrics_host.is_some() {
+        let addr = SocketAddr::new(
+            g.metrics_host.unwrap_or(base.http_addr.ip()),
+            g.metrics_port.unwrap_or(base.http_addr.port()),
+        );
+        wanted.push(("http-addr", addr.to_string()));
     }
-    wanted.extend(g.values);
+    let mut values = g.values;
+    if let Some(ms) = g.active_client_ttl_ms {
+        values.insert("client-ttl-ms", ms.to_string());
+    }
+    wanted.extend(values);
     if let Some(t) = g.rpc_threads.filter(|&t| t > 0).or(g.max_threads) {
         wanted.push(("threads", t.to_string()));
     }
@@ -763,6 +873,18 @@ mod tests {
                 "--allocation-strategy free-ratio-first",
             ),
             ("--memory_allocator=offset", ""),
+            ("--metrics_host=127.0.0.1", "--http-addr 127.0.0.1:9003"),
+            (
+                "--metrics_port=9 --metrics_host=::1",
+                "--http-addr [::1]:9",
+            ),
+            ("--client_active_ttl_sec=7 --client_ttl=5", "--client-ttl-ms 7000"),
+            ("--client_ttl=5 --client_active_ttl_sec=7", "--client-ttl-ms 7000"),
+            ("--rpc_interface= --client_suspicion_ttl_sec=60", ""),
+            (
+                "--dynamic_replication_mode=off --enable_kv_events=false --noenable_multi_tenants",
+                "",
+            ),
             ("--enable_offload=false --noenable_cxl", ""),
             // last occurrence wins, as in gflags
             ("--port=1 --port=2", "--rpc-addr 0.0.0.0:2"),
@@ -933,6 +1055,9 @@ mod tests {
             "--rpc_interface=eth0",
             "--flagfile=f",
             "--allocation_strategy=cxl",
+            "--dynamic_replication_mode=enforce",
+            "--enable_kv_events",
+            "--enable_multi_tenants=true",
         ] {
             match tr(input) {
                 Err(FlagError::Unsupported { flag, .. }) => {

@@ -1,6 +1,6 @@
-//! The daemon started as Mooncake's `mooncake_master --config_path=FILE.json` takes its
-//! settings from the file, the command line winning; a bad file stops it with an error naming
-//! the file and the key.
+//! The daemon started as Mooncake's `mooncake_master --config_path=master.yaml` (the file
+//! shaped like Mooncake's shipped one) takes its settings from the file, the command line
+//! winning; a bad file (YAML or JSON) stops it with an error naming the file and the key.
 
 mod common;
 
@@ -12,9 +12,9 @@ use common::{
 };
 use mooncake_master::MasterClient;
 
-fn json_file(text: &str) -> tempfile::NamedTempFile {
+fn config_file(text: &str, ext: &str) -> tempfile::NamedTempFile {
     let mut f = tempfile::Builder::new()
-        .suffix(".json")
+        .suffix(ext)
         .tempfile()
         .expect("temp file");
     f.write_all(text.as_bytes())
@@ -25,17 +25,34 @@ fn json_file(text: &str) -> tempfile::NamedTempFile {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_file_sets_ports_and_the_command_line_overrides_it() {
     let (rpc_port, file_http_port, line_http_port) = (free_port(), free_port(), free_port());
-    let file = json_file(&format!(
-        r#"{{
-            "rpc_address": "127.0.0.1",
-            "rpc_port": {rpc_port},
-            "metrics_port": {file_http_port},
-            "default_kv_lease_ttl": 5000,
-            "client_live_ttl_sec": 20,
-            "eviction_high_watermark_ratio": 0.8,
-            "enable_gc": false
-        }}"#
-    ));
+    let file = config_file(
+        &format!(
+            "enable_metric_reporting: true\n\
+             metrics_port: {file_http_port}\n\
+             rpc_port: {rpc_port}\n\
+             rpc_thread_num: 2\n\
+             rpc_address: \"127.0.0.1\"\n\
+             rpc_interface: \"\"\n\
+             \n\
+             default_kv_lease_ttl: 5000\n\
+             default_kv_soft_pin_ttl: 1800000\n\
+             allow_evict_soft_pinned_objects: true\n\
+             eviction_ratio: 0.1\n\
+             # a comment, as in Mooncake's file\n\
+             eviction_high_watermark_ratio: 1.0\n\
+             dynamic_replication_mode: \"off\"\n\
+             enable_multi_tenants: false\n\
+             enable_ha: false\n\
+             etcd_endpoints: \"http://localhost:2379\"\n\
+             cluster_id: \"mooncake_cluster\"\n\
+             memory_allocator: \"offset\"\n\
+             client_active_ttl_sec: 60\n\
+             client_suspicion_ttl_sec: 60\n\
+             enable_oplog: false\n\
+             enable_http_metadata_server: false\n"
+        ),
+        ".yaml",
+    );
     let mut master = spawn_exe(
         MOONCAKE_MASTER_EXE,
         "mooncake_master with a config file",
@@ -67,14 +84,19 @@ async fn config_file_sets_ports_and_the_command_line_overrides_it() {
 
 #[test]
 fn a_bad_config_file_is_a_clear_error() {
-    let file = json_file(r#"{"rpc_port": 50051, "rpc_prot": 1}"#);
-    let path = file.path().display().to_string();
-    let (code, err) = run_master_to_exit(&[format!("--config_path={path}")]);
-    assert_eq!(code, Some(2));
-    assert!(
-        err.contains(&format!("config file {path}: unknown key \"rpc_prot\"")),
-        "output: {err}"
-    );
+    for (text, ext) in [
+        (r#"{"rpc_port": 50051, "rpc_prot": 1}"#, ".json"),
+        ("rpc_port: 50051\nrpc_prot: 1\n", ".yaml"),
+    ] {
+        let file = config_file(text, ext);
+        let path = file.path().display().to_string();
+        let (code, err) = run_master_to_exit(&[format!("--config_path={path}")]);
+        assert_eq!(code, Some(2));
+        assert!(
+            err.contains(&format!("config file {path}: unknown key \"rpc_prot\"")),
+            "output: {err}"
+        );
+    }
     let (code, err) = run_master_to_exit(&["--config_path=/nonexistent/master.json"]);
     assert_eq!(code, Some(2));
     assert!(
