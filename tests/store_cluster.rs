@@ -263,6 +263,58 @@ async fn a_read_that_outlasts_its_lease_fails_instead_of_answering_bytes() {
     c.close().await;
 }
 
+/// A holder on a fixed port holding two objects a reader wrote, SIGKILLed and started again
+/// on that port: (old, new, reader, keys, values).
+async fn restart_holder_on_its_port(
+    master: &str,
+) -> (
+    Holder,
+    Holder,
+    store_client::Client,
+    Vec<String>,
+    Vec<Vec<u8>>,
+) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut old = Holder::spawn_at(master, "16M", 1000, false, Some(port));
+    let c = reader(master, false).await;
+    let (keys, vals) =
+        put_objects(&c, "restart", 2, |i| 4096 + i, ReplicateConfig::default()).await;
+    assert_eq!(c.get(&keys[0]).await.value(), Some(&vals[0]));
+    old.kill();
+    let new = Holder::spawn_at(master, "16M", 1000, false, Some(port));
+    assert_eq!(
+        new.info.segment, old.info.segment,
+        "same name, same address"
+    );
+    (old, new, c, keys, vals)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_restarted_on_its_address_replaces_its_dead_predecessor_at_once() {
+    // Its TTL is far off, but the new process's mount under the old name shows the old one
+    // is gone: the master drops it, its objects with it, and places nothing more there.
+    let m = master(Duration::from_secs(30)).await;
+    let addr = m.rpc_addr().to_string();
+    let (_old, new, c, keys, _vals) = restart_holder_on_its_port(&addr).await;
+    let segs = m.service().unwrap().segments();
+    assert_eq!(segs.len(), 1, "only the new process's segment");
+    assert_eq!(segs[0].segment.base, new.info.base);
+    for k in &keys {
+        assert_eq!(c.get(k).await.code(), ErrorCode::ObjectNotFound);
+    }
+    let (keys, vals) = put_objects(&c, "after", 32, |_| 4096, ReplicateConfig::default()).await;
+    for (k, v) in keys.iter().zip(&vals) {
+        assert_eq!(c.get(k).await.value(), Some(v));
+    }
+    assert!(m
+        .metrics_text()
+        .contains("mooncake_master_replaced_clients_total 1"));
+    c.close().await;
+}
+
 /// A master with a 300 ms read lease (returned) and one 16 MiB holder.
 async fn short_lease_cluster() -> (mooncake_master::RunningMaster, Holder, Duration) {
     let lease = Duration::from_millis(300);
@@ -340,25 +392,18 @@ async fn a_read_whose_lease_ran_out_while_waiting_for_staging_is_looked_up_again
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_of_a_holder_restarted_on_its_address_are_never_read_from_the_new_one() {
-    // The master still lists the dead holder's replicas (its TTL has not run out) when a new
-    // process takes over its address: the new process's memory must never answer for them.
-    let m = master(Duration::from_secs(30)).await;
+    // The master still lists the dead holder's replicas (its TTL has not run out, and it keeps
+    // namesake clients, so the restart does not replace it) when a new process takes over its
+    // address: the new process's memory must never answer for them.
+    let m = master_with(ServiceConfig {
+        client_ttl: Duration::from_secs(30),
+        replace_restarted_clients: false,
+        ..ServiceConfig::default()
+    })
+    .await;
     let addr = m.rpc_addr().to_string();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let mut old = Holder::spawn_at(&addr, "16M", 1000, false, Some(port));
-    let c = reader(&addr, false).await;
-    let (keys, vals) =
-        put_objects(&c, "restart", 2, |i| 4096 + i, ReplicateConfig::default()).await;
-    assert_eq!(c.get(&keys[0]).await.value(), Some(&vals[0]));
-    old.kill();
-    let new = Holder::spawn_at(&addr, "16M", 1000, false, Some(port));
-    assert_eq!(
-        new.info.segment, old.info.segment,
-        "same name, same address"
-    );
+    let (_old, new, c, keys, _vals) = restart_holder_on_its_port(&addr).await;
+    assert_eq!(m.service().unwrap().segments().len(), 2, "both mounted");
     for k in &keys {
         let r = c.get(k).await;
         assert_eq!(r.code(), ErrorCode::TransferFail, "{:?}", r.result.err());

@@ -42,6 +42,11 @@ impl Liveness {
         *t = (*t).max(now_ms);
     }
 
+    /// Forgets a client (replaced by its restart): its next ping answers NEED_REMOUNT.
+    pub fn forget(&self, client: ClientId) {
+        self.clients.lock().remove(&client);
+    }
+
     /// Whether the client is known and not expired.
     pub fn is_alive(&self, client: ClientId) -> bool {
         self.clients.lock().contains_key(&client)

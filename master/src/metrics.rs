@@ -58,9 +58,10 @@ pub struct Metrics {
     eviction_passes: Counter,
     discarded: Counter,
     expired_clients: Counter,
+    replaced_clients: Counter,
     is_leader: Gauge,
     /// The service last scraped and its counters then, to export per-term totals as deltas.
-    last: Mutex<(usize, [u64; 5])>,
+    last: Mutex<(usize, [u64; 6])>,
 }
 
 impl Default for Metrics {
@@ -89,8 +90,9 @@ impl Metrics {
             eviction_passes: Counter::default(),
             discarded: Counter::default(),
             expired_clients: Counter::default(),
+            replaced_clients: Counter::default(),
             is_leader: Gauge::default(),
-            last: Mutex::new((0, [0; 5])),
+            last: Mutex::new((0, [0; 6])),
             registry: Registry::default(),
         };
         registry.register("rpc_requests", "RPC calls by operation", m.requests.clone());
@@ -137,6 +139,11 @@ impl Metrics {
             "expired_clients",
             "Clients expired by the TTL",
             m.expired_clients.clone(),
+        );
+        registry.register(
+            "replaced_clients",
+            "Clients dropped because a new client mounted a segment under their name (a restart)",
+            m.replaced_clients.clone(),
         );
         registry.register("is_leader", "1 when serving as leader", m.is_leader.clone());
         Metrics { registry, ..m }
@@ -192,12 +199,13 @@ impl Metrics {
                 &st.eviction_passes,
                 &st.discarded_processing,
                 &st.expired_clients,
+                &st.replaced_clients,
             ]
             .map(|a| a.load(Ordering::Relaxed));
             let mut last = self.last.lock();
             let id = s as *const MasterService as usize;
             if last.0 != id {
-                *last = (id, [0; 5]);
+                *last = (id, [0; 6]);
             }
             let counters = [
                 &self.evicted_objects,
@@ -205,6 +213,7 @@ impl Metrics {
                 &self.eviction_passes,
                 &self.discarded,
                 &self.expired_clients,
+                &self.replaced_clients,
             ];
             for (i, c) in counters.into_iter().enumerate() {
                 c.inc_by(now[i].saturating_sub(last.1[i]));

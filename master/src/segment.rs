@@ -292,6 +292,19 @@ impl SegmentRegistry {
         Ok(s)
     }
 
+    /// The clients holding a segment named as `segment` is, other than `segment` itself.
+    pub fn owners_of_namesakes(&self, segment: &Segment) -> Vec<ClientId> {
+        let mut owners: Vec<ClientId> = self
+            .segments
+            .read()
+            .iter()
+            .filter(|s| s.segment.name == segment.name && s.segment.id != segment.id)
+            .map(|s| s.owner)
+            .collect();
+        owners.dedup();
+        owners
+    }
+
     /// Ids of the segments `owner` mounted.
     pub fn owned_by(&self, owner: ClientId) -> Vec<SegmentId> {
         self.segments

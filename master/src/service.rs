@@ -69,6 +69,14 @@ pub struct ServiceConfig {
     pub view_version: u64,
     /// How often `tick` scans the whole index for expired clients and stale writes.
     pub scan_interval: Duration,
+    /// A client that mounts a segment under the name of another client's segment replaces
+    /// that client at once, as if its TTL had run out. A segment's name is its engine's
+    /// address, which a live process keeps bound, so a second mount under it is the first
+    /// process restarted after a crash (Mooncake does the same). Without this the restarted
+    /// process may be refused its mount and the dead segment keeps taking new replicas until
+    /// the TTL. Turn it off only where names are not addresses and two live clients may share
+    /// one.
+    pub replace_restarted_clients: bool,
 }
 
 impl Default for ServiceConfig {
@@ -87,6 +95,7 @@ impl Default for ServiceConfig {
             recovery_window: Duration::ZERO,
             view_version: 0,
             scan_interval: Duration::from_secs(1),
+            replace_restarted_clients: true,
         }
     }
 }
@@ -108,6 +117,9 @@ pub struct ServiceStats {
     pub discarded_processing: AtomicU64,
     /// Clients expired by the TTL.
     pub expired_clients: AtomicU64,
+    /// Clients replaced by a restart under their segment's name (see
+    /// [`ServiceConfig::replace_restarted_clients`]).
+    pub replaced_clients: AtomicU64,
 }
 
 /// Replicas whose space is returned at `release_at_ms`.
@@ -256,6 +268,7 @@ impl MasterService {
     /// Mounts a segment for `client` (which becomes known to liveness).
     pub fn mount_segment(&self, client: ClientId, segment: Segment) -> Result<(), ErrorCode> {
         let now = self.clock.now_ms();
+        self.replace_predecessors(client, std::slice::from_ref(&segment), now);
         self.segments.mount(client, segment, now)?;
         self.clients.register(client, now);
         Ok(())

@@ -117,7 +117,9 @@ mod tests {
     #[test]
     fn segment_usage_sums_the_segments_of_a_name() {
         let svc = service_with(&["a"], &[]);
-        let c = uuid::Uuid::new_v4();
+        // A holder with two segments (one client: a second client under the name would
+        // replace the first as its restart).
+        let c = svc.segments()[0].owner;
         let second = Segment {
             id: uuid::Uuid::new_v4(),
             name: "host-a:1".into(),

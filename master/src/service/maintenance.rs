@@ -24,12 +24,8 @@ impl MasterService {
             let dead = self.clients.expire(now);
             for c in &dead {
                 tracing::warn!(client = %c, "client expired: dropping its segments and replicas");
-                for id in self.segments.owned_by(*c) {
-                    let _ = self
-                        .segments
-                        .unmount(None, id, now + ms(self.cfg.lease_ttl));
-                }
             }
+            self.unmount_all_of(&dead, now);
             self.stats
                 .expired_clients
                 .fetch_add(dead.len() as u64, Ordering::Relaxed);
@@ -49,6 +45,52 @@ impl MasterService {
         if cap > 0 && used as f64 > cap as f64 * self.cfg.eviction_high_watermark {
             self.evict(now, false);
         }
+    }
+
+    /// Unmounts every segment of `clients` (gone), each quarantined for a lease.
+    fn unmount_all_of(&self, clients: &[ClientId], now: u64) {
+        for c in clients {
+            for id in self.segments.owned_by(*c) {
+                let _ = self
+                    .segments
+                    .unmount(None, id, now + ms(self.cfg.lease_ttl));
+            }
+        }
+    }
+
+    /// Before `client` mounts `segments`: other clients holding another segment (another id)
+    /// under one of their names are its predecessors, gone without unmounting (see
+    /// [`ServiceConfig::replace_restarted_clients`]); they are dropped now as the TTL would
+    /// drop them later: segments unmounted, replicas in them gone, their unfinished writes
+    /// discarded, and their next ping (should one come) answered NEED_REMOUNT.
+    pub(super) fn replace_predecessors(&self, client: ClientId, segments: &[Segment], now: u64) {
+        if !self.cfg.replace_restarted_clients {
+            return;
+        }
+        let mut gone: Vec<ClientId> = segments
+            .iter()
+            .flat_map(|s| self.segments.owners_of_namesakes(s))
+            .filter(|&c| c != client)
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        gone.sort_unstable();
+        gone.dedup();
+        for c in &gone {
+            tracing::warn!(
+                old = %c,
+                new = %client,
+                "a new client mounted a segment under this client's name: dropping the old \
+                 client as restarted"
+            );
+            self.clients.forget(*c);
+        }
+        self.unmount_all_of(&gone, now);
+        self.stats
+            .replaced_clients
+            .fetch_add(gone.len() as u64, Ordering::Relaxed);
+        self.purge(now, &gone, false);
     }
 
     /// One pass over the index: drops replicas in unmounted segments (and objects left with

@@ -22,6 +22,7 @@ impl MasterService {
         objects: Vec<HeldObject>,
     ) -> BatchResult<()> {
         let now = self.clock.now_ms();
+        self.replace_predecessors(client, &segments, now);
         for s in segments {
             self.segments
                 .remount(client, s, now, self.remounts_allocatable_from_ms)?;

@@ -932,3 +932,60 @@ fn a_failed_allocation_evicts_only_where_space_can_be_used() {
         vec![Ok(true), Ok(false)]
     );
 }
+
+#[test]
+fn a_client_mounting_under_another_clients_segment_name_replaces_it() {
+    let f = fixture(ServiceConfig::default());
+    let (old, new) = (Uuid::new_v4(), Uuid::new_v4());
+    let before = segment("h1:1", SEG);
+    f.svc.mount_segment(old, before.clone()).unwrap();
+    put(&f.svc, old, "kept-by-old", 10).unwrap();
+    f.svc
+        .batch_put_start(
+            old,
+            items(&["unfinished"], 10),
+            &ReplicateConfig::default(),
+            false,
+        )
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    // Its restart: same name and, as often, the same addresses; a new engine, so a new id.
+    let after = segment("h1:1", SEG);
+    f.svc.mount_segment(new, after.clone()).unwrap();
+    let segs = f.svc.segments();
+    assert_eq!(segs.len(), 1);
+    assert_eq!((segs[0].owner, segs[0].segment.id), (new, after.id));
+    for k in ["kept-by-old", "unfinished"] {
+        assert_eq!(
+            f.svc.batch_get_replica_list(&keys(&[k])).unwrap()[0],
+            Err(ErrorCode::ObjectNotFound),
+            "{k}"
+        );
+    }
+    assert!(f.svc.ping(old).need_remount, "the old client is forgotten");
+    assert!(!f.svc.ping(new).need_remount);
+    assert_eq!(f.svc.stats.replaced_clients.load(Ordering::Relaxed), 1);
+    let d = put(&f.svc, new, "fresh", 10).unwrap();
+    assert_eq!(d[0].segment_id, after.id);
+    // The same segment mounted again by its owner, or its id claimed by another client,
+    // replaces nobody.
+    f.svc.mount_segment(new, after.clone()).unwrap();
+    assert_eq!(
+        f.svc.mount_segment(old, after.clone()),
+        Err(ErrorCode::SegmentAlreadyExists)
+    );
+    assert_eq!(f.svc.segments()[0].owner, new);
+
+    // Switched off, the namesake is refused when it overlaps (and mounted beside otherwise).
+    let f = fixture(ServiceConfig {
+        replace_restarted_clients: false,
+        ..Default::default()
+    });
+    f.svc.mount_segment(old, before.clone()).unwrap();
+    assert_eq!(
+        f.svc.mount_segment(new, segment("h1:1", SEG)),
+        Err(ErrorCode::SegmentAlreadyExists)
+    );
+    assert_eq!(f.svc.stats.replaced_clients.load(Ordering::Relaxed), 0);
+}
