@@ -3,9 +3,10 @@
 //!
 //! Its conventions, kept here: `setup(...)` then calls; status codes instead of exceptions
 //! (0 or bytes moved on success, a negative Mooncake error code on failure); a put of a key
-//! that already exists is 0 (the object stays as it was); `get` returns empty bytes and
-//! `get_buffer` None for a missing key; the copying puts take any object with the buffer
-//! protocol; a batch whose lists differ in length answers INVALID_PARAMS for every key.
+//! that already exists is 0 (the object stays as it was), while the upserts replace it and
+//! answer a negative code whenever this caller's bytes were not stored; `get` returns empty
+//! bytes and `get_buffer` None for a missing key; the copying puts take any object with the
+//! buffer protocol; a batch whose lists differ in length answers INVALID_PARAMS for every key.
 //! `metadata_server` is accepted and unused: segment descriptors travel peer to peer
 //! (Mooncake's P2PHANDSHAKE mode).
 
@@ -134,6 +135,14 @@ fn put_code(r: &KeyResult<u64>) -> i64 {
     }
 }
 
+/// Whether a write creates a key only (a put: an existing key stays as it was) or also
+/// overwrites it (an upsert).
+#[derive(Clone, Copy)]
+enum Write {
+    Put,
+    Upsert,
+}
+
 /// Emits a `RuntimeWarning` (Python's warning filters decide whether and how often it shows).
 fn warn(py: Python<'_>, message: &str) -> PyResult<()> {
     let message = CString::new(message.replace('\0', " ")).unwrap_or_default();
@@ -198,6 +207,16 @@ fn setup_settings(settings: Option<&Bound<'_, PyDict>>) -> PyResult<SetupSetting
             "setup() got unexpected keyword argument(s) {}",
             unknown.join(", ")
         )))
+    }
+}
+
+/// Status of an upsert: 0 only when this caller's bytes were stored. Unlike [`put_code`],
+/// OBJECT_ALREADY_EXISTS stays an error: it means another writer still holds the key, so the
+/// value there is not this caller's.
+fn upsert_code(r: &KeyResult<u64>) -> i64 {
+    match &r.result {
+        Ok(_) => 0,
+        Err(e) => i64::from(e.code.code()),
     }
 }
 
@@ -398,6 +417,31 @@ impl MooncakeDistributedStore {
             .ok_or_else(|| PyRuntimeError::new_err("call setup() first"))
     }
 
+    /// Stores (or, with `Write::Upsert`, overwrites) each value under its key, copying: one
+    /// status per key.
+    fn put_values(
+        &self,
+        py: Python<'_>,
+        items: &[(&str, &[u8])],
+        config: Option<&ReplicateConfig>,
+        write: Write,
+    ) -> PyResult<Vec<i64>> {
+        let client = self.client()?;
+        let cfg = ReplicateConfig::to_store(config, own_segment(&client));
+        Ok(match write {
+            Write::Put => py
+                .detach(|| client.batch_put_with(items, &cfg))
+                .iter()
+                .map(put_code)
+                .collect(),
+            Write::Upsert => py
+                .detach(|| client.batch_upsert_with(items, &cfg))
+                .iter()
+                .map(upsert_code)
+                .collect(),
+        })
+    }
+
     /// Stores `value` under `key`: 0, or a negative code.
     fn put_value(
         &self,
@@ -405,13 +449,48 @@ impl MooncakeDistributedStore {
         key: &str,
         value: &[u8],
         config: Option<ReplicateConfig>,
+        write: Write,
     ) -> PyResult<i64> {
-        let client = self.client()?;
-        let cfg = ReplicateConfig::to_store(config.as_ref(), own_segment(&client));
-        let r = py.detach(|| client.batch_put_with(&[(key, value)], &cfg));
-        Ok(r.first().map_or(INVALID_PARAMS, put_code))
+        let r = self.put_values(py, &[(key, value)], config.as_ref(), write)?;
+        Ok(r.first().copied().unwrap_or(INVALID_PARAMS))
     }
 
+    /// `put_batch` / `upsert_batch`: 0 if every key was stored, else the first failing code.
+    fn put_value_batch(
+        &self,
+        py: Python<'_>,
+        keys: &[String],
+        values: &[Bound<'_, PyAny>],
+        config: Option<&ReplicateConfig>,
+        write: Write,
+    ) -> PyResult<i64> {
+        if keys.len() != values.len() {
+            return Ok(INVALID_PARAMS);
+        }
+        let values = values
+            .iter()
+            .map(buffer_bytes)
+            .collect::<PyResult<Vec<_>>>()?;
+        let items: Vec<(&str, &[u8])> = keys
+            .iter()
+            .map(String::as_str)
+            .zip(values.iter().map(|v| &v[..]))
+            .collect();
+        let r = self.put_values(py, &items, config, write)?;
+        Ok(r.into_iter().find(|&c| c < 0).unwrap_or(0))
+    }
+
+    /// The concatenation of `parts` (objects with the buffer protocol), made with the GIL
+    /// released.
+    fn concat_parts(py: Python<'_>, parts: &Bound<'_, PyTuple>) -> PyResult<Vec<u8>> {
+        let parts = parts
+            .iter()
+            .map(|p| buffer_bytes(&p))
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(py.detach(|| parts.iter().flat_map(|p| p.iter().copied()).collect()))
+    }
+
+    /// Zero-copy writes from registered ranges: one status per key.
     fn put_many(
         &self,
         py: Python<'_>,
@@ -419,14 +498,50 @@ impl MooncakeDistributedStore {
         ptrs: Vec<Vec<u64>>,
         sizes: Vec<Vec<u64>>,
         config: Option<&ReplicateConfig>,
+        write: Write,
     ) -> PyResult<Vec<i64>> {
         let client = self.client()?;
         let Some(items) = items(&keys, &ptrs, &sizes) else {
             return Ok(vec![INVALID_PARAMS; keys.len()]);
         };
         let cfg = ReplicateConfig::to_store(config, own_segment(&client));
-        let r = py.detach(|| client.batch_put_from_parts(&items, &cfg));
-        Ok(r.iter().map(put_code).collect())
+        Ok(match write {
+            Write::Put => py
+                .detach(|| client.batch_put_from_parts(&items, &cfg))
+                .iter()
+                .map(put_code)
+                .collect(),
+            Write::Upsert => py
+                .detach(|| client.batch_upsert_from_parts(&items, &cfg))
+                .iter()
+                .map(upsert_code)
+                .collect(),
+        })
+    }
+
+    /// One zero-copy write of `size` bytes at `buffer_ptr`: 0, or a negative code.
+    fn put_one(
+        &self,
+        py: Python<'_>,
+        key: String,
+        buffer_ptr: u64,
+        size: u64,
+        config: Option<&ReplicateConfig>,
+        write: Write,
+    ) -> PyResult<i64> {
+        let ptrs = vec![vec![buffer_ptr]];
+        let r = self.put_many(py, vec![key], ptrs, vec![vec![size]], config, write)?;
+        Ok(r.first().copied().unwrap_or(INVALID_PARAMS))
+    }
+
+    /// Per key 0 or a negative code.
+    fn remove_many(&self, py: Python<'_>, keys: &[String], force: bool) -> PyResult<Vec<i64>> {
+        let client = self.client()?;
+        Ok(py
+            .detach(|| client.batch_remove_with(keys, force))
+            .iter()
+            .map(unit_code)
+            .collect())
     }
 
     fn get_many(
@@ -531,7 +646,20 @@ impl MooncakeDistributedStore {
         value: &Bound<'_, PyAny>,
         config: Option<ReplicateConfig>,
     ) -> PyResult<i64> {
-        self.put_value(py, key, &buffer_bytes(value)?, config)
+        self.put_value(py, key, &buffer_bytes(value)?, config, Write::Put)
+    }
+
+    /// Stores or overwrites `value` (any object with the buffer protocol) under `key`: 0, or a
+    /// negative code (see `batch_upsert_from`).
+    #[pyo3(signature = (key, value, config = None))]
+    fn upsert(
+        &self,
+        py: Python<'_>,
+        key: &str,
+        value: &Bound<'_, PyAny>,
+        config: Option<ReplicateConfig>,
+    ) -> PyResult<i64> {
+        self.put_value(py, key, &buffer_bytes(value)?, config, Write::Upsert)
     }
 
     /// Stores the concatenation of `parts` (objects with the buffer protocol) under `key`: 0,
@@ -544,13 +672,21 @@ impl MooncakeDistributedStore {
         parts: &Bound<'_, PyTuple>,
         config: Option<ReplicateConfig>,
     ) -> PyResult<i64> {
-        let parts = parts
-            .iter()
-            .map(|p| buffer_bytes(&p))
-            .collect::<PyResult<Vec<_>>>()?;
-        // The concatenation is made with the GIL released, as the put is.
-        let value: Vec<u8> = py.detach(|| parts.iter().flat_map(|p| p.iter().copied()).collect());
-        self.put_value(py, key, &value, config)
+        let value = Self::concat_parts(py, parts)?;
+        self.put_value(py, key, &value, config, Write::Put)
+    }
+
+    /// Stores or overwrites the concatenation of `parts` under `key`: 0, or a negative code.
+    #[pyo3(signature = (key, *parts, config = None))]
+    fn upsert_parts(
+        &self,
+        py: Python<'_>,
+        key: &str,
+        parts: &Bound<'_, PyTuple>,
+        config: Option<ReplicateConfig>,
+    ) -> PyResult<i64> {
+        let value = Self::concat_parts(py, parts)?;
+        self.put_value(py, key, &value, config, Write::Upsert)
     }
 
     /// The address peers reach this client's transfer engine at (`host:port`).
@@ -568,22 +704,20 @@ impl MooncakeDistributedStore {
         values: Vec<Bound<'_, PyAny>>,
         config: Option<ReplicateConfig>,
     ) -> PyResult<i64> {
-        let client = self.client()?;
-        if keys.len() != values.len() {
-            return Ok(INVALID_PARAMS);
-        }
-        let values = values
-            .iter()
-            .map(buffer_bytes)
-            .collect::<PyResult<Vec<_>>>()?;
-        let cfg = ReplicateConfig::to_store(config.as_ref(), own_segment(&client));
-        let items: Vec<(&str, &[u8])> = keys
-            .iter()
-            .map(String::as_str)
-            .zip(values.iter().map(|v| &v[..]))
-            .collect();
-        let r = py.detach(|| client.batch_put_with(&items, &cfg));
-        Ok(r.iter().map(put_code).find(|&c| c < 0).unwrap_or(0))
+        self.put_value_batch(py, &keys, &values, config.as_ref(), Write::Put)
+    }
+
+    /// Stores or overwrites each value under its key: 0 if every key was stored, else the
+    /// first failing key's code (see `batch_upsert_from`).
+    #[pyo3(signature = (keys, values, config = None))]
+    fn upsert_batch(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        values: Vec<Bound<'_, PyAny>>,
+        config: Option<ReplicateConfig>,
+    ) -> PyResult<i64> {
+        self.put_value_batch(py, &keys, &values, config.as_ref(), Write::Upsert)
     }
 
     /// The bytes, or empty bytes when the key cannot be read.
@@ -648,10 +782,19 @@ impl MooncakeDistributedStore {
             .collect())
     }
 
-    /// 0, or a negative code.
-    fn remove(&self, py: Python<'_>, key: &str) -> PyResult<i64> {
-        let client = self.client()?;
-        Ok(unit_code(&py.detach(|| client.remove(key))))
+    /// 0, or a negative code: OBJECT_NOT_FOUND, and without `force` OBJECT_HAS_LEASE while a
+    /// read lease holds the object or REPLICA_IS_NOT_READY while it is being written (with
+    /// `force` those go too; their space is reused once the lease or write ends).
+    #[pyo3(signature = (key, force = false))]
+    fn remove(&self, py: Python<'_>, key: String, force: bool) -> PyResult<i64> {
+        let r = self.remove_many(py, &[key], force)?;
+        Ok(r.first().copied().unwrap_or(INVALID_PARAMS))
+    }
+
+    /// Per key 0 or a negative code, as `remove`; one request for all.
+    #[pyo3(signature = (keys, force = false))]
+    fn batch_remove(&self, py: Python<'_>, keys: Vec<String>, force: bool) -> PyResult<Vec<i64>> {
+        self.remove_many(py, &keys, force)
     }
 
     /// Removes every object whose key the regular expression matches, except those under a
@@ -722,14 +865,21 @@ impl MooncakeDistributedStore {
         size: u64,
         config: Option<ReplicateConfig>,
     ) -> PyResult<i64> {
-        let r = self.put_many(
-            py,
-            vec![key],
-            vec![vec![buffer_ptr]],
-            vec![vec![size]],
-            config.as_ref(),
-        )?;
-        Ok(r.first().copied().unwrap_or(INVALID_PARAMS))
+        self.put_one(py, key, buffer_ptr, size, config.as_ref(), Write::Put)
+    }
+
+    /// Stores or overwrites `size` bytes of registered memory at `buffer_ptr` under `key`,
+    /// zero-copy: 0, or a negative code (see `batch_upsert_from`).
+    #[pyo3(signature = (key, buffer_ptr, size, config = None))]
+    fn upsert_from(
+        &self,
+        py: Python<'_>,
+        key: String,
+        buffer_ptr: u64,
+        size: u64,
+        config: Option<ReplicateConfig>,
+    ) -> PyResult<i64> {
+        self.put_one(py, key, buffer_ptr, size, config.as_ref(), Write::Upsert)
     }
 
     /// Bytes read, or a negative code.
@@ -754,6 +904,31 @@ impl MooncakeDistributedStore {
             singletons(buffer_ptrs),
             singletons(sizes),
             config.as_ref(),
+            Write::Put,
+        )
+    }
+
+    /// Stores or overwrites registered ranges under their keys, zero-copy: per key 0, or a
+    /// negative code. An existing key is replaced (in place when its size is unchanged). A key
+    /// another writer is still writing answers OBJECT_ALREADY_EXISTS and one under a read
+    /// lease OBJECT_HAS_LEASE: this caller's bytes were not stored, so (unlike the puts)
+    /// these are not 0.
+    #[pyo3(signature = (keys, buffer_ptrs, sizes, config = None))]
+    fn batch_upsert_from(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        buffer_ptrs: Vec<u64>,
+        sizes: Vec<u64>,
+        config: Option<ReplicateConfig>,
+    ) -> PyResult<Vec<i64>> {
+        self.put_many(
+            py,
+            keys,
+            singletons(buffer_ptrs),
+            singletons(sizes),
+            config.as_ref(),
+            Write::Upsert,
         )
     }
 
@@ -778,7 +953,34 @@ impl MooncakeDistributedStore {
         all_sizes: Vec<Vec<u64>>,
         config: Option<ReplicateConfig>,
     ) -> PyResult<Vec<i64>> {
-        self.put_many(py, keys, all_buffer_ptrs, all_sizes, config.as_ref())
+        self.put_many(
+            py,
+            keys,
+            all_buffer_ptrs,
+            all_sizes,
+            config.as_ref(),
+            Write::Put,
+        )
+    }
+
+    /// `batch_upsert_from` with each object gathered from several registered ranges.
+    #[pyo3(signature = (keys, all_buffer_ptrs, all_sizes, config = None))]
+    fn batch_upsert_from_multi_buffers(
+        &self,
+        py: Python<'_>,
+        keys: Vec<String>,
+        all_buffer_ptrs: Vec<Vec<u64>>,
+        all_sizes: Vec<Vec<u64>>,
+        config: Option<ReplicateConfig>,
+    ) -> PyResult<Vec<i64>> {
+        self.put_many(
+            py,
+            keys,
+            all_buffer_ptrs,
+            all_sizes,
+            config.as_ref(),
+            Write::Upsert,
+        )
     }
 
     /// Each object scattered into several registered ranges: per key bytes or a negative code.

@@ -333,6 +333,81 @@ class CompatTest(unittest.TestCase):
         self.assertEqual([mooncake_rs.error_name(c) for c in self.holder.batch_put(["dup/b"], [b"x"])],
                          ["OBJECT_ALREADY_EXISTS"])
 
+    def test_upserts_replace_values_and_fail_when_they_did_not_store(self):
+        s = self.store
+        n = 4096
+        buf = ctypes.create_string_buffer(2 * n)
+        p = ctypes.addressof(buf)
+        ctypes.memmove(p, value(1, n), n)
+        ctypes.memmove(p + n, value(2, n), n)
+        self.assertEqual(s.register_buffer(p, 2 * n), 0)
+        try:
+            self.assertEqual(s.batch_upsert_from(["up/a", "up/b"], [p, p + n], [n, n]), [0, 0])
+            # New bytes for both, one of another size (new space), with no read in between:
+            # TransferQueue re-writes its keys this way, step after step.
+            ctypes.memmove(p, value(3, n), n)
+            self.assertEqual(s.batch_upsert_from(["up/a", "up/b"], [p, p], [n, 100], config=None), [0, 0])
+            self.assertEqual(s.upsert_from("up/c", p + n, n), 0)
+            self.assertEqual(s.upsert_from("up/c", p, n, ReplicateConfig()), 0)
+            self.assertEqual(s.batch_upsert_from_multi_buffers(["up/m"], [[p, p + n]], [[10, 10]]), [0])
+            self.assertEqual(s.batch_upsert_from_multi_buffers(["up/m"], [[p + n, p]], [[10, 10]]), [0])
+            self.assertEqual(s.get("up/a"), value(3, n))
+            self.assertEqual(s.get("up/b"), value(3, n)[:100])
+            self.assertEqual(s.get("up/c"), value(3, n))
+            self.assertEqual(s.get("up/m"), value(2, n)[:10] + value(3, n)[:10])
+            # Lists that disagree: INVALID_PARAMS for every key, nothing stored.
+            self.assertEqual(s.batch_upsert_from(["up/x", "up/y"], [p], [n, n]), [-600, -600])
+            self.assertEqual(s.is_exist("up/x"), 0)
+            # Those reads hold 10 s leases, under which this store does not replace an object:
+            # the upsert stores nothing and says so (a put would answer 0 here).
+            codes = s.batch_upsert_from(["up/a", "up/new"], [p + n, p + n], [n, n])
+            self.assertEqual([mooncake_rs.error_name(c) for c in codes], ["OBJECT_HAS_LEASE", "OK"])
+            self.assertEqual(codes[0], -706)
+            self.assertEqual(mooncake_rs.error_name(s.upsert_from("up/b", p + n, n)), "OBJECT_HAS_LEASE")
+            self.assertEqual(s.get("up/a"), value(3, n))
+            self.assertEqual(s.get("up/new"), value(2, n))
+        finally:
+            self.assertEqual(s.unregister_buffer(p), 0)
+        # The copying upserts take any buffer-protocol object and an optional config.
+        cfg = ReplicateConfig()
+        cfg.with_hard_pin = True
+        self.assertEqual(s.put("up/k", b"one"), 0)
+        self.assertEqual(s.upsert("up/k", b"two"), 0)
+        self.assertEqual(s.upsert_parts("up/k", b"th", bytearray(b"ree")), 0)
+        self.assertEqual(s.upsert_batch(["up/k", "up/l"], [b"four", memoryview(b"ell")]), 0)
+        self.assertEqual(s.upsert_batch(["up/l"], [b"L2"], cfg), 0)
+        self.assertEqual(s.upsert("up/p", b"pinned", config=cfg), 0)
+        self.assertEqual(s.get_batch(["up/k", "up/l", "up/p"]), [b"four", b"L2", b"pinned"])
+        self.assertEqual(mooncake_rs.error_name(s.upsert("up/k", b"five")), "OBJECT_HAS_LEASE")
+        self.assertEqual(mooncake_rs.error_name(s.upsert_parts("up/k", b"six")), "OBJECT_HAS_LEASE")
+        # upsert_batch answers one int, like put_batch: the first failing key's code; the other
+        # keys of the batch are stored.
+        self.assertEqual(s.upsert_batch(["up/z", "up/k"], [b"z", b"seven"]), -706)
+        self.assertEqual(s.get_batch(["up/z", "up/k"]), [b"z", b"four"])
+        self.assertEqual(s.upsert_batch(["up/q"], []), -600)
+        self.assertEqual(mooncake_rs.error_name(s.upsert("", b"x")), "INVALID_KEY")
+
+    def test_batch_remove_and_remove_with_force(self):
+        s = self.store
+        self.assertEqual(s.put_batch(["rm/a", "rm/b", "rm/c"], [b"a", b"b", b"c"]), 0)
+        # TransferQueue's clear(): force, and OBJECT_NOT_FOUND (-704) for a missing key.
+        self.assertEqual(s.batch_remove(["rm/a", "rm/zz"], force=True), [0, -704])
+        self.assertEqual(len(s.get_replica_desc("rm/b")), 1)  # takes a read lease
+        self.assertEqual(s.batch_remove(["rm/b"]), [-706])
+        self.assertEqual(s.batch_remove(["rm/b"], False), [-706])
+        self.assertEqual(s.batch_remove(["rm/b"], force=True), [0])
+        self.assertEqual(s.batch_is_exist(["rm/a", "rm/b"]), [0, 0])
+        self.assertEqual(s.get("rm/c"), b"c")
+        self.assertEqual(mooncake_rs.error_name(s.remove("rm/c")), "OBJECT_HAS_LEASE")
+        self.assertEqual(s.remove("rm/c", True), 0)
+        self.assertEqual(s.remove("rm/c", force=True), -704)
+        self.assertEqual(s.batch_remove([]), [])
+        codes = s.batch_remove(["", "rm/none"], True)
+        self.assertEqual([mooncake_rs.error_name(c) for c in codes], ["INVALID_KEY", "OBJECT_NOT_FOUND"])
+        # A removed key can be written again at once (its old space waits for the lease).
+        self.assertEqual(s.upsert("rm/b", b"again"), 0)
+        self.assertEqual(s.get("rm/b"), b"again")
+
     def test_get_into_ranges_fragments_of_several_keys(self):
         s = self.store
         k1, k2 = bytes(range(40)), bytes(range(100, 140))

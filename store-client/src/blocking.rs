@@ -92,6 +92,15 @@ impl BlockingClient {
     ) -> Vec<KeyResult<u64>> {
         self.runtime.block_on(self.client.batch_upsert(items))
     }
+    /// See [`Client::batch_upsert_with`].
+    pub fn batch_upsert_with<K: AsRef<str>, V: AsRef<[u8]>>(
+        &self,
+        items: &[(K, V)],
+        cfg: &ReplicateConfig,
+    ) -> Vec<KeyResult<u64>> {
+        self.runtime
+            .block_on(self.client.batch_upsert_with(items, cfg))
+    }
     /// See [`Client::batch_get`].
     pub fn batch_get<K: AsRef<str>>(&self, keys: &[K]) -> Vec<KeyResult<Vec<u8>>> {
         self.runtime.block_on(self.client.batch_get(keys))
@@ -120,6 +129,11 @@ impl BlockingClient {
     /// See [`Client::batch_remove`].
     pub fn batch_remove<K: AsRef<str>>(&self, keys: &[K]) -> Vec<KeyResult<()>> {
         self.runtime.block_on(self.client.batch_remove(keys))
+    }
+    /// See [`Client::batch_remove_with`].
+    pub fn batch_remove_with<K: AsRef<str>>(&self, keys: &[K], force: bool) -> Vec<KeyResult<()>> {
+        self.runtime
+            .block_on(self.client.batch_remove_with(keys, force))
     }
     /// See [`Client::register_buffer`].
     ///
@@ -163,6 +177,15 @@ impl BlockingClient {
     ) -> Vec<KeyResult<u64>> {
         self.runtime
             .block_on(self.client.batch_put_from_parts(items, cfg))
+    }
+    /// See [`Client::batch_upsert_from_parts`].
+    pub fn batch_upsert_from_parts<K: AsRef<str>>(
+        &self,
+        items: &[(K, Vec<BufferSlice>)],
+        cfg: &ReplicateConfig,
+    ) -> Vec<KeyResult<u64>> {
+        self.runtime
+            .block_on(self.client.batch_upsert_from_parts(items, cfg))
     }
     /// See [`Client::batch_get_into_parts`].
     pub fn batch_get_into_parts<K: AsRef<str>>(

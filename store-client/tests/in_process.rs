@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use mooncake_master::proto::ClientId;
 use mooncake_master::{MasterConfig, MasterServer, RunningMaster};
 use store_client::{
     BatchPolicyConfig, BufferSlice, Client, ClientConfig, ErrorCode, OpKind, Protocol,
@@ -472,4 +473,86 @@ async fn segments_in_reserved_huge_pages_hold_objects_or_fall_back() {
         "the holder's pool was mapped by the reader"
     );
     drop(holder);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_copy_upserts_overwrite_and_forced_removes_take_leased_keys() {
+    let (m, _holder, reader) = cluster(false).await;
+    let mut src: Vec<u8> = (0..8192usize).map(|i| (i % 249) as u8).collect();
+    // SAFETY: `src` outlives the client's use of it and is unregistered below.
+    unsafe { reader.register_buffer(src.as_mut_ptr(), src.len()) }.unwrap();
+    let base = src.as_ptr() as u64;
+    let (lo, hi) = (
+        BufferSlice::new(base, 4096),
+        BufferSlice::new(base + 4096, 4096),
+    );
+    let cfg = Default::default();
+    let new = reader
+        .batch_upsert_from_parts(&[("u/a", vec![lo]), ("u/b", vec![lo])], &cfg)
+        .await;
+    assert!(new.iter().all(|r| r.is_ok()), "{new:?}");
+    // Same size (in place) and another size (new space), with no read in between.
+    let again = reader
+        .batch_upsert_from_parts(
+            &[
+                ("u/a", vec![hi]),
+                ("u/b", vec![BufferSlice::new(base + 4096, 1000)]),
+            ],
+            &cfg,
+        )
+        .await;
+    assert!(again.iter().all(|r| r.is_ok()), "{again:?}");
+    assert_eq!(reader.get("u/a").await.value(), Some(&src[4096..].to_vec()));
+    assert_eq!(
+        reader.get("u/b").await.value(),
+        Some(&src[4096..5096].to_vec())
+    );
+    // The reads leased both keys: an upsert now stores nothing and says so.
+    let leased = reader
+        .batch_upsert_from_parts(&[("u/a", vec![lo])], &cfg)
+        .await;
+    assert_eq!(leased[0].code(), ErrorCode::ObjectHasLease);
+    assert_eq!(reader.get("u/a").await.value(), Some(&src[4096..].to_vec()));
+    // A key another client is still writing is not this caller's to overwrite.
+    let service = m.service().unwrap();
+    let other = ClientId::from_u128(0x5eed);
+    let started = service
+        .batch_put_start(other, vec![("u/busy", 4096u64)], &cfg, false)
+        .unwrap();
+    assert!(started[0].is_ok(), "{started:?}");
+    let busy = reader
+        .batch_upsert_from_parts(&[("u/busy", vec![lo])], &cfg)
+        .await;
+    assert_eq!(busy[0].code(), ErrorCode::ObjectAlreadyExists);
+    // Copying upserts with an explicit config.
+    for v in [&b"one"[..], b"three"] {
+        let r = reader.batch_upsert_with(&[("u/c", v)], &cfg).await;
+        assert!(r[0].is_ok(), "{r:?}");
+    }
+    assert_eq!(
+        reader.get("u/c").await.value().map(Vec::as_slice),
+        Some(&b"three"[..])
+    );
+    // Removes: without force leased and unfinished keys stay, with force they go.
+    let kept = reader
+        .batch_remove_with(&["u/a", "u/busy", "nope"], false)
+        .await;
+    let codes: Vec<_> = kept.iter().map(|r| r.code()).collect();
+    assert_eq!(
+        codes,
+        [
+            ErrorCode::ObjectHasLease,
+            ErrorCode::ReplicaIsNotReady,
+            ErrorCode::ObjectNotFound
+        ]
+    );
+    let forced = reader
+        .batch_remove_with(&["u/a", "u/busy", "nope"], true)
+        .await;
+    assert!(forced[0].is_ok() && forced[1].is_ok(), "{forced:?}");
+    assert_eq!(forced[2].code(), ErrorCode::ObjectNotFound);
+    let gone = reader.batch_exists(&["u/a", "u/busy", "u/b"]).await;
+    let gone: Vec<_> = gone.iter().map(|r| r.value().copied()).collect();
+    assert_eq!(gone, [Some(false), Some(false), Some(true)]);
+    reader.unregister_buffer(src.as_mut_ptr()).unwrap();
 }

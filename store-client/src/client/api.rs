@@ -151,6 +151,18 @@ impl Client {
         r
     }
 
+    /// [`Client::batch_upsert`] with an explicit replication config.
+    pub async fn batch_upsert_with<K: AsRef<str>, V: AsRef<[u8]>>(
+        &self,
+        items: &[(K, V)],
+        cfg: &ReplicateConfig,
+    ) -> Vec<KeyResult<u64>> {
+        let started = Instant::now();
+        let r = self.put_copy(items, cfg, true).await;
+        self.record(OpKind::BatchUpsert, &r, 0, started, |n| *n);
+        r
+    }
+
     async fn put_copy<K: AsRef<str>, V: AsRef<[u8]>>(
         &self,
         items: &[(K, V)],
@@ -320,6 +332,21 @@ impl Client {
         let started = Instant::now();
         let r = self.put_parts(items, cfg, false).await;
         self.record(OpKind::BatchPutFrom, &r, 0, started, |n| *n);
+        r
+    }
+
+    /// Zero-copy batch upsert: like [`Client::batch_put_from_parts`], but an existing complete
+    /// key is overwritten (in place when its size is unchanged). A key that another writer is
+    /// still writing fails with `OBJECT_ALREADY_EXISTS`, one under a read lease with
+    /// `OBJECT_HAS_LEASE`: this caller's bytes were not stored.
+    pub async fn batch_upsert_from_parts<K: AsRef<str>>(
+        &self,
+        items: &[(K, Vec<BufferSlice>)],
+        cfg: &ReplicateConfig,
+    ) -> Vec<KeyResult<u64>> {
+        let started = Instant::now();
+        let r = self.put_parts(items, cfg, true).await;
+        self.record(OpKind::BatchUpsert, &r, 0, started, |n| *n);
         r
     }
 
@@ -571,15 +598,27 @@ impl Client {
     /// Removes `key` (fails with `OBJECT_HAS_LEASE` while a reader holds a lease).
     pub async fn remove(&self, key: &str) -> KeyResult<()> {
         let started = Instant::now();
-        let r = self.remove_many(&[key]).await;
+        let r = self.remove_many(&[key], false).await;
         self.record(OpKind::Remove, &r, 0, started, |_| 0);
         single(r)
     }
 
     /// Removes many keys, one RPC.
     pub async fn batch_remove<K: AsRef<str>>(&self, keys: &[K]) -> Vec<KeyResult<()>> {
+        self.batch_remove_with(keys, false).await
+    }
+
+    /// [`Client::batch_remove`], with `force`: leased keys (a reader may be copying them) and
+    /// keys still being written go too, their space reused only once the lease or the write's
+    /// grace period ends. Without it they fail with `OBJECT_HAS_LEASE` /
+    /// `REPLICA_IS_NOT_READY`. Missing keys fail with `OBJECT_NOT_FOUND` either way.
+    pub async fn batch_remove_with<K: AsRef<str>>(
+        &self,
+        keys: &[K],
+        force: bool,
+    ) -> Vec<KeyResult<()>> {
         let started = Instant::now();
-        let r = self.remove_many(keys).await;
+        let r = self.remove_many(keys, force).await;
         self.record(OpKind::BatchRemove, &r, 0, started, |_| 0);
         r
     }
@@ -665,10 +704,10 @@ impl Client {
         .await
     }
 
-    async fn remove_many<K: AsRef<str>>(&self, keys: &[K]) -> Vec<KeyResult<()>> {
+    async fn remove_many<K: AsRef<str>>(&self, keys: &[K], force: bool) -> Vec<KeyResult<()>> {
         let inner = &self.inner;
         self.key_rpc(keys, |todo| async move {
-            inner.master.batch_remove(todo, false).await
+            inner.master.batch_remove(todo, force).await
         })
         .await
     }
