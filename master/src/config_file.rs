@@ -455,6 +455,39 @@ mod tests {
     }
 
     #[test]
+    fn every_key_of_mooncakes_shipped_master_yaml_is_understood() {
+        // The keys of Mooncake's conf/master.yaml, with their shipped kind of value.
+        let yaml = "enable_metric_reporting: true\nmetrics_port: 9003\nrpc_port: 50051\n\
+            rpc_thread_num: 16\nrpc_address: \"0.0.0.0\"\nrpc_interface: \"\"\n\
+            rpc_conn_timeout_seconds: 0\nrpc_enable_tcp_no_delay: true\n\
+            default_kv_lease_ttl: 10000\ndefault_kv_soft_pin_ttl: 1800000\n\
+            max_kv_soft_pin_ttl: 86400000\nallow_evict_soft_pinned_objects: true\n\
+            eviction_ratio: 0.1\neviction_high_watermark_ratio: 1.0\n\
+            tenant_eviction_high_watermark_ratio: 0.9\ndynamic_replication_mode: \"off\"\n\
+            dynamic_replication_heat_window_seconds: 10\n\
+            dynamic_replication_admission_qps_threshold: 0.8\n\
+            dynamic_replication_max_memory_replicas: 2\nenable_multi_tenants: false\n\
+            tenant_quota_connector_type: \"file\"\ntenant_quota_connector_uri: \"\"\n\
+            enable_ha: false\netcd_endpoints: \"http://localhost:2379\"\nroot_fs_dir: \"\"\n\
+            cluster_id: \"mooncake_cluster\"\nmemory_allocator: \"offset\"\n\
+            client_active_ttl_sec: 60\nclient_suspicion_ttl_sec: 60\nenable_oplog: false\n\
+            weight_management_oplog_capability_confirmed: false\n\
+            enable_oplog_snapshot: false\nsnapshot_chunk_object_count: 1000000\n\
+            oplog_poll_interval_ms: 1000\nbatch_oplog_retry_timeout_sec: 180\n\
+            enable_http_metadata_server: false\nhttp_metadata_server_host: \"0.0.0.0\"\n\
+            http_metadata_server_port: 8080\n";
+        let t = with_file_ext(yaml, ".yaml").unwrap();
+        assert_eq!(
+            t.args,
+            v(
+                "--rpc-addr 0.0.0.0:50051 --http-addr 0.0.0.0:9003 --client-ttl-ms 60000 \
+                 --cluster-id mooncake_cluster --eviction-high-watermark 1.0 --eviction-ratio 0.1 \
+                 --lease-ttl-ms 10000 --soft-pin-ttl-ms 1800000 --threads 16"
+            )
+        );
+    }
+
+    #[test]
     fn enable_ha_without_endpoints_anywhere_is_refused() {
         let e = with_file(r#"{"enable_ha": true}"#, "").unwrap_err();
         assert!(
