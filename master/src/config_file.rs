@@ -243,6 +243,7 @@ mod tests {
             rpc_addr: "0.0.0.0:50051".parse().unwrap(),
             http_addr: "0.0.0.0:9003".parse().unwrap(),
             etcd_from_env: false,
+            interface_ipv4: mooncake_flags::tests::fake_interfaces,
         }
     }
 

@@ -12,6 +12,7 @@
 
 mod config_file;
 mod flat_yaml;
+mod interface_addr;
 mod mooncake_flags;
 
 use std::net::SocketAddr;
@@ -214,6 +215,7 @@ fn parse_args() -> anyhow::Result<Args> {
         rpc_addr: env_addr(RPC_ADDR_ENV, DEFAULT_RPC_ADDR)?,
         http_addr: env_addr(HTTP_ADDR_ENV, DEFAULT_HTTP_ADDR)?,
         etcd_from_env: std::env::var(ETCD_ENDPOINTS_ENV).is_ok_and(|v| !v.trim().is_empty()),
+        interface_ipv4: interface_addr::ipv4_of,
     };
     // Usage lines name the binary as called (mooncake-master or mooncake_master).
     let called = std::path::Path::new(&program)
@@ -285,6 +287,7 @@ mod tests {
             rpc_addr: DEFAULT_RPC_ADDR.parse().unwrap(),
             http_addr: DEFAULT_HTTP_ADDR.parse().unwrap(),
             etcd_from_env: false,
+            interface_ipv4: interface_addr::ipv4_of,
         };
         let t =
             config_file::translate(&raw, &mooncake_flags::OurFlags::of(&Args::command()), &base)
@@ -357,6 +360,12 @@ mod tests {
         let etcd = cfg.etcd.unwrap();
         assert_eq!(etcd.endpoints, vec!["e1:2379", "e2:2379"]);
         assert_eq!(etcd.cluster_id, "from-line");
+    }
+
+    #[test]
+    fn rpc_interface_binds_its_address() {
+        let cfg = config(&parse("--rpc_interface=lo --rpc_port=5")).unwrap();
+        assert_eq!(cfg.rpc_addr, "127.0.0.1:5".parse().unwrap());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! | Mooncake flag | ours |
 //! |---|---|
 //! | `port`, `rpc_port` (wins when > 0) | port of `--rpc-addr` |
-//! | `rpc_address` | host of `--rpc-addr` (`rpc_interface` only empty: naming one is an error) |
+//! | `rpc_address`, `rpc_interface` (wins: its IPv4 address at startup) | host of `--rpc-addr` |
 //! | `metrics_port`, `metrics_host` | port and host of `--http-addr` |
 //! | `default_kv_lease_ttl`, `default_kv_soft_pin_ttl` (ms, or `60s`/`2m`/`1h`) | `--lease-ttl-ms`, `--soft-pin-ttl-ms` |
 //! | `client_ttl` or `client_active_ttl_sec` (wins), `put_start_discard_timeout_sec`, `put_start_release_timeout_sec` (s) | `--client-ttl-ms`, `--put-discard-timeout-ms`, `--put-release-timeout-ms` |
@@ -24,14 +24,14 @@
 //! KV-event and pod-label settings) are accepted with one warning each; turning on a feature we
 //! lack (`enable_offload`, `enable_cxl`, `enable_multi_tenants`, `enable_kv_events`, a
 //! `dynamic_replication_mode` other than off, a `ha_backend_type` other than etcd), a
-//! non-empty `rpc_interface` or `flagfile` is an error, as is any other
+//! an `rpc_interface` without an IPv4 address or `flagfile` is an error, as is any other
 //! Mooncake-looking flag (underscores, or a long name after one dash). Like gflags, the last
 //! occurrence of a flag wins, and like clap, the command line beats `MOONCAKE_MASTER_*`.
 //! When one of our own flags is given too, ours wins and the Mooncake one is dropped with a
 //! warning. `etcd_endpoints` without `enable_ha` is ignored with a warning, as Mooncake does.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// Why a command line could not be translated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -112,7 +112,7 @@ impl OurFlags {
 }
 
 /// What the translation builds on where a Mooncake flag sets only part of one of ours.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Base {
     /// `--rpc-addr` without the command line (environment or default).
     pub rpc_addr: SocketAddr,
@@ -120,6 +120,8 @@ pub struct Base {
     pub http_addr: SocketAddr,
     /// Whether `MOONCAKE_MASTER_ETCD_ENDPOINTS` provides endpoints.
     pub etcd_from_env: bool,
+    /// The IPv4 address of a network interface (`--rpc_interface`), `None` if it has none.
+    pub interface_ipv4: fn(&str) -> Option<Ipv4Addr>,
 }
 
 /// A translated command line.
@@ -145,7 +147,8 @@ enum Effect {
     Port,
     RpcPort,
     RpcAddress,
-    /// Newer Mooncake: an interface whose address to bind; empty means none.
+    /// Newer Mooncake: an interface whose IPv4 address to bind (wins over `rpc_address`);
+    /// empty means none.
     RpcInterface,
     MetricsPort,
     /// Newer Mooncake: the admin HTTP bind address.
@@ -196,7 +199,6 @@ const OPLOG: &str = "a new leader rebuilds its index from the clients' remounts"
 const SNAPSHOT: &str =
     "this master keeps no snapshots; a new leader rebuilds its index from the clients' remounts";
 const NOF: &str = "this master has no NVMe-oF SSD tier";
-const RPC_INTERFACE: &str = "give the interface's address with --rpc_address";
 const CONN_TIMEOUT: &str = "dead clients are dropped after --client-ttl-ms";
 const SUSPICION: &str =
     "a silent client is dropped after the client TTL, with no separate suspicion window";
@@ -435,7 +437,9 @@ fn duration_ms(v: &str) -> Option<u64> {
 /// Our flag a Mooncake effect sets (for "ours wins").
 fn target(e: Effect) -> Option<&'static str> {
     match e {
-        Effect::Port | Effect::RpcPort | Effect::RpcAddress => Some("rpc-addr"),
+        Effect::Port | Effect::RpcPort | Effect::RpcAddress | Effect::RpcInterface => {
+            Some("rpc-addr")
+        }
         Effect::MetricsPort | Effect::MetricsHost => Some("http-addr"),
         Effect::ActiveClientTtl => Some("client-ttl-ms"),
         Effect::Millis(t) | Effect::Seconds(t) | Effect::Ratio(t) => Some(t),
@@ -453,6 +457,7 @@ struct Gathered {
     port: Option<u16>,
     rpc_port: Option<u16>,
     rpc_address: Option<IpAddr>,
+    rpc_interface: Option<String>,
     metrics_port: Option<u16>,
     metrics_host: Option<IpAddr>,
     active_client_ttl_ms: Option<u64>,
@@ -606,12 +611,8 @@ pub fn translate(args: &[String], ours: &OurFlags, base: &Base) -> Result<Transl
             Effect::RpcAddress => {
                 g.rpc_address = Some(num(&shown, &value, "an IP address to bind")?)
             }
-            Effect::RpcInterface if value.trim().is_empty() => {}
             Effect::RpcInterface => {
-                return Err(FlagError::Unsupported {
-                    flag: shown,
-                    why: RPC_INTERFACE,
-                })
+                g.rpc_interface = Some(value.trim().to_string()).filter(|i| !i.is_empty());
             }
             Effect::MetricsPort => g.metrics_port = Some(num(&shown, &value, "a port 0-65535")?),
             Effect::MetricsHost => {
@@ -719,9 +720,20 @@ fn emit(
     let mut wanted: Vec<(&'static str, String)> = Vec::new();
     // Mooncake: rpc_port when > 0, else port.
     let port = g.rpc_port.filter(|&p| p > 0).or(g.port);
-    if port.is_some() || g.rpc_address.is_some() {
+    // Mooncake: a named interface's address wins over rpc_address, whatever the order.
+    let host = match &g.rpc_interface {
+        Some(i) => Some(IpAddr::V4((base.interface_ipv4)(i).ok_or_else(|| {
+            bad(
+                "--rpc_interface",
+                i,
+                "a network interface with an IPv4 address",
+            )
+        })?)),
+        None => g.rpc_address,
+    };
+    if port.is_some() || host.is_some() {
         let addr = SocketAddr::new(
-            g.rpc_address.unwrap_or(base.rpc_addr.ip()),
+            host.unwrap_or(base.rpc_addr.ip()),
             port.unwrap_or(base.rpc_addr.port()),
         );
         wanted.push(("rpc-addr", addr.to_string()));
@@ -773,7 +785,7 @@ fn emit(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn ours() -> OurFlags {
@@ -800,11 +812,17 @@ mod tests {
         f
     }
 
+    /// An interface table for tests: `eth7` is 10.0.0.7, nothing else has an address.
+    pub(crate) fn fake_interfaces(name: &str) -> Option<Ipv4Addr> {
+        (name == "eth7").then_some(Ipv4Addr::new(10, 0, 0, 7))
+    }
+
     fn base() -> Base {
         Base {
             rpc_addr: "0.0.0.0:50051".parse().unwrap(),
             http_addr: "0.0.0.0:9003".parse().unwrap(),
             etcd_from_env: false,
+            interface_ipv4: fake_interfaces,
         }
     }
 
@@ -881,6 +899,19 @@ mod tests {
             ("--client_active_ttl_sec=7 --client_ttl=5", "--client-ttl-ms 7000"),
             ("--client_ttl=5 --client_active_ttl_sec=7", "--client-ttl-ms 7000"),
             ("--rpc_interface= --client_suspicion_ttl_sec=60", ""),
+            ("--rpc_interface=eth7", "--rpc-addr 10.0.0.7:50051"),
+            (
+                "--rpc_interface=eth7 --rpc_address=10.9.9.9 --rpc_port=5",
+                "--rpc-addr 10.0.0.7:5",
+            ),
+            (
+                "--rpc_address=10.9.9.9 --rpc_interface=eth7",
+                "--rpc-addr 10.0.0.7:50051",
+            ),
+            (
+                "--rpc_interface=eth7 --rpc_address=10.9.9.9 --rpc_interface=",
+                "--rpc-addr 10.9.9.9:50051",
+            ),
             (
                 "--dynamic_replication_mode=off --enable_kv_events=false --noenable_multi_tenants",
                 "",
@@ -925,6 +956,7 @@ mod tests {
             rpc_addr: "10.1.1.1:1".parse().unwrap(),
             http_addr: "127.0.0.1:2".parse().unwrap(),
             etcd_from_env: true,
+            interface_ipv4: fake_interfaces,
         };
         let t = translate(&v("--port=3 --metrics_port=4 --enable_ha"), &ours(), &b).unwrap();
         assert_eq!(t.args, v("--rpc-addr 10.1.1.1:3 --http-addr 127.0.0.1:4"));
@@ -1027,6 +1059,14 @@ mod tests {
                 bad("--cluster_id", "", "a non-empty cluster id"),
             ),
             (
+                "--rpc_interface=eth0",
+                bad(
+                    "--rpc_interface",
+                    "eth0",
+                    "a network interface with an IPv4 address",
+                ),
+            ),
+            (
                 "--enable_ha false",
                 bad(
                     "--enable_ha",
@@ -1052,7 +1092,6 @@ mod tests {
             "--enable_offload",
             "--enable_cxl=true",
             "--ha_backend_type=redis",
-            "--rpc_interface=eth0",
             "--flagfile=f",
             "--allocation_strategy=cxl",
             "--dynamic_replication_mode=enforce",

@@ -31,8 +31,8 @@ async fn config_file_sets_ports_and_the_command_line_overrides_it() {
              metrics_port: {file_http_port}\n\
              rpc_port: {rpc_port}\n\
              rpc_thread_num: 2\n\
-             rpc_address: \"127.0.0.1\"\n\
-             rpc_interface: \"\"\n\
+             rpc_address: \"0.0.0.0\"\n\
+             rpc_interface: \"lo\"\n\
              \n\
              default_kv_lease_ttl: 5000\n\
              default_kv_soft_pin_ttl: 1800000\n\
@@ -78,6 +78,12 @@ async fn config_file_sets_ports_and_the_command_line_overrides_it() {
             .await
             .is_none(),
         "the file's metrics_port is overridden"
+    );
+    // rpc_interface wins over rpc_address: the master bound lo's address.
+    let (_, _, leader) = http_response(&http, "/leader").await.expect("/leader");
+    assert!(
+        leader.contains(&format!("\"127.0.0.1:{rpc_port}\"")),
+        "{leader}"
     );
     assert!(master.terminate(Duration::from_secs(10)), "clean exit");
 }
