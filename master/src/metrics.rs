@@ -59,9 +59,11 @@ pub struct Metrics {
     discarded: Counter,
     expired_clients: Counter,
     replaced_clients: Counter,
+    futile_evictions: Counter,
+    skipped_evictions: Counter,
     is_leader: Gauge,
     /// The service last scraped and its counters then, to export per-term totals as deltas.
-    last: Mutex<(usize, [u64; 6])>,
+    last: Mutex<(usize, [u64; 8])>,
 }
 
 impl Default for Metrics {
@@ -91,8 +93,10 @@ impl Metrics {
             discarded: Counter::default(),
             expired_clients: Counter::default(),
             replaced_clients: Counter::default(),
+            futile_evictions: Counter::default(),
+            skipped_evictions: Counter::default(),
             is_leader: Gauge::default(),
-            last: Mutex::new((0, [0; 6])),
+            last: Mutex::new((0, [0; 8])),
             registry: Registry::default(),
         };
         registry.register("rpc_requests", "RPC calls by operation", m.requests.clone());
@@ -144,6 +148,16 @@ impl Metrics {
             "replaced_clients",
             "Clients dropped because a new client mounted a segment under their name (a restart)",
             m.replaced_clients.clone(),
+        );
+        registry.register(
+            "futile_eviction_passes",
+            "Eviction passes that found nothing to evict (pinned, leased or in-flight objects)",
+            m.futile_evictions.clone(),
+        );
+        registry.register(
+            "skipped_eviction_passes",
+            "Eviction passes not run: the last one freed nothing, or one ran meanwhile",
+            m.skipped_evictions.clone(),
         );
         registry.register("is_leader", "1 when serving as leader", m.is_leader.clone());
         Metrics { registry, ..m }
@@ -200,12 +214,14 @@ impl Metrics {
                 &st.discarded_processing,
                 &st.expired_clients,
                 &st.replaced_clients,
+                &st.futile_eviction_passes,
+                &st.skipped_eviction_passes,
             ]
             .map(|a| a.load(Ordering::Relaxed));
             let mut last = self.last.lock();
             let id = s as *const MasterService as usize;
             if last.0 != id {
-                *last = (id, [0; 6]);
+                *last = (id, [0; 8]);
             }
             let counters = [
                 &self.evicted_objects,
@@ -214,6 +230,8 @@ impl Metrics {
                 &self.discarded,
                 &self.expired_clients,
                 &self.replaced_clients,
+                &self.futile_evictions,
+                &self.skipped_evictions,
             ];
             for (i, c) in counters.into_iter().enumerate() {
                 c.inc_by(now[i].saturating_sub(last.1[i]));

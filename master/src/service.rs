@@ -120,7 +120,29 @@ pub struct ServiceStats {
     /// Clients replaced by a restart under their segment's name (see
     /// [`ServiceConfig::replace_restarted_clients`]).
     pub replaced_clients: AtomicU64,
+    /// Eviction passes that freed nothing.
+    pub futile_eviction_passes: AtomicU64,
+    /// Eviction passes not run: a pass had just freed nothing, or one finished while waiting.
+    pub skipped_eviction_passes: AtomicU64,
 }
+
+/// Eviction passes scan the whole index under shard write locks, so they run one at a time;
+/// callers that waited for one use its outcome; and after a pass that freed nothing none runs
+/// for [`FUTILE_EVICTION_BACKOFF_MS`] (on a full pool of pinned or leased objects every failing
+/// put and every tick would otherwise scan everything again, stalling the reads of every shard).
+#[derive(Debug, Default)]
+struct EvictionGate {
+    running: Mutex<()>,
+    /// Passes finished, and what the last one evicted.
+    finished: AtomicU64,
+    last_evicted: AtomicU64,
+    /// No pass before this time (ms): the last one freed nothing.
+    futile_until_ms: AtomicU64,
+}
+
+/// After a pass that freed nothing, no pass runs for this long; leases and soft pins end on
+/// scales of seconds, so objects rarely become evictable sooner.
+const FUTILE_EVICTION_BACKOFF_MS: u64 = 500;
 
 /// Replicas whose space is returned at `release_at_ms`.
 #[derive(Debug)]
@@ -145,6 +167,8 @@ pub struct MasterService {
     remounts_allocatable_from_ms: u64,
     last_scan_ms: AtomicU64,
     last_stale_scan_ms: AtomicU64,
+    /// Serializes eviction passes and remembers futile ones (see `evict`).
+    eviction_gate: EvictionGate,
     /// Counters for metrics.
     pub stats: ServiceStats,
 }
@@ -184,6 +208,7 @@ impl MasterService {
             remounts_allocatable_from_ms: now.saturating_add(ms(cfg.lease_ttl)),
             last_scan_ms: AtomicU64::new(now),
             last_stale_scan_ms: AtomicU64::new(now),
+            eviction_gate: EvictionGate::default(),
             stats: ServiceStats::default(),
             clock,
             cfg,
@@ -349,7 +374,10 @@ impl MasterService {
                 .filter(|s| s.is_allocatable(now))
                 .collect();
             let short = self.place_batch(&segs, &ctx, &items, &wanted, &mut placed);
-            if !short.is_empty() && !segs.is_empty() && self.evict(now, true) > 0 {
+            // Evicting helps only keys that would fit in some segment were it empty.
+            let largest = segs.iter().map(|s| s.segment.size).max().unwrap_or(0);
+            let room_helps = short.iter().any(|&p| items[p].1 <= largest);
+            if room_helps && self.evict(now, true) > 0 {
                 self.place_batch(&segs, &ctx, &items, &short, &mut placed);
             }
             for (s, pos) in groups.iter() {

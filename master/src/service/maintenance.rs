@@ -133,11 +133,37 @@ impl MasterService {
     /// (see [`crate::segment::SegmentRegistry::remount`]) could not serve the allocation.
     /// Returns the number of objects evicted.
     pub fn evict(&self, now: u64, aggressive: bool) -> usize {
+        let gate = &self.eviction_gate;
+        let skipped = || {
+            self.stats
+                .skipped_eviction_passes
+                .fetch_add(1, Ordering::Relaxed)
+        };
+        if now < gate.futile_until_ms.load(Ordering::Acquire) {
+            skipped();
+            return 0;
+        }
+        let seen = gate.finished.load(Ordering::Acquire);
+        let _running = gate.running.lock();
+        if gate.finished.load(Ordering::Acquire) != seen {
+            // A pass ran while this caller waited: its outcome answers this caller too.
+            skipped();
+            return gate.last_evicted.load(Ordering::Acquire) as usize;
+        }
         self.stats.eviction_passes.fetch_add(1, Ordering::Relaxed);
         let mut n = self.evict_pass(now, false, aggressive);
         if n == 0 || aggressive {
             n += self.evict_pass(now, true, aggressive);
         }
+        if n == 0 {
+            self.stats
+                .futile_eviction_passes
+                .fetch_add(1, Ordering::Relaxed);
+            gate.futile_until_ms
+                .store(now + FUTILE_EVICTION_BACKOFF_MS, Ordering::Release);
+        }
+        gate.last_evicted.store(n as u64, Ordering::Release);
+        gate.finished.fetch_add(1, Ordering::AcqRel);
         n
     }
 

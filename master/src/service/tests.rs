@@ -989,3 +989,52 @@ fn a_client_mounting_under_another_clients_segment_name_replaces_it() {
     );
     assert_eq!(f.svc.stats.replaced_clients.load(Ordering::Relaxed), 0);
 }
+
+#[test]
+fn a_full_pool_with_nothing_evictable_is_not_scanned_again_for_every_put() {
+    let f = fixture(ServiceConfig::default());
+    let a = Uuid::new_v4();
+    f.svc.mount_segment(a, segment("h1:1", 64 * 1024)).unwrap();
+    let hard = ReplicateConfig {
+        hard_pin: true,
+        ..Default::default()
+    };
+    let all: Vec<String> = (0..16).map(|i| format!("pinned{i}")).collect();
+    let it: Vec<(String, u64)> = all.iter().map(|k| (k.clone(), 4096)).collect();
+    for r in f.svc.batch_put_start(a, it, &hard, false).unwrap() {
+        r.unwrap();
+    }
+    f.svc.batch_put_end(a, &all).unwrap();
+    let passes = || f.svc.stats.eviction_passes.load(Ordering::Relaxed);
+    for i in 0..1000 {
+        assert_eq!(
+            put(&f.svc, a, &format!("x{i}"), 4096),
+            Err(ErrorCode::NoAvailableHandle)
+        );
+        f.svc.tick();
+    }
+    assert_eq!(
+        passes(),
+        1,
+        "one futile pass, then none until the backoff ends"
+    );
+    assert_eq!(
+        f.svc.stats.futile_eviction_passes.load(Ordering::Relaxed),
+        1
+    );
+    f.clock.advance_ms(FUTILE_EVICTION_BACKOFF_MS);
+    f.svc.tick();
+    assert_eq!(passes(), 2, "tried again after the backoff");
+    assert_eq!(f.svc.key_count(), 16);
+}
+
+#[test]
+fn an_object_larger_than_every_segment_evicts_nothing() {
+    let (f, a) = four_in_a_full_pool(0.5);
+    assert_eq!(
+        put(&f.svc, a, "huge", 1 << 30),
+        Err(ErrorCode::NoAvailableHandle)
+    );
+    assert_eq!(f.svc.key_count(), 4, "eviction could not have made it fit");
+    assert_eq!(f.svc.stats.eviction_passes.load(Ordering::Relaxed), 0);
+}
