@@ -205,6 +205,9 @@ fn flags_of(path: &str, map: &Map<String, Value>) -> Result<Vec<String>, ConfigF
 /// A JSON value as the flag's command-line text; the JSON type's name when it cannot be one.
 fn value_text(value: &Value, takes_value: bool) -> Result<String, &'static str> {
     match value {
+        // YAML 1.1's on/off, which yaml-cpp reads as booleans (gflags has no such spelling).
+        Value::String(s) if !takes_value && s.eq_ignore_ascii_case("on") => Ok("true".into()),
+        Value::String(s) if !takes_value && s.eq_ignore_ascii_case("off") => Ok("false".into()),
         Value::String(s) => Ok(s.clone()),
         Value::Number(n) => Ok(number_text(n)),
         Value::Bool(b) if !takes_value => Ok(b.to_string()),
@@ -441,6 +444,11 @@ mod tests {
             "{:?}",
             t.warnings
         );
+        let t = with_file_ext(
+            "enable_ha: On\netcd_endpoints: a:1\nenable_gc: off\n",
+            ".yml",
+        );
+        assert_eq!(t.unwrap().args, v("--etcd-endpoints a:1"));
         let e = with_file_ext("enable_ha: maybe\n", ".yml").unwrap_err();
         assert!(
             e.to_string()
