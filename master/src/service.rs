@@ -394,7 +394,9 @@ impl MasterService {
                 }
             }
         }
-        self.delay_release(pending, now + ms(self.cfg.put_release_timeout));
+        for (at, replicas) in pending {
+            self.delay_release(replicas, at);
+        }
         Ok(out)
     }
 
@@ -405,7 +407,7 @@ impl MasterService {
         ctx: &PutContext<'_>,
         map: &mut Shard,
         item: &(String, u64),
-        pending: &mut Vec<Replica>,
+        pending: &mut Vec<(u64, Vec<Replica>)>,
     ) -> Result<Option<Vec<ReplicaDescriptor>>, ErrorCode> {
         let PutContext {
             client,
@@ -428,7 +430,7 @@ impl MasterService {
                 // Take over: the old writer may still be writing, so its space is only
                 // released after the release timeout.
                 if let Some(old) = map.remove(key) {
-                    pending.extend(old.replicas);
+                    pending.push((now + ms(self.cfg.put_release_timeout), old.replicas));
                     self.stats
                         .discarded_processing
                         .fetch_add(1, Ordering::Relaxed);
@@ -438,7 +440,14 @@ impl MasterService {
             ObjectState::Complete if !upsert => return Err(ErrorCode::ObjectAlreadyExists),
             ObjectState::Complete => {
                 if e.lease.is_leased(now) {
-                    return Err(ErrorCode::ObjectHasLease);
+                    // Readers may be reading it under their lease: the new value goes to new
+                    // space, and the old bytes stay where they are until the lease ends (as
+                    // Mooncake replaces a leased object rather than refusing).
+                    let until = e.lease.until_ms();
+                    if let Some(old) = map.remove(key) {
+                        pending.push((until, old.replicas));
+                    }
+                    return Ok(None);
                 }
                 if e.size == size && e.replicas.iter().all(|r| r.is_live()) {
                     // Same size: overwrite in place, reusing the buffers.

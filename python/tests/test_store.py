@@ -64,10 +64,10 @@ class StoreTest(unittest.TestCase):
         with self.assertRaises(StoreError) as e:
             w.put("single", b"again")
         self.assertEqual(e.exception.args[1], "OBJECT_ALREADY_EXISTS")
-        # A read holds a lease (10 s) during which the object may not be replaced or removed.
-        with self.assertRaises(StoreError) as e:
-            w.upsert("single", b"replaced")
-        self.assertEqual(e.exception.args[1], "OBJECT_HAS_LEASE")
+        # A read holds a lease (10 s): the object may not be removed, but an upsert replaces it
+        # (in new space; the old bytes stay for the lease's readers).
+        w.upsert("single", b"replaced")
+        self.assertEqual(w.get("single"), b"replaced")
         w.put("fresh", b"v1")
         w.upsert("fresh", b"v2")
         self.assertEqual(self.holder.get("fresh"), b"v2")
@@ -358,13 +358,13 @@ class CompatTest(unittest.TestCase):
             # Lists that disagree: INVALID_PARAMS for every key, nothing stored.
             self.assertEqual(s.batch_upsert_from(["up/x", "up/y"], [p], [n, n]), [-600, -600])
             self.assertEqual(s.is_exist("up/x"), 0)
-            # Those reads hold 10 s leases, under which this store does not replace an object:
-            # the upsert stores nothing and says so (a put would answer 0 here).
+            # Those reads hold 10 s leases; an upsert replaces the object anyway (as Mooncake's
+            # does), in new space, keeping the old bytes for the lease's readers.
             codes = s.batch_upsert_from(["up/a", "up/new"], [p + n, p + n], [n, n])
-            self.assertEqual([mooncake_rs.error_name(c) for c in codes], ["OBJECT_HAS_LEASE", "OK"])
-            self.assertEqual(codes[0], -706)
-            self.assertEqual(mooncake_rs.error_name(s.upsert_from("up/b", p + n, n)), "OBJECT_HAS_LEASE")
-            self.assertEqual(s.get("up/a"), value(3, n))
+            self.assertEqual(codes, [0, 0])
+            self.assertEqual(s.upsert_from("up/b", p + n, n), 0)
+            self.assertEqual(s.get("up/a"), value(2, n))
+            self.assertEqual(s.get("up/b"), value(2, n))
             self.assertEqual(s.get("up/new"), value(2, n))
         finally:
             self.assertEqual(s.unregister_buffer(p), 0)
@@ -378,12 +378,14 @@ class CompatTest(unittest.TestCase):
         self.assertEqual(s.upsert_batch(["up/l"], [b"L2"], cfg), 0)
         self.assertEqual(s.upsert("up/p", b"pinned", config=cfg), 0)
         self.assertEqual(s.get_batch(["up/k", "up/l", "up/p"]), [b"four", b"L2", b"pinned"])
-        self.assertEqual(mooncake_rs.error_name(s.upsert("up/k", b"five")), "OBJECT_HAS_LEASE")
-        self.assertEqual(mooncake_rs.error_name(s.upsert_parts("up/k", b"six")), "OBJECT_HAS_LEASE")
+        # Read just now (leased), and replaced all the same.
+        self.assertEqual(s.upsert("up/k", b"five"), 0)
+        self.assertEqual(s.upsert_parts("up/k", b"s", b"ix"), 0)
+        self.assertEqual(s.get("up/k"), b"six")
         # upsert_batch answers one int, like put_batch: the first failing key's code; the other
         # keys of the batch are stored.
-        self.assertEqual(s.upsert_batch(["up/z", "up/k"], [b"z", b"seven"]), -706)
-        self.assertEqual(s.get_batch(["up/z", "up/k"]), [b"z", b"four"])
+        self.assertEqual(mooncake_rs.error_name(s.upsert_batch(["up/z", ""], [b"z", b"e"])), "INVALID_KEY")
+        self.assertEqual(s.get("up/z"), b"z")
         self.assertEqual(s.upsert_batch(["up/q"], []), -600)
         self.assertEqual(mooncake_rs.error_name(s.upsert("", b"x")), "INVALID_KEY")
 

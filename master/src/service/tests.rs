@@ -318,7 +318,7 @@ fn leases_block_removal_without_force_and_delay_forced_release() {
 }
 
 #[test]
-fn upsert_reuses_equal_size_buffers_and_respects_leases() {
+fn upsert_reuses_equal_size_buffers_and_keeps_leased_bytes_for_their_readers() {
     let f = fixture(ServiceConfig::default());
     let a = Uuid::new_v4();
     let cfg = ReplicateConfig::default();
@@ -343,12 +343,28 @@ fn upsert_reuses_equal_size_buffers_and_respects_leases() {
     assert_eq!(f.svc.usage().1, 5056);
     f.svc.batch_put_end(a, &keys(&["k"])).unwrap()[0].unwrap();
     f.svc.batch_get_replica_list(&keys(&["k"])).unwrap();
+    // Leased: the new value goes to new space; the old stays readable where its readers were
+    // told it is until their lease ends.
+    let d4 = f
+        .svc
+        .batch_put_start(a, items(&["k"], 5000), &cfg, true)
+        .unwrap()[0]
+        .clone()
+        .unwrap();
+    assert_ne!(d4[0].addr, d3[0].addr);
+    f.svc.batch_put_end(a, &keys(&["k"])).unwrap()[0].unwrap();
     assert_eq!(
-        f.svc
-            .batch_put_start(a, items(&["k"], 5000), &cfg, true)
-            .unwrap()[0],
-        Err(ErrorCode::ObjectHasLease)
+        f.svc.usage().1,
+        2 * 5056,
+        "the old bytes are kept for their readers"
     );
+    f.clock.advance_ms(ms(ServiceConfig::default().lease_ttl));
+    f.svc.tick();
+    assert_eq!(f.svc.usage().1, 5056, "and released when the lease ends");
+    let now = f.svc.batch_get_replica_list(&keys(&["k"])).unwrap()[0]
+        .clone()
+        .unwrap();
+    assert_eq!(now[0].addr, d4[0].addr);
     // Upsert of a new key is a put.
     assert!(f
         .svc
