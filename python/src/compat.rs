@@ -14,7 +14,7 @@ use std::ffi::CString;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
-use pyo3::exceptions::{PyRuntimeError, PyRuntimeWarning, PyTypeError};
+use pyo3::exceptions::{PyNotImplementedError, PyRuntimeError, PyRuntimeWarning, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
@@ -26,6 +26,13 @@ use crate::ConnectArgs;
 
 const INVALID_PARAMS: i64 = ErrorCode::InvalidParams as i64;
 const RPC_FAIL: i64 = ErrorCode::RpcFail as i64;
+
+/// Why `setup_dummy` is refused, and what to run instead.
+const SETUP_DUMMY_UNSUPPORTED: &str = "MooncakeDistributedStore.setup_dummy (Mooncake's dummy \
+    client, which uses a separate client's memory over IPC) is not supported by mooncake-rs: \
+    run a `mooncake-client` process to hold the pool (it keeps the cache across restarts of \
+    this process) and call setup(local_hostname, metadata_server, global_segment_size=0, \
+    local_buffer_size, protocol, rdma_devices, master_server_addr) here instead";
 
 /// A count, or the master's negative code.
 fn count_code(r: Result<u64, store_client::ClientError>) -> i64 {
@@ -635,6 +642,19 @@ impl MooncakeDistributedStore {
                 Ok(-1)
             }
         }
+    }
+
+    /// Mooncake's dummy client (SGLang's `standalone_storage`: this process maps a separate
+    /// real client's pool over IPC) is not supported; raises NotImplementedError whatever the
+    /// arguments, naming the topology that does the same here.
+    #[pyo3(signature = (*args, **kwargs))]
+    fn setup_dummy(
+        &self,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<i64> {
+        let _ = (args, kwargs);
+        Err(PyNotImplementedError::new_err(SETUP_DUMMY_UNSUPPORTED))
     }
 
     /// Stores `value` (any object with the buffer protocol): 0, or a negative code.

@@ -739,6 +739,19 @@ s.close()
         finally:
             master.stop()
 
+    def test_setup_dummy_says_to_run_mooncake_client(self):
+        # SGLang's standalone_storage calls setup_dummy(mem_pool_size, local_buffer_size,
+        # client_server_address); any call shape gets the same answer.
+        calls = [((1, 1, "x"), {}), ((), {"mem_pool_size": 1, "local_buffer_size": 1, "server_address": "x"})]
+        for args, kwargs in calls:
+            with self.assertRaises(NotImplementedError) as raised:
+                self.store.setup_dummy(*args, **kwargs)
+            self.assertIn("run a `mooncake-client` process", str(raised.exception))
+            self.assertIn("global_segment_size=0", str(raised.exception))
+        # The store it was called on is untouched.
+        self.assertEqual(self.store.put("dummy/after", b"d"), 0)
+        self.assertEqual(self.store.get("dummy/after"), b"d")
+
     def test_setup_first_and_failed_setup(self):
         fresh = MooncakeDistributedStore()
         with self.assertRaises(RuntimeError):
