@@ -408,22 +408,28 @@ async fn serve_connection(
         let started = Instant::now();
         let mut out = Vec::new();
         // Only the small error answer of the call's kind is kept past encoding.
-        let (mut encoded, mut failed, refusal) = match req {
+        let (mut encoded, mut failed, refusal, failed_keys) = match req {
             // Hot path: encoded straight from the index's flat form.
             Request::BatchGetReplicaList { keys } => {
                 let lists = service.replica_lists(&keys);
-                shared.metrics.record_key_errors(op, lists.key_errors());
+                let failed_keys = shared.metrics.record_key_errors(op, lists.key_errors());
                 (
                     encode_frame(id, &ReplicasResponse(&lists), &mut out),
                     false,
                     Response::Replicas(Err(ErrorCode::InvalidParams)),
+                    failed_keys,
                 )
             }
             req => {
                 let resp = service.handle(req);
-                shared.metrics.record_key_errors(op, resp.key_errors());
+                let failed_keys = shared.metrics.record_key_errors(op, resp.key_errors());
                 let refusal = error_like(&resp, ErrorCode::InvalidParams);
-                (encode_frame(id, &resp, &mut out), resp.is_error(), refusal)
+                (
+                    encode_frame(id, &resp, &mut out),
+                    resp.is_error(),
+                    refusal,
+                    failed_keys,
+                )
             }
         };
         if encoded.is_err() || out.len().saturating_sub(4) > max_frame {
@@ -436,7 +442,9 @@ async fn serve_connection(
             encoded = encode_frame(id, &refusal, &mut out);
             failed = true;
         }
-        shared.metrics.record(op, items, failed, started.elapsed());
+        shared
+            .metrics
+            .record(op, items, failed_keys, failed, started.elapsed());
         if let Err(e) = encoded {
             tracing::error!(%peer, op, "encoding response: {e}; closing connection");
             break;

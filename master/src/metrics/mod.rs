@@ -1,6 +1,9 @@
 //! Prometheus metrics of the master: per-RPC request, failure and item counters and latency
 //! histograms, capacity/allocated/key/segment/client gauges (refreshed at scrape time) and the
-//! service's eviction and expiry counters.
+//! service's eviction and expiry counters, all under the `mooncake_master` prefix; and the same
+//! figures again under Mooncake's own names ([`mooncake`]).
+
+pub mod mooncake;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -15,6 +18,7 @@ use prometheus_client::registry::Registry;
 
 use crate::proto::ErrorCode;
 use crate::service::MasterService;
+use mooncake::MooncakeSeries;
 
 /// Label set of per-RPC metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -62,6 +66,7 @@ pub struct Metrics {
     futile_evictions: Counter,
     skipped_evictions: Counter,
     is_leader: Gauge,
+    mooncake: MooncakeSeries,
     /// The service last scraped and its counters then, to export per-term totals as deltas.
     last: Mutex<(usize, [u64; 8])>,
 }
@@ -73,9 +78,10 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// A registry with every metric registered under the `mooncake_master` prefix.
+    /// A registry with our metrics under the `mooncake_master` prefix and Mooncake's names at
+    /// the top.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("mooncake_master");
+        let mut root = Registry::default();
         let m = Metrics {
             requests: Family::default(),
             failures: Family::default(),
@@ -96,9 +102,12 @@ impl Metrics {
             futile_evictions: Counter::default(),
             skipped_evictions: Counter::default(),
             is_leader: Gauge::default(),
+            mooncake: MooncakeSeries::default(),
             last: Mutex::new((0, [0; 8])),
             registry: Registry::default(),
         };
+        m.mooncake.register(&mut root);
+        let registry = root.sub_registry_with_prefix("mooncake_master");
         registry.register("rpc_requests", "RPC calls by operation", m.requests.clone());
         registry.register(
             "rpc_failures",
@@ -160,11 +169,23 @@ impl Metrics {
             m.skipped_evictions.clone(),
         );
         registry.register("is_leader", "1 when serving as leader", m.is_leader.clone());
-        Metrics { registry, ..m }
+        Metrics {
+            registry: root,
+            ..m
+        }
     }
 
-    /// Records one RPC.
-    pub fn record(&self, op: &'static str, items: usize, failed: bool, elapsed: Duration) {
+    /// Records one RPC: `items` keys, `failed_keys` of which failed alone (see
+    /// [`Metrics::record_key_errors`]), or the call as a whole `failed`.
+    pub fn record(
+        &self,
+        op: &'static str,
+        items: usize,
+        failed_keys: u64,
+        failed: bool,
+        elapsed: Duration,
+    ) {
+        self.mooncake.record(op, items, failed_keys, failed);
         let l = OpLabels { op };
         self.requests.get_or_create(&l).inc();
         self.items.get_or_create(&l).inc_by(items as u64);
@@ -176,8 +197,12 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Counts the keys of one call that failed alone.
-    pub fn record_key_errors(&self, op: &'static str, errors: impl Iterator<Item = ErrorCode>) {
+    /// Counts the keys of one call that failed alone; how many did.
+    pub fn record_key_errors(
+        &self,
+        op: &'static str,
+        errors: impl Iterator<Item = ErrorCode>,
+    ) -> u64 {
         // Counted per code first: the family's lock is taken once per code, not per key.
         let mut counts: Vec<(ErrorCode, u64)> = Vec::new();
         for e in errors {
@@ -186,10 +211,13 @@ impl Metrics {
                 None => counts.push((e, 1)),
             }
         }
+        let mut total = 0;
         for (e, n) in counts {
             let l = KeyErrorLabels { op, code: e.name() };
             self.key_errors.get_or_create(&l).inc_by(n);
+            total += n;
         }
+        total
     }
 
     /// Sets the leader gauge.
@@ -199,8 +227,11 @@ impl Metrics {
 
     /// Prometheus text exposition, gauges refreshed from `service` if there is one.
     pub fn encode(&self, service: Option<&MasterService>) -> String {
+        // Held to the end: a concurrent scrape would clear the per-segment gauges mid-encoding.
+        let mut last = self.last.lock();
         if let Some(s) = service {
             let (cap, used) = s.usage();
+            self.mooncake.refresh(s, cap, used);
             self.capacity.set(cap as i64);
             self.allocated.set(used as i64);
             self.keys.set(s.key_count() as i64);
@@ -218,7 +249,6 @@ impl Metrics {
                 &st.skipped_eviction_passes,
             ]
             .map(|a| a.load(Ordering::Relaxed));
-            let mut last = self.last.lock();
             let id = s as *const MasterService as usize;
             if last.0 != id {
                 *last = (id, [0; 8]);
