@@ -1,12 +1,13 @@
 //! Configuration of a [`crate::Client`].
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 pub use mooncake_master::proto::ReplicateConfig;
 pub use transfer_engine::{EngineConfig, Protocol};
 
 use crate::batch_policy::BatchPolicyConfig;
+use crate::error::ClientError;
 
 /// Everything [`crate::Client::connect`] needs.
 #[derive(Clone, Debug)]
@@ -101,5 +102,71 @@ impl ClientConfig {
     pub fn auto_batch(mut self, policy: BatchPolicyConfig) -> Self {
         self.auto_batch = Some(policy);
         self
+    }
+
+    /// Picks the RDMA devices from Mooncake's comma-separated list (`"mlx5_0, mlx5_1"`;
+    /// empty: all).
+    pub fn rdma_devices(mut self, list: &str) -> Self {
+        self.engine.rdma.devices = list
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .map(str::to_string)
+            .collect();
+        self
+    }
+
+    /// Makes the engine listen where peers reach it, from Mooncake's `local_hostname`:
+    /// `host`, `ip`, `host:port` or `[v6]:port` (no port: any free one). Peers connect to it,
+    /// so it must be routable from them.
+    pub fn local_hostname(mut self, local_hostname: &str) -> Result<Self, ClientError> {
+        let has_port = match local_hostname.rsplit_once(':') {
+            Some((host, port)) => {
+                port.parse::<u16>().is_ok()
+                    && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']')))
+            }
+            None => false,
+        };
+        let resolved = if has_port {
+            local_hostname.to_socket_addrs()
+        } else {
+            (local_hostname.trim_matches(['[', ']']), 0).to_socket_addrs()
+        };
+        self.engine.listen_addr = resolved.ok().and_then(|mut a| a.next()).ok_or_else(|| {
+            ClientError::Config(format!(
+                "local_hostname {local_hostname:?} does not resolve"
+            ))
+        })?;
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mooncake_style_hostnames_and_device_lists() {
+        let c = |h: &str| {
+            ClientConfig::new("m:1")
+                .local_hostname(h)
+                .map(|c| c.engine.listen_addr)
+        };
+        assert_eq!(c("127.0.0.1").unwrap(), "127.0.0.1:0".parse().unwrap());
+        assert_eq!(
+            c("127.0.0.1:17000").unwrap(),
+            "127.0.0.1:17000".parse().unwrap()
+        );
+        assert_eq!(c("[::1]:17000").unwrap(), "[::1]:17000".parse().unwrap());
+        assert_eq!(c("::1").unwrap(), "[::1]:0".parse().unwrap());
+        assert!(c("no such host.invalid").is_err());
+        let d = ClientConfig::new("m:1").rdma_devices(" mlx5_0, ,mlx5_1");
+        assert_eq!(d.engine.rdma.devices, vec!["mlx5_0", "mlx5_1"]);
+        assert!(ClientConfig::new("m:1")
+            .rdma_devices("")
+            .engine
+            .rdma
+            .devices
+            .is_empty());
     }
 }
