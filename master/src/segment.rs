@@ -211,6 +211,17 @@ impl Run {
 /// segment sizes cannot overflow.
 pub const MAX_SEGMENT_SIZE: u64 = 1 << 56;
 
+/// The end of `segment`'s range, if its size, name and range are acceptable.
+fn checked_end(segment: &Segment) -> Result<u64, ErrorCode> {
+    if segment.size == 0 || segment.size > MAX_SEGMENT_SIZE || segment.name.is_empty() {
+        return Err(ErrorCode::InvalidParams);
+    }
+    segment
+        .base
+        .checked_add(segment.size)
+        .ok_or(ErrorCode::InvalidParams)
+}
+
 /// The set of mounted segments.
 #[derive(Debug, Default)]
 pub struct SegmentRegistry {
@@ -239,13 +250,7 @@ impl SegmentRegistry {
         now_ms: u64,
         unknown_until_ms: u64,
     ) -> Result<(), ErrorCode> {
-        if segment.size == 0 || segment.size > MAX_SEGMENT_SIZE || segment.name.is_empty() {
-            return Err(ErrorCode::InvalidParams);
-        }
-        let end = segment
-            .base
-            .checked_add(segment.size)
-            .ok_or(ErrorCode::InvalidParams)?;
+        let end = checked_end(&segment)?;
         let mut segs = self.segments.write();
         for s in segs.iter() {
             if s.segment.id == segment.id {
@@ -267,6 +272,21 @@ impl SegmentRegistry {
         let until = q.get(&m.segment.id).copied().unwrap_or(unknown_until_ms);
         m.allocatable_from_ms.store(until, Ordering::Relaxed);
         segs.push(Arc::new(m));
+        Ok(())
+    }
+
+    /// Whether `owner` could mount `segment` as far as the segment itself goes (its size, name
+    /// and range, and its id not another client's), before any side effect of mounting it.
+    pub fn check_mountable(&self, owner: ClientId, segment: &Segment) -> Result<(), ErrorCode> {
+        checked_end(segment)?;
+        let taken = self
+            .segments
+            .read()
+            .iter()
+            .any(|s| s.segment.id == segment.id && s.owner != owner);
+        if taken {
+            return Err(ErrorCode::SegmentAlreadyExists);
+        }
         Ok(())
     }
 

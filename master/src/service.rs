@@ -3,7 +3,8 @@
 //! driver calls [`MasterService::tick`] periodically for expiry, delayed release and eviction.
 
 use std::collections::hash_map::Entry;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -133,9 +134,10 @@ pub struct ServiceStats {
 #[derive(Debug, Default)]
 struct EvictionGate {
     running: Mutex<()>,
-    /// Passes finished, and what the last one evicted.
+    /// Passes finished, and what the last one evicted and whether it was aggressive.
     finished: AtomicU64,
     last_evicted: AtomicU64,
+    last_aggressive: AtomicBool,
     /// No pass before this time (ms): the last one freed nothing.
     futile_until_ms: AtomicU64,
 }
@@ -169,6 +171,9 @@ pub struct MasterService {
     last_stale_scan_ms: AtomicU64,
     /// Serializes eviction passes and remembers futile ones (see `evict`).
     eviction_gate: EvictionGate,
+    /// Clients replaced by a restart under their name, until when their mounts are refused (a
+    /// live one, misconfigured to share a name, would otherwise take it back and forth).
+    replaced: Mutex<HashMap<ClientId, u64>>,
     /// Counters for metrics.
     pub stats: ServiceStats,
 }
@@ -209,6 +214,7 @@ impl MasterService {
             last_scan_ms: AtomicU64::new(now),
             last_stale_scan_ms: AtomicU64::new(now),
             eviction_gate: EvictionGate::default(),
+            replaced: Mutex::new(HashMap::new()),
             stats: ServiceStats::default(),
             clock,
             cfg,
@@ -293,6 +299,8 @@ impl MasterService {
     /// Mounts a segment for `client` (which becomes known to liveness).
     pub fn mount_segment(&self, client: ClientId, segment: Segment) -> Result<(), ErrorCode> {
         let now = self.clock.now_ms();
+        self.check_not_replaced(client, now)?;
+        self.segments.check_mountable(client, &segment)?;
         self.replace_predecessors(client, std::slice::from_ref(&segment), now);
         self.segments.mount(client, segment, now)?;
         self.clients.register(client, now);
@@ -353,11 +361,20 @@ impl MasterService {
         let mut pending = Vec::new();
         let groups = self.index.group(items.len(), |i| &items[i].0);
         let mut needs_space = vec![false; items.len()];
+        // Leased objects an upsert replaces, kept aside until it has space (see below).
+        let mut displaced: Vec<Option<ObjectEntry>> = (0..items.len()).map(|_| None).collect();
         for (s, pos) in groups.iter() {
             let mut map = self.index.shard(s).write();
             for &p in pos {
                 let p = p as usize;
-                match self.put_start_check(&ctx, &mut map, &items[p], &mut pending) {
+                let found = self.put_start_check(
+                    &ctx,
+                    &mut map,
+                    &items[p],
+                    &mut pending,
+                    &mut displaced[p],
+                );
+                match found {
                     Ok(Some(descs)) => out[p] = Ok(descs),
                     Ok(None) => needs_space[p] = true,
                     Err(e) => out[p] = Err(e),
@@ -389,7 +406,20 @@ impl MasterService {
                     let p = p as usize;
                     if needs_space[p] {
                         let replicas = std::mem::take(&mut placed[p]);
+                        let key = match displaced[p] {
+                            Some(_) => items[p].0.clone(),
+                            None => String::new(),
+                        };
                         out[p] = self.put_start_insert(&ctx, &mut map, &mut items[p], replicas);
+                        if let Some(old) = displaced[p].take() {
+                            let no_space = out[p] == Err(ErrorCode::NoAvailableHandle);
+                            if no_space && !map.contains_key(&key) {
+                                // The upsert failed: the old value stands.
+                                map.insert(key, old);
+                            } else {
+                                pending.push((old.lease.until_ms(), old.replicas));
+                            }
+                        }
                     }
                 }
             }
@@ -408,6 +438,7 @@ impl MasterService {
         map: &mut Shard,
         item: &(String, u64),
         pending: &mut Vec<(u64, Vec<Replica>)>,
+        displaced: &mut Option<ObjectEntry>,
     ) -> Result<Option<Vec<ReplicaDescriptor>>, ErrorCode> {
         let PutContext {
             client,
@@ -442,11 +473,9 @@ impl MasterService {
                 if e.lease.is_leased(now) {
                     // Readers may be reading it under their lease: the new value goes to new
                     // space, and the old bytes stay where they are until the lease ends (as
-                    // Mooncake replaces a leased object rather than refusing).
-                    let until = e.lease.until_ms();
-                    if let Some(old) = map.remove(key) {
-                        pending.push((until, old.replicas));
-                    }
+                    // Mooncake replaces a leased object rather than refusing). Kept aside
+                    // until the new space is found, and put back if there is none.
+                    *displaced = map.remove(key);
                     return Ok(None);
                 }
                 if e.size == size && e.replicas.iter().all(|r| r.is_live()) {

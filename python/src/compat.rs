@@ -929,10 +929,10 @@ impl MooncakeDistributedStore {
     }
 
     /// Stores or overwrites registered ranges under their keys, zero-copy: per key 0, or a
-    /// negative code. An existing key is replaced (in place when its size is unchanged). A key
-    /// another writer is still writing answers OBJECT_ALREADY_EXISTS and one under a read
-    /// lease OBJECT_HAS_LEASE: this caller's bytes were not stored, so (unlike the puts)
-    /// these are not 0.
+    /// negative code. An existing key is replaced (in place when its size is unchanged and
+    /// nobody reads it, else in new space). A key another writer is still writing answers
+    /// OBJECT_ALREADY_EXISTS: this caller's bytes were not stored, so (unlike the puts) that
+    /// is not 0.
     #[pyo3(signature = (keys, buffer_ptrs, sizes, config = None))]
     fn batch_upsert_from(
         &self,

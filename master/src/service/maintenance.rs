@@ -77,6 +77,12 @@ impl MasterService {
         }
         gone.sort_unstable();
         gone.dedup();
+        let refuse_until = now + ms(self.cfg.client_ttl);
+        {
+            let mut replaced = self.replaced.lock();
+            replaced.retain(|_, until| *until > now);
+            replaced.extend(gone.iter().map(|&c| (c, refuse_until)));
+        }
         for c in &gone {
             tracing::warn!(
                 old = %c,
@@ -91,6 +97,21 @@ impl MasterService {
             .replaced_clients
             .fetch_add(gone.len() as u64, Ordering::Relaxed);
         self.purge(now, &gone, false);
+    }
+
+    /// Refuses mounts from a client replaced by its restart within the last client TTL.
+    pub(super) fn check_not_replaced(&self, client: ClientId, now: u64) -> Result<(), ErrorCode> {
+        match self.replaced.lock().get(&client) {
+            Some(&until) if now < until => {
+                tracing::warn!(
+                    %client,
+                    "refusing a mount from a client another one replaced under its segment name \
+                     (two live clients sharing a name?)"
+                );
+                Err(ErrorCode::IllegalClient)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// One pass over the index: drops replicas in unmounted segments (and objects left with
@@ -145,8 +166,10 @@ impl MasterService {
         }
         let seen = gate.finished.load(Ordering::Acquire);
         let _running = gate.running.lock();
-        if gate.finished.load(Ordering::Acquire) != seen {
-            // A pass ran while this caller waited: its outcome answers this caller too.
+        // A pass ran while this caller waited: its outcome answers this caller too, unless this
+        // one needs space where allocations can go and that pass did not look for it there.
+        let as_strict = !aggressive || gate.last_aggressive.load(Ordering::Acquire);
+        if gate.finished.load(Ordering::Acquire) != seen && as_strict {
             skipped();
             return gate.last_evicted.load(Ordering::Acquire) as usize;
         }
@@ -163,6 +186,7 @@ impl MasterService {
                 .store(now + FUTILE_EVICTION_BACKOFF_MS, Ordering::Release);
         }
         gate.last_evicted.store(n as u64, Ordering::Release);
+        gate.last_aggressive.store(aggressive, Ordering::Release);
         gate.finished.fetch_add(1, Ordering::AcqRel);
         n
     }

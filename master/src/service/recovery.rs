@@ -22,6 +22,10 @@ impl MasterService {
         objects: Vec<HeldObject>,
     ) -> BatchResult<()> {
         let now = self.clock.now_ms();
+        self.check_not_replaced(client, now)?;
+        for s in &segments {
+            self.segments.check_mountable(client, s)?;
+        }
         self.replace_predecessors(client, &segments, now);
         for s in segments {
             self.segments

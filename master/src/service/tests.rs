@@ -966,6 +966,12 @@ fn a_client_mounting_under_another_clients_segment_name_replaces_it() {
         .unwrap()
         .remove(0)
         .unwrap();
+    // A mount that is refused anyway replaces nobody.
+    assert_eq!(
+        f.svc.mount_segment(new, segment("h1:1", 0)),
+        Err(ErrorCode::InvalidParams)
+    );
+    assert_eq!(f.svc.segments()[0].owner, old);
     // Its restart: same name and, as often, the same addresses; a new engine, so a new id.
     let after = segment("h1:1", SEG);
     f.svc.mount_segment(new, after.clone()).unwrap();
@@ -987,10 +993,18 @@ fn a_client_mounting_under_another_clients_segment_name_replaces_it() {
     // The same segment mounted again by its owner, or its id claimed by another client,
     // replaces nobody.
     f.svc.mount_segment(new, after.clone()).unwrap();
+    let third = Uuid::new_v4();
     assert_eq!(
-        f.svc.mount_segment(old, after.clone()),
+        f.svc.mount_segment(third, after.clone()),
         Err(ErrorCode::SegmentAlreadyExists)
     );
+    // The replaced client cannot take the name back for a client TTL (two live clients
+    // misconfigured to share a name would otherwise drop each other over and over).
+    assert_eq!(
+        f.svc.mount_segment(old, segment("h1:1", SEG)),
+        Err(ErrorCode::IllegalClient)
+    );
+    assert_eq!(f.svc.segments().len(), 1);
     assert_eq!(f.svc.segments()[0].owner, new);
 
     // Switched off, the namesake is refused when it overlaps (and mounted beside otherwise).
@@ -1053,4 +1067,35 @@ fn an_object_larger_than_every_segment_evicts_nothing() {
     );
     assert_eq!(f.svc.key_count(), 4, "eviction could not have made it fit");
     assert_eq!(f.svc.stats.eviction_passes.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn an_upsert_of_a_leased_object_that_finds_no_space_keeps_the_old_value() {
+    let f = fixture(ServiceConfig::default());
+    let a = Uuid::new_v4();
+    f.svc.mount_segment(a, segment("h1:1", 2048)).unwrap();
+    let hard = ReplicateConfig {
+        hard_pin: true,
+        ..Default::default()
+    };
+    f.svc
+        .batch_put_start(a, items(&["p"], 1024), &hard, false)
+        .unwrap()[0]
+        .clone()
+        .unwrap();
+    f.svc.batch_put_end(a, &keys(&["p"])).unwrap();
+    let old = put(&f.svc, a, "k", 1024).unwrap();
+    f.svc.batch_get_replica_list(&keys(&["k"])).unwrap()[0]
+        .clone()
+        .unwrap();
+    let up = f
+        .svc
+        .batch_put_start(a, items(&["k"], 1024), &ReplicateConfig::default(), true)
+        .unwrap();
+    assert_eq!(up[0], Err(ErrorCode::NoAvailableHandle));
+    let still = f.svc.batch_get_replica_list(&keys(&["k"])).unwrap()[0]
+        .clone()
+        .unwrap();
+    assert_eq!(still[0].addr, old[0].addr, "the old value stands");
+    assert_eq!(still[0].status, ReplicaStatus::Complete);
 }

@@ -336,9 +336,10 @@ impl Client {
     }
 
     /// Zero-copy batch upsert: like [`Client::batch_put_from_parts`], but an existing complete
-    /// key is overwritten (in place when its size is unchanged). A key that another writer is
-    /// still writing fails with `OBJECT_ALREADY_EXISTS`, one under a read lease with
-    /// `OBJECT_HAS_LEASE`: this caller's bytes were not stored.
+    /// key is overwritten (in place when its size is unchanged and nobody holds a read lease on
+    /// it; otherwise in new space, the old bytes kept for the lease's readers). A key that
+    /// another writer is still writing fails with `OBJECT_ALREADY_EXISTS`: this caller's bytes
+    /// were not stored.
     pub async fn batch_upsert_from_parts<K: AsRef<str>>(
         &self,
         items: &[(K, Vec<BufferSlice>)],

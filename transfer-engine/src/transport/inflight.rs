@@ -65,9 +65,10 @@ impl<T> InFlight<T> {
         self.receiving = None;
     }
 
-    /// Whether some part is past its deadline at `now`.
+    /// Whether some part of an open table is past its deadline at `now`.
     pub fn expired(&self, now: Instant) -> bool {
-        self.receiving.is_some_and(|d| d <= now) || self.parts.values().any(|(d, _)| *d <= now)
+        self.closed.is_none() && self.receiving.is_some_and(|d| d <= now)
+            || self.parts.values().any(|(d, _)| *d <= now)
     }
 
     /// Parts in flight.
@@ -93,6 +94,8 @@ impl<T> InFlight<T> {
     /// Closes the table (keeping the first reason) and takes every part in it.
     pub fn close(&mut self, reason: CloseReason) -> (CloseReason, Vec<T>) {
         let reason = self.closed.get_or_insert(reason).clone();
+        // The receiver's read of that payload fails with the connection; nothing to watch.
+        self.receiving = None;
         let parts = std::mem::take(&mut self.parts)
             .into_values()
             .map(|(_, p)| p)
@@ -135,6 +138,21 @@ mod tests {
             f.insert(3, t0, "c"),
             Err(("c", CloseReason::TimedOut)),
             "closed table refuses parts"
+        );
+    }
+
+    #[test]
+    fn closing_mid_payload_leaves_a_quiet_table_with_nothing_to_watch() {
+        let t0 = Instant::now();
+        let mut f = InFlight::default();
+        f.insert(1, t0, "a").unwrap();
+        assert_eq!(f.remove_receiving(1), Some("a"));
+        assert!(!f.is_quiet());
+        f.close(CloseReason::Failed("peer died".into()));
+        assert!(f.is_quiet(), "the connection can be reaped");
+        assert!(
+            !f.expired(t0 + Duration::from_secs(60)),
+            "and is not timed out again"
         );
     }
 }

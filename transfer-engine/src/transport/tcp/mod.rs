@@ -188,19 +188,20 @@ impl Pool {
         all
     }
 
-    /// Retires connections idle for the idle timeout at `now`, closes retired ones that
-    /// nobody holds and that are still idle, and forgets peers left with nothing.
+    /// Retires dead connections and those idle for the idle timeout at `now`, closes retired
+    /// ones that nobody holds and that are quiet, and forgets peers left with nothing.
     fn reap_idle(&self, now: Instant) {
-        let Some(idle) = self.idle_timeout else {
-            return;
-        };
         let peers: Vec<Arc<Peer>> = self.peers.lock().values().cloned().collect();
         let mut retiring = Vec::new();
         for p in &peers {
             p.conns.lock().retain(|c| {
-                let stale = c
-                    .idle_since()
-                    .is_some_and(|t| now.saturating_duration_since(t) >= idle);
+                let idle_out = self.idle_timeout.is_some_and(|idle| {
+                    c.idle_since()
+                        .is_some_and(|t| now.saturating_duration_since(t) >= idle)
+                });
+                // A dead one would otherwise stay until the next submit to its peer, which
+                // never comes for a peer that restarted under a new incarnation.
+                let stale = idle_out || !c.is_alive();
                 if stale {
                     retiring.push(c.clone());
                 }
@@ -211,9 +212,13 @@ impl Pool {
         let closing: Vec<Arc<Connection>> = {
             let mut retired = self.retired.lock();
             retired.extend(retiring);
-            let (closing, kept) = std::mem::take(&mut *retired)
-                .into_iter()
-                .partition(|c| Arc::strong_count(c) == 1 && c.idle_since().is_some());
+            let (closing, kept) = std::mem::take(&mut *retired).into_iter().partition(|c| {
+                let unheld = Arc::strong_count(c) == 1;
+                // Pairs with the release of the last other handle's drop, so that its
+                // submit's `queued` count is seen below.
+                std::sync::atomic::fence(Ordering::Acquire);
+                unheld && c.idle_since().is_some()
+            });
             *retired = kept;
             closing
         };
@@ -469,6 +474,32 @@ mod tests {
         let again = pool.connections((addr, 1)).unwrap();
         assert_eq!(again.len(), 2);
         assert!(again.iter().all(|c| c.is_alive()));
+    }
+
+    #[test]
+    fn dead_connections_leave_the_pool_even_without_an_idle_timeout() {
+        // Accepts and hangs up at once.
+        let rude = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = rude.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in rude.incoming() {
+                drop(s);
+            }
+        });
+        let pool = Pool::new(2, Duration::from_secs(3), None);
+        let conns = pool.connections((addr, 1)).unwrap();
+        let since = Instant::now();
+        while conns.iter().any(|c| c.is_alive()) {
+            assert!(
+                since.elapsed() < Duration::from_secs(20),
+                "never saw the hang-up"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(conns);
+        pool.reap_idle(Instant::now());
+        assert!(pool.all().is_empty());
+        assert!(pool.peers.lock().is_empty());
     }
 
     #[test]
