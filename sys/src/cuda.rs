@@ -64,6 +64,7 @@ struct Api {
     init: unsafe extern "C" fn(c_uint) -> CuResult,
     device_get_count: unsafe extern "C" fn(*mut c_int) -> CuResult,
     device_get: unsafe extern "C" fn(*mut CuDevice, c_int) -> CuResult,
+    device_get_pci_bus_id: unsafe extern "C" fn(*mut c_char, c_int, CuDevice) -> CuResult,
     primary_ctx_retain: unsafe extern "C" fn(*mut CuHandle, CuDevice) -> CuResult,
     ctx_push_current: unsafe extern "C" fn(CuHandle) -> CuResult,
     ctx_pop_current: unsafe extern "C" fn(*mut CuHandle) -> CuResult,
@@ -147,6 +148,7 @@ impl Cuda {
                 init: sym(&lib, "cuInit")?,
                 device_get_count: sym(&lib, "cuDeviceGetCount")?,
                 device_get: sym(&lib, "cuDeviceGet")?,
+                device_get_pci_bus_id: sym(&lib, "cuDeviceGetPCIBusId")?,
                 primary_ctx_retain: sym(&lib, "cuDevicePrimaryCtxRetain")?,
                 ctx_push_current: sym(&lib, "cuCtxPushCurrent_v2")?,
                 ctx_pop_current: sym(&lib, "cuCtxPopCurrent_v2")?,
@@ -188,6 +190,40 @@ impl Cuda {
     /// How many CUDA devices the driver sees.
     pub fn device_count(&self) -> u32 {
         self.devices
+    }
+
+    /// The PCI address of `device` as the driver writes it (`domain:bus:device.function` in
+    /// hex, e.g. `0000:3B:00.0`), for placing it in the PCI topology.
+    pub fn pci_bus_id(&self, device: u32) -> Result<String, CudaError> {
+        let dev = self.device_handle(device)?;
+        // 13 characters and the NUL suffice; more room in case of an 8-digit domain.
+        let mut buf = [0 as c_char; 64];
+        // SAFETY: the driver writes at most `buf.len()` bytes, NUL included.
+        self.check("cuDeviceGetPCIBusId", unsafe {
+            (self.api.device_get_pci_bus_id)(buf.as_mut_ptr(), buf.len() as c_int, dev)
+        })?;
+        let bytes: Vec<u8> = buf
+            .iter()
+            .take_while(|c| **c != 0)
+            .map(|c| *c as u8)
+            .collect();
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// The driver's handle of device ordinal `device` (an error if there is no such device).
+    fn device_handle(&self, device: u32) -> Result<CuDevice, CudaError> {
+        if device >= self.devices {
+            return Err(CudaError::Invalid(format!(
+                "CUDA device {device} does not exist ({} present)",
+                self.devices
+            )));
+        }
+        let mut dev: CuDevice = 0;
+        // SAFETY: a valid out-pointer.
+        self.check("cuDeviceGet", unsafe {
+            (self.api.device_get)(&mut dev, device as c_int)
+        })?;
+        Ok(dev)
     }
 
     fn check(&self, call: &'static str, code: CuResult) -> Result<(), CudaError> {
@@ -278,31 +314,19 @@ impl Cuda {
         device: u32,
         f: impl FnOnce(CuHandle) -> Result<R, CudaError>,
     ) -> Result<R, CudaError> {
-        if device >= self.devices {
-            return Err(CudaError::Invalid(format!(
-                "CUDA device {device} does not exist ({} present)",
-                self.devices
-            )));
-        }
         let (ctx, idle) = {
             let mut ctxs = self.ctxs.lock().unwrap_or_else(|p| p.into_inner());
             let dc = match ctxs.entry(device) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => {
-                    let mut dev: CuDevice = 0;
+                    // Checks the ordinal too (an occupied entry's was checked).
+                    let dev = self.device_handle(device)?;
                     let mut ctx: CuHandle = std::ptr::null_mut();
-                    // SAFETY: valid out-pointers; the primary context is retained for the life
+                    // SAFETY: a valid out-pointer; the primary context is retained for the life
                     // of the process (never released), so the handle stays valid.
-                    unsafe {
-                        self.check(
-                            "cuDeviceGet",
-                            (self.api.device_get)(&mut dev, device as c_int),
-                        )?;
-                        self.check(
-                            "cuDevicePrimaryCtxRetain",
-                            (self.api.primary_ctx_retain)(&mut ctx, dev),
-                        )?;
-                    }
+                    self.check("cuDevicePrimaryCtxRetain", unsafe {
+                        (self.api.primary_ctx_retain)(&mut ctx, dev)
+                    })?;
                     v.insert(DeviceCtx {
                         ctx,
                         idle: Vec::new(),

@@ -54,6 +54,12 @@ pub fn location_of(ptr: u64) -> Result<Location, TransferError> {
     }
 }
 
+/// The PCI address the driver gives CUDA device `device` (`0000:3B:00.0`), for placing it in
+/// the PCI topology; `Err` says why not (no driver, no such device).
+pub fn pci_bus_id(device: u32) -> Result<String, String> {
+    driver()?.pci_bus_id(device).map_err(|e| e.to_string())
+}
+
 /// Most device allocations one registration may span.
 const MAX_SPANNED_ALLOCATIONS: usize = 1 << 16;
 

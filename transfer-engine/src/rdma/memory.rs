@@ -1,7 +1,8 @@
 //! Memory registration: every region the engine registers becomes MRs on every device
 //! (several per device when the region exceeds the device's maximum MR size), with
 //! LOCAL_WRITE | REMOTE_READ | REMOTE_WRITE access. Their lkeys cut local slices, their rkeys
-//! are published in the segment descriptor.
+//! are published in the segment descriptor. Each region also keeps the devices closest to its
+//! memory (see `topology`), found once at registration, which transfers prefer.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,10 +24,17 @@ struct Chunk {
     mrs: Vec<Arc<MemoryRegion>>,
 }
 
+/// One registered region: its pieces and the devices preferred for it.
+struct RegionMrs {
+    chunks: Vec<Chunk>,
+    /// Device indices, never empty.
+    preferred: Arc<[usize]>,
+}
+
 /// MRs of all registered regions, keyed by region start.
 #[derive(Default)]
 pub struct MrTable {
-    regions: RwLock<BTreeMap<u64, (u64, Vec<Chunk>)>>,
+    regions: RwLock<BTreeMap<u64, RegionMrs>>,
 }
 
 impl std::fmt::Debug for MrTable {
@@ -38,8 +46,14 @@ impl std::fmt::Debug for MrTable {
 }
 
 impl MrTable {
-    /// Registers `region` on every device in `nics`.
-    pub fn register(&self, region: &Region, nics: &[Arc<Nic>]) -> Result<(), TransferError> {
+    /// Registers `region` on every device in `nics`; `prefer` then names the devices closest to
+    /// it (called once its pages are pinned; out-of-range or no indices mean every device).
+    pub fn register(
+        &self,
+        region: &Region,
+        nics: &[Arc<Nic>],
+        prefer: impl FnOnce() -> Vec<usize>,
+    ) -> Result<(), TransferError> {
         let max = nics.iter().map(|n| n.max_mr_size).min().unwrap_or(u64::MAX);
         let mut chunks = Vec::new();
         for (addr, len) in mr_chunks(region.addr, region.len, max) {
@@ -68,10 +82,27 @@ impl MrTable {
             }
             chunks.push(Chunk { addr, len, mrs });
         }
-        self.regions
-            .write()
-            .insert(region.addr, (region.len, chunks));
+        let mut preferred = prefer();
+        preferred.retain(|i| *i < nics.len());
+        if preferred.is_empty() {
+            preferred = (0..nics.len()).collect();
+        }
+        self.regions.write().insert(
+            region.addr,
+            RegionMrs {
+                chunks,
+                preferred: preferred.into(),
+            },
+        );
         Ok(())
+    }
+
+    /// The preferred devices of the region holding `addr` (`None`: not registered).
+    pub fn preferred(&self, addr: u64) -> Option<Arc<[usize]>> {
+        let regions = self.regions.read();
+        let (_, r) = regions.range(..=addr).next_back()?;
+        let last = r.chunks.last()?;
+        (addr < last.addr + last.len).then(|| r.preferred.clone())
     }
 
     /// Deregisters the MRs of the region starting at `addr` (no-op if it has none).
@@ -83,10 +114,10 @@ impl MrTable {
     pub fn local_spans(&self, nic: usize, addr: u64, len: u64) -> Vec<KeySpan> {
         let end = addr.saturating_add(len);
         let regions = self.regions.read();
-        let Some((_, (_, chunks))) = regions.range(..=addr).next_back() else {
+        let Some((_, r)) = regions.range(..=addr).next_back() else {
             return Vec::new();
         };
-        chunks
+        r.chunks
             .iter()
             .filter(|c| c.addr < end && c.addr + c.len > addr)
             .filter_map(|c| {
@@ -104,11 +135,17 @@ impl MrTable {
         self.regions
             .read()
             .values()
-            .flat_map(|(_, chunks)| chunks.iter())
-            .map(|c| RemoteMr {
+            .flat_map(|r| r.chunks.iter().map(move |c| (c, &r.preferred)))
+            .map(|(c, preferred)| RemoteMr {
                 addr: c.addr,
                 len: c.len,
                 rkeys: c.mrs.iter().map(|m| m.rkey()).collect(),
+                // Every device is no preference: peers then keep NIC i <-> NIC i (rails).
+                preferred: if preferred.len() < c.mrs.len() {
+                    preferred.iter().map(|i| *i as u32).collect()
+                } else {
+                    Vec::new()
+                },
             })
             .collect()
     }

@@ -3,7 +3,9 @@
 //! - [`device`]: discovery of active devices and GID choice; [`nic`]: one PD, CQ and CQ
 //!   poller thread per device.
 //! - [`memory`]: every registered region becomes MRs on every device; their rkeys travel in
-//!   the segment descriptor ([`wire::RdmaSegmentInfo`]).
+//!   the segment descriptor ([`wire::RdmaSegmentInfo`]), with the devices [`topology`] finds
+//!   closest to the region (same PCIe switch for GPU memory, same NUMA node for host memory),
+//!   which transfers to and from it prefer.
 //! - [`endpoint`]: RC queue pairs per (local device, peer segment, peer device), created on
 //!   first use; queue pair numbers, GIDs and PSNs are exchanged over the engine's control
 //!   channel ([`wire::ConnectRequest`]); [`qp`] holds the state transitions.
@@ -28,6 +30,7 @@ pub mod memory;
 pub mod nic;
 pub mod plan;
 pub mod qp;
+pub mod topology;
 pub mod transport;
 pub mod window;
 pub mod wire;

@@ -1,6 +1,12 @@
 //! The RDMA [`Transport`]: requests cut into slices and posted on endpoints, queue pair
 //! handshakes answered for peers, MRs published in the descriptor, and a watchdog that
 //! enforces every request's deadline.
+//!
+//! Each request goes through one local device and one peer device: in turn among the devices
+//! preferred for its local region (the NICs closest to that memory, see `topology`), and among
+//! those the peer published for the target region, or, if it published none, the peer device
+//! with the local device's index (NIC i to NIC i, which keeps rail-optimised fabrics on one
+//! rail).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -16,6 +22,7 @@ use super::endpoint::{Endpoint, EndpointConfig, Req, Slice};
 use super::memory::MrTable;
 use super::nic::Nic;
 use super::plan::{plan_slices, PlannedSlice};
+use super::topology::{Sysfs, Topology};
 use super::wire::{self, ConnectReply, ConnectRequest, RdmaSegmentInfo};
 use super::{qp, NAME};
 use crate::batch::CompletionSink;
@@ -34,6 +41,7 @@ type EndpointKey = (usize, String, String);
 struct Shared {
     nics: Vec<Arc<Nic>>,
     mrs: MrTable,
+    topology: Topology,
     ep_cfg: Arc<EndpointConfig>,
     slice_size: u32,
     request_timeout: Duration,
@@ -41,7 +49,8 @@ struct Shared {
     /// Queue pairs peers connected to us (we only answer on them), replaced on re-handshake.
     passive: Mutex<HashMap<EndpointKey, GenericQueuePair>>,
     next_id: AtomicU32,
-    next_nic: AtomicUsize,
+    /// Turn counter for choosing devices among the preferred ones.
+    next_turn: AtomicUsize,
     stop: AtomicBool,
 }
 
@@ -71,8 +80,11 @@ impl RdmaTransport {
             .map(|(i, d)| Nic::open(i, d).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()
             .map_err(TransferError::Rdma)?;
+        let names: Vec<String> = nics.iter().map(|n| n.dev.name.clone()).collect();
+        let topology = Topology::read(Sysfs::default(), &names);
         let shared = Arc::new(Shared {
             mrs: MrTable::default(),
+            topology,
             ep_cfg: Arc::new(EndpointConfig {
                 local_name: ctx.local_name.clone(),
                 max_retries: cfg.max_retries,
@@ -83,7 +95,7 @@ impl RdmaTransport {
             endpoints: Mutex::new(HashMap::new()),
             passive: Mutex::new(HashMap::new()),
             next_id: AtomicU32::new(1),
-            next_nic: AtomicUsize::new(0),
+            next_turn: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             nics,
         });
@@ -104,6 +116,7 @@ impl RdmaTransport {
             tracing::info!(device = %nic.dev.name, gid_index = nic.dev.gid_index,
                 mtu = nic.dev.mtu, sq_depth = nic.sq_depth, "RDMA device in use");
         }
+        shared.topology.log();
         Ok(t)
     }
 
@@ -199,6 +212,28 @@ impl Shared {
     }
 }
 
+/// The (local device, peer device) for the request of turn `turn`: in turn among `local` (the
+/// local region's preferred devices; all `nics` if empty) and among `peer` (the target
+/// region's, as published; if none, the local device's index modulo `peer_devices`). Both
+/// counts are non-zero.
+fn pick_devices(
+    turn: usize,
+    local: &[usize],
+    peer: &[u32],
+    nics: usize,
+    peer_devices: usize,
+) -> (usize, usize) {
+    let nic = match local {
+        [] => turn % nics,
+        l => l[turn % l.len()],
+    };
+    let dev = match peer {
+        [] => nic % peer_devices,
+        p => p[turn % p.len()] as usize,
+    };
+    (nic, dev)
+}
+
 /// The work requests of one request, from its plan.
 fn to_slices(req: &TransferRequest, r: &Arc<Req>, plan: Vec<PlannedSlice>) -> Vec<Slice> {
     plan.into_iter()
@@ -221,7 +256,9 @@ impl Transport for RdmaTransport {
     }
 
     fn register_memory(&self, region: &Region) -> Result<(), TransferError> {
-        self.shared.mrs.register(region, &self.shared.nics)
+        let s = &self.shared;
+        s.mrs
+            .register(region, &s.nics, || s.topology.for_region(region))
     }
 
     /// Every registered region is reachable: GPU memory registers only where the NIC can
@@ -285,8 +322,15 @@ impl Transport for RdmaTransport {
         let deadline = Instant::now() + s.request_timeout;
         let mut per_ep: HashMap<u32, (Arc<Endpoint>, Vec<Slice>)> = HashMap::new();
         for (index, req) in items {
-            let nic = s.next_nic.fetch_add(1, Ordering::Relaxed) % s.nics.len();
-            let dev = nic % info.devices.len();
+            let turn = s.next_turn.fetch_add(1, Ordering::Relaxed);
+            let local = s.mrs.preferred(req.local_addr);
+            let (nic, dev) = pick_devices(
+                turn,
+                local.as_deref().unwrap_or(&[]),
+                info.preferred_at(req.target_offset),
+                s.nics.len(),
+                info.devices.len(),
+            );
             let lspans = s.mrs.local_spans(nic, req.local_addr, req.len);
             let rspans = info.spans(dev, req.target_offset, req.len);
             let plan = match plan_slices(
@@ -320,5 +364,46 @@ impl Transport for RdmaTransport {
         for (_, (ep, slices)) in per_ep {
             ep.enqueue(slices, target.tcp_addr);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_rotate_within_the_preferred_sets() {
+        // Local region prefers NICs 2 and 3 of 4; the peer's region prefers its devices 5, 6, 7.
+        let mut used = (Vec::new(), Vec::new());
+        for turn in 0..12 {
+            let (nic, dev) = pick_devices(turn, &[2, 3], &[5, 6, 7], 4, 8);
+            assert!(
+                [2, 3].contains(&nic) && [5, 6, 7].contains(&dev),
+                "{turn}: {nic} {dev}"
+            );
+            used.0.push(nic);
+            used.1.push(dev);
+        }
+        for n in [2, 3] {
+            assert_eq!(used.0.iter().filter(|x| **x == n).count(), 6, "even spread");
+        }
+        for d in [5, 6, 7] {
+            assert_eq!(used.1.iter().filter(|x| **x == d).count(), 4, "even spread");
+        }
+        // A turn counter that wraps keeps the choice in range.
+        let (nic, dev) = pick_devices(usize::MAX, &[1], &[0, 3], 2, 4);
+        assert!(nic == 1 && (dev == 0 || dev == 3));
+    }
+
+    #[test]
+    fn without_preferences_nic_i_talks_to_peer_device_i() {
+        // Today's behaviour: all local NICs in turn, peer device = local index mod count.
+        let picks: Vec<_> = (0..6).map(|t| pick_devices(t, &[], &[], 3, 2)).collect();
+        assert_eq!(picks, [(0, 0), (1, 1), (2, 0), (0, 0), (1, 1), (2, 0)]);
+        // A local preference with a peer that published none (older peer, or no preference).
+        let picks: Vec<_> = (0..4)
+            .map(|t| pick_devices(t, &[1, 3], &[], 4, 4))
+            .collect();
+        assert_eq!(picks, [(1, 1), (3, 3), (1, 1), (3, 3)]);
     }
 }
