@@ -639,6 +639,42 @@ mod tests {
     }
 
     #[test]
+    fn regions_are_placed_by_their_memory() {
+        // One NIC on each of nodes 0..8 of a fake tree; a real region of this process.
+        let t = Tree::new();
+        let mut n = Vec::new();
+        for node in 0..8u8 {
+            let path = format!(
+                "pci0000:{node:02x}/0000:{node:02x}:02.0/0000:{:02x}:00.0",
+                node + 0x10
+            );
+            t.pci(&path, i32::from(node), None);
+            let name = format!("mlx5_{node}");
+            t.nic(&name, Some(&path));
+            n.push(name);
+        }
+        let topo = Topology::read(t.sysfs(), &n);
+        let all: Vec<usize> = (0..8).collect();
+        let buf = vec![1u8; 3 << 20];
+        let host = Region {
+            addr: buf.as_ptr() as u64,
+            len: buf.len() as u64,
+            location: Location::Host,
+        };
+        match numa_of_pages(host.addr, host.len) {
+            Some(node) if node < 8 => assert_eq!(topo.for_region(&host), [node as usize]),
+            _ => assert_eq!(topo.for_region(&host), all),
+        }
+        // A GPU the fake tree does not hold (or no driver here): every NIC, and no panic.
+        let gpu = Region {
+            location: Location::Cuda(0),
+            ..host
+        };
+        assert_eq!(topo.for_region(&gpu), all);
+        assert_eq!(topo.for_region(&gpu), all, "cached");
+    }
+
+    #[test]
     fn the_majority_node_of_sampled_pages_wins() {
         assert_eq!(majority(&[1, 1, 0]), Some(1));
         assert_eq!(majority(&[0, 1]), Some(0), "ties go to the lower node");
