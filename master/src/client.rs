@@ -484,18 +484,41 @@ impl MasterClient {
     }
 
     /// A start call (answers `replicas` replica lists per key), cut into chunks when large.
+    /// Each chunk of a batch put carries the group ids of its own items.
     async fn replicas_chunked(
         &self,
         items: Vec<(String, u64)>,
-        replicas: usize,
-        request: impl Fn(Vec<(String, u64)>) -> Request,
+        mut cfg: ReplicateConfig,
+        request: impl Fn(Vec<(String, u64)>, ReplicateConfig) -> Request,
     ) -> BatchResult<Vec<ReplicaDescriptor>> {
-        let limits = self.chunk_limits().per_replicas(replicas);
+        let limits = self.chunk_limits().per_replicas(cfg.replica_num);
+        // A length mismatch goes to the master as it is, which refuses it.
+        let grouped = !cfg.group_ids.is_empty() && cfg.group_ids.len() == items.len();
+        let groups = if grouped {
+            std::mem::take(&mut cfg.group_ids)
+        } else {
+            Vec::new()
+        };
+        let tagged: Vec<((String, u64), Option<String>)> = if grouped {
+            items
+                .into_iter()
+                .zip(groups.into_iter().map(Some))
+                .collect()
+        } else {
+            items.into_iter().map(|i| (i, None)).collect()
+        };
         run_chunked(
-            items,
-            |i| i.0.len(),
+            tagged,
+            |i| i.0 .0.len() + i.1.as_ref().map_or(0, String::len),
             limits,
-            |items| self.replicas(request(items)),
+            |chunk| {
+                let mut cfg = cfg.clone();
+                let (items, groups): (Vec<_>, Vec<_>) = chunk.into_iter().unzip();
+                if grouped {
+                    cfg.group_ids = groups.into_iter().flatten().collect();
+                }
+                self.replicas(request(items, cfg))
+            },
         )
         .await
     }
@@ -650,10 +673,10 @@ impl MasterClient {
         items: Vec<(String, u64)>,
         cfg: ReplicateConfig,
     ) -> BatchResult<Vec<ReplicaDescriptor>> {
-        self.replicas_chunked(items, cfg.replica_num, |items| Request::BatchPutStart {
+        self.replicas_chunked(items, cfg, |items, config| Request::BatchPutStart {
             client,
             items,
-            config: cfg.clone(),
+            config,
         })
         .await
     }
@@ -677,10 +700,10 @@ impl MasterClient {
         items: Vec<(String, u64)>,
         cfg: ReplicateConfig,
     ) -> BatchResult<Vec<ReplicaDescriptor>> {
-        self.replicas_chunked(items, cfg.replica_num, |items| Request::BatchUpsertStart {
+        self.replicas_chunked(items, cfg, |items, config| Request::BatchUpsertStart {
             client,
             items,
-            config: cfg.clone(),
+            config,
         })
         .await
     }

@@ -16,6 +16,7 @@ pub mod codec;
 pub mod config;
 pub mod eviction;
 mod frame_sink;
+pub mod groups;
 pub mod ha;
 pub mod ha_state;
 pub mod http;

@@ -12,7 +12,7 @@ pub type ClientId = uuid::Uuid;
 pub type SegmentId = uuid::Uuid;
 
 /// Protocol version exchanged in the handshake; bumped on any incompatible wire change.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Outcome of a batch call: the call itself may fail, otherwise one result per key.
 pub type BatchResult<T> = Result<Vec<Result<T, ErrorCode>>, ErrorCode>;
@@ -201,6 +201,10 @@ pub struct ReplicateConfig {
     pub soft_pin: bool,
     /// Hard pin: never evicted.
     pub hard_pin: bool,
+    /// Object group of each item of a batch put, in item order (`""`: ungrouped); empty: no
+    /// item is grouped. Any other length fails the whole call with INVALID_PARAMS. Members of
+    /// a group share their last access and are evicted together (see `mooncake_master::groups`).
+    pub group_ids: Vec<String>,
 }
 
 impl Default for ReplicateConfig {
@@ -210,7 +214,15 @@ impl Default for ReplicateConfig {
             preferred_segments: Vec::new(),
             soft_pin: false,
             hard_pin: false,
+            group_ids: Vec::new(),
         }
+    }
+}
+
+impl ReplicateConfig {
+    /// The group id of item `i` of a batch (`""`: ungrouped).
+    pub fn group_id(&self, i: usize) -> &str {
+        self.group_ids.get(i).map_or("", String::as_str)
     }
 }
 

@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use crate::allocator::round_up;
 use crate::clock::Clock;
 use crate::eviction::{is_evictable, victims, Candidate, EvictionPolicy, OldestLease};
+use crate::groups::{GroupRegistry, ObjectGroup};
 use crate::index::{Index, ObjectEntry, ObjectState, Shard};
 use crate::liveness::Liveness;
 use crate::placement::{AllocationStrategy, BatchPlacer, PlacementStrategy};
@@ -125,6 +126,8 @@ pub struct ServiceStats {
     pub futile_eviction_passes: AtomicU64,
     /// Eviction passes not run: a pass had just freed nothing, or one finished while waiting.
     pub skipped_eviction_passes: AtomicU64,
+    /// Objects evicted because a member of their group was (also in `evicted_objects`).
+    pub evicted_group_members: AtomicU64,
 }
 
 /// Eviction passes scan the whole index under shard write locks, so they run one at a time;
@@ -174,6 +177,8 @@ pub struct MasterService {
     /// Clients replaced by a restart under their name, until when their mounts are refused (a
     /// live one, misconfigured to share a name, would otherwise take it back and forth).
     replaced: Mutex<HashMap<ClientId, u64>>,
+    /// Object groups: group id -> member keys (see [`crate::groups`]).
+    groups: GroupRegistry,
     /// Counters for metrics.
     pub stats: ServiceStats,
 }
@@ -215,6 +220,7 @@ impl MasterService {
             last_stale_scan_ms: AtomicU64::new(now),
             eviction_gate: EvictionGate::default(),
             replaced: Mutex::new(HashMap::new()),
+            groups: GroupRegistry::default(),
             stats: ServiceStats::default(),
             clock,
             cfg,
@@ -244,6 +250,11 @@ impl MasterService {
     /// Number of live clients.
     pub fn client_count(&self) -> usize {
         self.clients.len()
+    }
+
+    /// Number of object groups with members, and of (group, key) memberships.
+    pub fn group_counts(&self) -> (usize, usize) {
+        (self.groups.len(), self.groups.member_count())
     }
 
     /// Mounted segments.
@@ -343,6 +354,8 @@ impl MasterService {
         if cfg.replica_num == 0
             || cfg.replica_num > MAX_REPLICAS
             || cfg.preferred_segments.len() > MAX_PREFERRED_SEGMENTS
+            || !(cfg.group_ids.is_empty() || cfg.group_ids.len() == items.len())
+            || cfg.group_ids.iter().any(|g| g.len() > MAX_KEY_LEN)
         {
             return Err(ErrorCode::InvalidParams);
         }
@@ -370,7 +383,7 @@ impl MasterService {
                 let found = self.put_start_check(
                     &ctx,
                     &mut map,
-                    &items[p],
+                    (&items[p], cfg.group_id(p)),
                     &mut pending,
                     &mut displaced[p],
                 );
@@ -410,13 +423,16 @@ impl MasterService {
                             Some(_) => items[p].0.clone(),
                             None => String::new(),
                         };
-                        out[p] = self.put_start_insert(&ctx, &mut map, &mut items[p], replicas);
+                        let group = cfg.group_id(p);
+                        out[p] =
+                            self.put_start_insert(&ctx, &mut map, &mut items[p], group, replicas);
                         if let Some(old) = displaced[p].take() {
                             let no_space = out[p] == Err(ErrorCode::NoAvailableHandle);
                             if no_space && !map.contains_key(&key) {
                                 // The upsert failed: the old value stands.
                                 map.insert(key, old);
                             } else {
+                                self.unlink(&map, &key, &old);
                                 pending.push((old.lease.until_ms(), old.replicas));
                             }
                         }
@@ -436,7 +452,7 @@ impl MasterService {
         &self,
         ctx: &PutContext<'_>,
         map: &mut Shard,
-        item: &(String, u64),
+        (item, group): (&(String, u64), &str),
         pending: &mut Vec<(u64, Vec<Replica>)>,
         displaced: &mut Option<ObjectEntry>,
     ) -> Result<Option<Vec<ReplicaDescriptor>>, ErrorCode> {
@@ -461,6 +477,7 @@ impl MasterService {
                 // Take over: the old writer may still be writing, so its space is only
                 // released after the release timeout.
                 if let Some(old) = map.remove(key) {
+                    self.unlink(map, key, &old);
                     pending.push((now + ms(self.cfg.put_release_timeout), old.replicas));
                     self.stats
                         .discarded_processing
@@ -485,10 +502,17 @@ impl MasterService {
                         started_ms: now,
                     };
                     e.hard_pin = cfg.hard_pin;
+                    let old = e.group.take();
+                    e.group = self.join(group, key);
+                    if let Some(old) = old {
+                        self.leave_unless_kept(&old, e.group.as_ref(), key);
+                    }
                     return Ok(Some(e.descriptors()));
                 }
                 // Different size: nobody reads it (no lease), free it now.
-                map.remove(key);
+                if let Some(old) = map.remove(key) {
+                    self.unlink(map, key, &old);
+                }
             }
         }
         Ok(None)
@@ -526,6 +550,7 @@ impl MasterService {
         ctx: &PutContext<'_>,
         map: &mut Shard,
         item: &mut (String, u64),
+        group: &str,
         replicas: Vec<Replica>,
     ) -> Result<Vec<ReplicaDescriptor>, ErrorCode> {
         if replicas.is_empty() {
@@ -535,7 +560,8 @@ impl MasterService {
             return Err(ErrorCode::ObjectAlreadyExists);
         };
         let (client, cfg, now) = (ctx.client, ctx.cfg, ctx.now);
-        let e = ObjectEntry::processing(item.1, client, now, replicas, cfg.hard_pin);
+        let mut e = ObjectEntry::processing(item.1, client, now, replicas, cfg.hard_pin);
+        e.group = self.join(group, slot.key());
         if cfg.soft_pin {
             e.lease.soft_pin(now, ms(self.cfg.soft_pin_ttl));
         }
@@ -556,7 +582,9 @@ impl MasterService {
             map.get(key)
                 .ok_or(ErrorCode::ObjectNotFound)?
                 .check_revoke(client)?;
-            map.remove(key);
+            if let Some(old) = map.remove(key) {
+                self.unlink(map, key, &old);
+            }
             Ok(())
         })
     }
@@ -620,6 +648,9 @@ impl MasterService {
             let range = lists.push(e)?;
             e.lease.grant(now, ttl);
             e.lease.refresh_soft_pin(now, pin_ttl);
+            if let Some(g) = &e.group {
+                g.touch(now, ttl);
+            }
             Ok(range)
         });
         lists.set_slots(slots);
@@ -639,6 +670,9 @@ impl MasterService {
                     } else {
                         e.lease.touch(now, ttl);
                     }
+                    if let Some(g) = &e.group {
+                        g.touch(now, ttl);
+                    }
                     Ok(true)
                 }
                 _ => Ok(false),
@@ -655,6 +689,7 @@ impl MasterService {
             let e = map.get(key).ok_or(ErrorCode::ObjectNotFound)?;
             self.check_removable(e, now, force)?;
             if let Some(e) = map.remove(key) {
+                self.unlink(map, key, &e);
                 self.release_after_removal(e, now, &mut later);
             }
             Ok(())
@@ -738,6 +773,7 @@ impl MasterService {
                     continue;
                 }
                 if let Some(e) = map.remove(&k) {
+                    self.unlink(&map, &k, &e);
                     removed += 1;
                     self.release_after_removal(e, now, &mut later);
                 }
@@ -747,6 +783,33 @@ impl MasterService {
             self.delay_release(r, at);
         }
         removed
+    }
+
+    /// The group `id` with `key` as a member (`None` for `""`, ungrouped). Under `key`'s shard
+    /// write lock.
+    fn join(&self, id: &str, key: &str) -> Option<Arc<ObjectGroup>> {
+        (!id.is_empty()).then(|| self.groups.join(id, key))
+    }
+
+    /// After `old` (the entry of `key`) left the index, or was replaced by whatever `map` now
+    /// holds under `key`: `key` leaves its group unless the entry now there is in that same
+    /// group. Under `key`'s shard write lock.
+    fn unlink(&self, map: &Shard, key: &str, old: &ObjectEntry) {
+        if let Some(g) = &old.group {
+            let now_in = map.get(key).and_then(|e| e.group.as_ref());
+            self.leave_unless_kept(g, now_in, key);
+        }
+    }
+
+    fn leave_unless_kept(
+        &self,
+        old: &Arc<ObjectGroup>,
+        now_in: Option<&Arc<ObjectGroup>>,
+        key: &str,
+    ) {
+        if !now_in.is_some_and(|g| Arc::ptr_eq(g, old)) {
+            self.groups.leave(old, key);
+        }
     }
 
     fn delay_release(&self, replicas: Vec<Replica>, at_ms: u64) {

@@ -61,13 +61,16 @@ fn config() -> impl Strategy<Value = ReplicateConfig> {
         proptest::collection::vec(prop_oneof![Just("h1:1".to_string()), "[a-z]{0,3}"], 0..3),
         any::<bool>(),
         any::<bool>(),
+        // Group ids of any count (usually not the batch's: refused), few distinct ones.
+        proptest::collection::vec(prop_oneof![Just(String::new()), "[ab]"], 0..4),
     )
         .prop_map(
-            |(replica_num, preferred_segments, soft_pin, hard_pin)| ReplicateConfig {
+            |(replica_num, preferred_segments, soft_pin, hard_pin, group_ids)| ReplicateConfig {
                 replica_num,
                 preferred_segments,
                 soft_pin,
                 hard_pin,
+                group_ids,
             },
         )
 }

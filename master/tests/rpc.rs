@@ -7,7 +7,8 @@ use mooncake_master::client::ClientOptions;
 use mooncake_master::codec::{client_handshake, encode_frame, MAGIC};
 use mooncake_master::proto::Request;
 use mooncake_master::{
-    ErrorCode, MasterClient, MasterConfig, MasterServer, ReplicaStatus, ReplicateConfig, Segment,
+    ClientId, ErrorCode, MasterClient, MasterConfig, MasterServer, ReplicaStatus, ReplicateConfig,
+    RunningMaster, Segment,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -243,8 +244,8 @@ async fn a_dropped_client_closes_its_connection() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_batches_go_as_several_calls_and_answer_in_order() {
+/// A master and a client of it that cuts batches into calls of 64 keys, with one 1 MiB segment.
+async fn master_cutting_batches_at_64_keys() -> (RunningMaster, MasterClient, ClientId) {
     let m = MasterServer::start(MasterConfig::default()).await.unwrap();
     let opts = ClientOptions {
         chunk: ChunkLimits {
@@ -260,6 +261,12 @@ async fn large_batches_go_as_several_calls_and_answer_in_order() {
     c.mount_segment(me, seg("127.0.0.1:7001", 1 << 20))
         .await
         .unwrap();
+    (m, c, me)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_batches_go_as_several_calls_and_answer_in_order() {
+    let (m, c, me) = master_cutting_batches_at_64_keys().await;
     let items: Vec<(String, u64)> = (0..1000).map(|i| (format!("c{i}"), 100 + i)).collect();
     let placed = c
         .batch_put_start(me, items.clone(), ReplicateConfig::default())
@@ -295,6 +302,50 @@ async fn large_batches_go_as_several_calls_and_answer_in_order() {
         calls.contains("mooncake_master_rpc_requests_total{op=\"batch_put_start\"} 16"),
         "1000 keys in calls of 64: {calls}"
     );
+    m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grouped_batch_cut_into_calls_keeps_each_keys_group() {
+    let (m, c, me) = master_cutting_batches_at_64_keys().await;
+    // Groups of three straddle the 64-key calls; every tenth key is ungrouped.
+    let group = |i: usize| {
+        if i.is_multiple_of(10) {
+            String::new()
+        } else {
+            format!("g{}", i / 3)
+        }
+    };
+    let items: Vec<(String, u64)> = (0..200).map(|i| (format!("k{i}"), 100)).collect();
+    let cfg = ReplicateConfig {
+        group_ids: (0..200).map(group).collect(),
+        ..Default::default()
+    };
+    let placed = c.batch_put_start(me, items.clone(), cfg).await.unwrap();
+    assert!(placed.iter().all(|p| p.is_ok()));
+    let svc = m.service().unwrap();
+    let mut seen = 0;
+    svc.for_each_object(|k, e| {
+        let i: usize = k[1..].parse().unwrap();
+        assert_eq!(e.group.as_ref().map_or("", |g| g.id()), group(i), "{k}");
+        seen += 1;
+    });
+    assert_eq!(seen, 200);
+    assert_eq!(svc.group_counts().1, 180);
+    // A count that is not the batch's fails the whole call, however it is cut.
+    let short = ReplicateConfig {
+        group_ids: vec!["g".into(); 199],
+        ..Default::default()
+    };
+    let more: Vec<(String, u64)> = (0..200).map(|i| (format!("m{i}"), 100)).collect();
+    let r = c.batch_put_start(me, more, short).await;
+    assert!(
+        r.as_ref().map_or(true, |v| v
+            .iter()
+            .all(|k| *k == Err(ErrorCode::InvalidParams))),
+        "{r:?}"
+    );
+    assert_eq!(svc.key_count(), 200);
     m.stop().await;
 }
 

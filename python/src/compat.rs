@@ -122,6 +122,7 @@ impl ReplicateConfig {
             preferred_segments: preferred,
             soft_pin: c.with_soft_pin,
             hard_pin: c.with_hard_pin,
+            group_ids: Vec::new(),
         }
     }
 }

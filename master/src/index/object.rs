@@ -2,6 +2,9 @@
 //! → COMPLETE (after PutEnd, immutable). A PROCESSING object may be taken over once its
 //! writer vanished or the discard timeout passed.
 
+use std::sync::Arc;
+
+use crate::groups::ObjectGroup;
 use crate::lease::Lease;
 use crate::proto::{ClientId, ErrorCode, ReplicaDescriptor, ReplicaStatus};
 use crate::segment::Replica;
@@ -33,6 +36,8 @@ pub struct ObjectEntry {
     pub lease: Lease,
     /// Never evicted.
     pub hard_pin: bool,
+    /// The group it was put in, if any (see [`crate::groups`]).
+    pub group: Option<Arc<ObjectGroup>>,
 }
 
 impl ObjectEntry {
@@ -53,7 +58,16 @@ impl ObjectEntry {
             replicas,
             lease: Lease::new(now_ms),
             hard_pin,
+            group: None,
         }
+    }
+
+    /// Its last access for eviction order: its own, or its group's when later.
+    pub fn last_access_ms(&self) -> u64 {
+        let own = self.lease.last_access_ms();
+        self.group
+            .as_ref()
+            .map_or(own, |g| own.max(g.last_access_ms()))
     }
 
     /// Whether it is readable.

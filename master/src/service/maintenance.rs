@@ -123,7 +123,7 @@ impl MasterService {
         let mut later = Vec::new();
         for s in 0..self.index.num_shards() {
             let mut map = self.index.shard(s).write();
-            map.retain(|_, e| {
+            map.retain(|k, e| {
                 e.replicas.retain(|r| r.is_live());
                 let discard_it = match e.state {
                     ObjectState::Processing { writer, .. } => {
@@ -132,14 +132,19 @@ impl MasterService {
                     }
                     ObjectState::Complete => false,
                 };
+                let keep = !discard_it && !e.replicas.is_empty();
+                if !keep {
+                    if let Some(g) = &e.group {
+                        self.groups.leave(g, k);
+                    }
+                }
                 if discard_it {
                     later.push(std::mem::take(&mut e.replicas));
                     self.stats
                         .discarded_processing
                         .fetch_add(1, Ordering::Relaxed);
-                    return false;
                 }
-                !e.replicas.is_empty()
+                keep
             });
         }
         for r in later {
@@ -152,6 +157,8 @@ impl MasterService {
     /// `aggressive` when an allocation failed). An `aggressive` pass evicts only objects with
     /// a replica in a segment that takes new replicas now: space freed in a held-back segment
     /// (see [`crate::segment::SegmentRegistry::remount`]) could not serve the allocation.
+    /// A victim's group goes with it: its other members that are evictable now (complete,
+    /// neither hard-pinned nor leased) are evicted in a second step, shard by shard.
     /// Returns the number of objects evicted.
     pub fn evict(&self, now: u64, aggressive: bool) -> usize {
         let gate = &self.eviction_gate;
@@ -201,6 +208,7 @@ impl MasterService {
         let mut evicted = 0;
         let mut bytes = 0;
         let mut cands: Vec<Candidate> = Vec::new();
+        let mut victim_groups: Vec<Arc<ObjectGroup>> = Vec::new();
         for s in 0..self.index.num_shards() {
             let mut map = self.index.shard(s).write();
             cands.clear();
@@ -209,23 +217,70 @@ impl MasterService {
                     .filter(|(_, e)| is_evictable(e, now, allow_soft_pinned) && frees_usable(e))
                     .map(|(k, e)| Candidate {
                         key: k.clone(),
-                        last_access_ms: e.lease.last_access_ms(),
+                        last_access_ms: e.last_access_ms(),
                         size: e.size,
                     }),
             );
             let count = victims(cands.len(), self.cfg.eviction_ratio);
             self.eviction.select(&mut cands, count);
             for c in &cands[..count] {
-                if map.remove(&c.key).is_some() {
+                if let Some(e) = map.remove(&c.key) {
+                    if let Some(g) = &e.group {
+                        self.groups.leave(g, &c.key);
+                        if !victim_groups.iter().any(|v| Arc::ptr_eq(v, g)) {
+                            victim_groups.push(g.clone());
+                        }
+                    }
                     evicted += 1;
                     bytes += c.size;
                 }
             }
         }
+        let (n, b) = self.evict_fellow_members(&victim_groups, now, allow_soft_pinned);
+        evicted += n;
+        bytes += b;
         self.stats
             .evicted_objects
             .fetch_add(evicted as u64, Ordering::Relaxed);
         self.stats.evicted_bytes.fetch_add(bytes, Ordering::Relaxed);
         evicted
+    }
+
+    /// Evicts the members of `groups` (whose victims a pass just evicted) that are evictable
+    /// now; the number and bytes evicted. Costs the groups' sizes, one lock per shard.
+    fn evict_fellow_members(
+        &self,
+        groups: &[Arc<ObjectGroup>],
+        now: u64,
+        allow_soft_pinned: bool,
+    ) -> (usize, u64) {
+        let members: Vec<(String, &Arc<ObjectGroup>)> = groups
+            .iter()
+            .flat_map(|g| self.groups.members(g).into_iter().map(move |k| (k, g)))
+            .collect();
+        let (mut n, mut bytes) = (0, 0);
+        let by_shard = self.index.group(members.len(), |i| &members[i].0);
+        for (s, pos) in by_shard.iter() {
+            let mut map = self.index.shard(s).write();
+            for &p in pos {
+                let (key, g) = &members[p as usize];
+                let fellow = map.get(key).is_some_and(|e| {
+                    e.group.as_ref().is_some_and(|eg| Arc::ptr_eq(eg, g))
+                        && is_evictable(e, now, allow_soft_pinned)
+                });
+                if !fellow {
+                    continue;
+                }
+                if let Some(e) = map.remove(key) {
+                    self.groups.leave(g, key);
+                    n += 1;
+                    bytes += e.size;
+                }
+            }
+        }
+        self.stats
+            .evicted_group_members
+            .fetch_add(n as u64, Ordering::Relaxed);
+        (n, bytes)
     }
 }

@@ -762,11 +762,275 @@ fn remove_by_regex_removes_matching_removable_keys_and_refuses_bad_patterns() {
     assert_eq!(assert_no_overlap(&f.svc), 0);
 }
 
+/// Every grouped object is a member of its group in the registry, and nothing else is.
+fn assert_groups_match_index(svc: &MasterService) {
+    let mut grouped = 0;
+    svc.for_each_object(|k, e| {
+        if let Some(g) = &e.group {
+            grouped += 1;
+            assert!(
+                svc.groups.members(g).iter().any(|m| m == k),
+                "{k} not in {}",
+                g.id()
+            );
+        }
+    });
+    assert_eq!(svc.group_counts().1, grouped, "stale memberships");
+}
+
+/// Puts and completes `key` (1 KiB) in group `group` (`""`: ungrouped).
+fn put_in_group(svc: &MasterService, c: ClientId, key: &str, group: &str, upsert: bool) {
+    let cfg = ReplicateConfig {
+        group_ids: vec![group.to_string()],
+        ..Default::default()
+    };
+    svc.batch_put_start(c, items(&[key], 1024), &cfg, upsert)
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    svc.batch_put_end(c, &keys(&[key]))
+        .unwrap()
+        .remove(0)
+        .unwrap();
+}
+
+/// Whether each key is in the index, without counting as an access (as a probe would).
+fn present(svc: &MasterService, k: &[&str]) -> Vec<bool> {
+    let mut all = Vec::new();
+    svc.for_each_object(|key, _| all.push(key.to_string()));
+    k.iter().map(|k| all.iter().any(|a| a == k)).collect()
+}
+
+#[test]
+fn a_group_shares_its_last_access_and_is_evicted_together() {
+    // One shard, one victim per pass; written 1 ms apart in this order, so that without
+    // groups the oldest unleased object (a2) would go first.
+    let f = fixture(ServiceConfig {
+        eviction_ratio: 0.01,
+        shards: 1,
+        ..Default::default()
+    });
+    let c = Uuid::new_v4();
+    f.svc.mount_segment(c, segment("h1:1", 5 * 1024)).unwrap();
+    for (k, g) in [
+        ("a1", "a"),
+        ("a2", "a"),
+        ("b1", "b"),
+        ("b2", "b"),
+        ("c", ""),
+    ] {
+        put_in_group(&f.svc, c, k, g, false);
+        f.clock.advance_ms(1);
+    }
+    assert_eq!(f.svc.group_counts(), (2, 4));
+    // Reading a1 (leased) refreshes a2's access too: b1 is now the least recently accessed,
+    // and its fellow b2 goes with it, although c is older than b2.
+    f.svc.batch_get_replica_list(&keys(&["a1"])).unwrap()[0]
+        .clone()
+        .unwrap();
+    assert_eq!(f.svc.evict(f.clock.now_ms(), false), 2);
+    let all = ["a1", "a2", "b1", "b2", "c"];
+    assert_eq!(present(&f.svc, &all), [true, true, false, false, true]);
+    assert_eq!(f.svc.stats.evicted_group_members.load(Ordering::Relaxed), 1);
+    // c goes before a2.
+    assert_eq!(f.svc.evict(f.clock.now_ms(), false), 1);
+    assert_eq!(present(&f.svc, &all), [true, true, false, false, false]);
+    // A probe of a2 counts for a1 as well; once the lease ended both go together.
+    f.clock.advance_ms(ms(f.svc.config().lease_ttl));
+    assert_eq!(f.svc.batch_exist_key(&keys(&["a2"])).unwrap(), [Ok(true)]);
+    assert_eq!(f.svc.evict(f.clock.now_ms(), false), 2);
+    assert_eq!(f.svc.key_count(), 0);
+    assert_eq!(
+        f.svc.group_counts(),
+        (0, 0),
+        "evicted members leave their group"
+    );
+}
+
+#[test]
+fn an_evicted_members_fellows_stay_when_leased_pinned_or_being_written() {
+    let f = fixture(ServiceConfig {
+        eviction_ratio: 0.01,
+        shards: 1,
+        ..Default::default()
+    });
+    let c = Uuid::new_v4();
+    f.svc.mount_segment(c, segment("h1:1", 1 << 20)).unwrap();
+    let in_g = |hard_pin| ReplicateConfig {
+        hard_pin,
+        group_ids: vec!["g".into()],
+        ..Default::default()
+    };
+    put_in_group(&f.svc, c, "victim", "g", false);
+    f.svc
+        .batch_put_start(c, items(&["pinned"], 1024), &in_g(true), false)
+        .unwrap();
+    f.svc.batch_put_end(c, &keys(&["pinned"])).unwrap();
+    put_in_group(&f.svc, c, "fellow", "g", false);
+    put_in_group(&f.svc, c, "leased", "g", false);
+    f.svc
+        .batch_put_start(c, items(&["writing"], 1024), &in_g(false), false)
+        .unwrap()[0]
+        .clone()
+        .unwrap();
+    f.svc.batch_get_replica_list(&keys(&["leased"])).unwrap();
+    // One victim (victim or fellow: they share the group's access) takes the other along;
+    // the leased, hard-pinned and PROCESSING members stay.
+    assert_eq!(f.svc.evict(f.clock.now_ms(), false), 2);
+    assert_eq!(
+        present(&f.svc, &["victim", "fellow", "pinned", "leased"]),
+        [false, false, true, true]
+    );
+    assert_eq!(f.svc.key_count(), 3, "the write in progress stays");
+    assert_eq!(f.svc.group_counts(), (1, 3));
+    assert_groups_match_index(&f.svc);
+    f.svc.batch_put_end(c, &keys(&["writing"])).unwrap()[0].unwrap();
+}
+
+#[test]
+fn group_ids_must_match_the_batch() {
+    let f = fixture(ServiceConfig::default());
+    let c = Uuid::new_v4();
+    f.svc.mount_segment(c, segment("h1:1", SEG)).unwrap();
+    for groups in [vec!["g"], vec!["g", "g", "g"]] {
+        let cfg = ReplicateConfig {
+            group_ids: groups.iter().map(|g| g.to_string()).collect(),
+            ..Default::default()
+        };
+        for upsert in [false, true] {
+            assert_eq!(
+                f.svc
+                    .batch_put_start(c, items(&["x", "y"], 10), &cfg, upsert),
+                Err(ErrorCode::InvalidParams)
+            );
+        }
+    }
+    let long = ReplicateConfig {
+        group_ids: vec!["g".repeat(MAX_KEY_LEN + 1)],
+        ..Default::default()
+    };
+    assert_eq!(
+        f.svc.batch_put_start(c, items(&["x"], 10), &long, false),
+        Err(ErrorCode::InvalidParams)
+    );
+    assert_eq!(f.svc.key_count(), 0);
+    // "" is ungrouped in a mixed batch.
+    let mixed = ReplicateConfig {
+        group_ids: vec!["g".into(), String::new()],
+        ..Default::default()
+    };
+    let r = f
+        .svc
+        .batch_put_start(c, items(&["x", "y"], 10), &mixed, false)
+        .unwrap();
+    assert!(r.iter().all(Result::is_ok));
+    assert_eq!(f.svc.group_counts(), (1, 1));
+}
+
+#[test]
+fn removed_replaced_and_dropped_objects_leave_their_groups() {
+    // Clients outlive the discard timeouts below.
+    let f = fixture(ServiceConfig {
+        client_ttl: Duration::from_secs(3600),
+        ..Default::default()
+    });
+    let (c, d) = (Uuid::new_v4(), Uuid::new_v4());
+    f.svc.mount_segment(c, segment("h1:1", SEG)).unwrap();
+    for k in ["r1", "r2", "u1", "u2", "x"] {
+        put_in_group(&f.svc, c, k, "g", false);
+    }
+    assert_eq!(f.svc.group_counts(), (1, 5));
+    // Upsert in place into another group, then into no group.
+    put_in_group(&f.svc, c, "u1", "h", true);
+    assert_eq!(f.svc.group_counts(), (2, 5));
+    put_in_group(&f.svc, c, "u1", "", true);
+    assert_eq!(f.svc.group_counts(), (1, 4));
+    // Upsert of another size (new space), and of a leased object (its old value kept aside).
+    let bigger = ReplicateConfig {
+        group_ids: vec!["h".into()],
+        ..Default::default()
+    };
+    f.svc
+        .batch_put_start(c, items(&["u2"], 4096), &bigger, true)
+        .unwrap()[0]
+        .clone()
+        .unwrap();
+    f.svc.batch_put_end(c, &keys(&["u2"])).unwrap();
+    assert_eq!(f.svc.group_counts(), (2, 4));
+    f.svc.batch_get_replica_list(&keys(&["u2"])).unwrap();
+    put_in_group(&f.svc, c, "u2", "h", true);
+    assert_eq!(
+        f.svc.group_counts(),
+        (2, 4),
+        "same group kept across a leased upsert"
+    );
+    f.svc.batch_get_replica_list(&keys(&["u2"])).unwrap();
+    put_in_group(&f.svc, c, "u2", "g", true);
+    assert_eq!(f.svc.group_counts(), (1, 4));
+    assert_groups_match_index(&f.svc);
+    // Remove, revoke, regex removal.
+    f.svc.batch_remove(&keys(&["r1"]), false).unwrap()[0].unwrap();
+    let in_g = ReplicateConfig {
+        group_ids: vec!["g".into()],
+        ..Default::default()
+    };
+    f.svc
+        .batch_put_start(c, items(&["w"], 10), &in_g, false)
+        .unwrap();
+    f.svc.batch_put_revoke(c, &keys(&["w"])).unwrap()[0].unwrap();
+    assert_eq!(f.svc.remove_by_regex("^r", true), Ok(1));
+    assert_groups_match_index(&f.svc);
+    // A write taken over after the discard timeout, then a write discarded by the tick.
+    f.svc
+        .batch_put_start(c, items(&["t"], 10), &in_g, false)
+        .unwrap();
+    f.clock.advance_ms(ms(f.svc.config().put_discard_timeout));
+    f.svc
+        .batch_put_start(c, items(&["t"], 10), &ReplicateConfig::default(), false)
+        .unwrap()[0]
+        .clone()
+        .unwrap();
+    assert_groups_match_index(&f.svc);
+    f.svc
+        .batch_put_start(c, items(&["s"], 10), &in_g, false)
+        .unwrap();
+    f.clock.advance_ms(ms(f.svc.config().put_discard_timeout));
+    f.svc.tick();
+    assert_eq!(present(&f.svc, &["s"]), [false]);
+    assert_groups_match_index(&f.svc);
+    // Objects lost with their segment (mounted only now, so that it holds nothing else).
+    let seg_d = segment("h2:1", SEG);
+    f.svc.mount_segment(d, seg_d.clone()).unwrap();
+    let on_d = ReplicateConfig {
+        preferred_segments: vec!["h2:1".into()],
+        group_ids: vec!["d".into()],
+        ..Default::default()
+    };
+    f.svc
+        .batch_put_start(d, items(&["on-d"], 10), &on_d, false)
+        .unwrap()[0]
+        .clone()
+        .unwrap();
+    f.svc.batch_put_end(d, &keys(&["on-d"])).unwrap();
+    assert_eq!(f.svc.group_counts().0, 2);
+    f.svc.unmount_segment(d, seg_d.id).unwrap();
+    assert_eq!(present(&f.svc, &["on-d"]), [false]);
+    assert_groups_match_index(&f.svc);
+    assert_eq!(f.svc.group_counts(), (1, 2), "u2 and x in g");
+    f.svc.remove_all(true);
+    assert_eq!(
+        f.svc.group_counts(),
+        (0, 0),
+        "no membership outlives its object"
+    );
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Put(u8, u16),
     Get(u8),
     Remove(u8, bool),
+    Upsert(u8, u16),
     Advance(u16),
     Evict,
     Tick,
@@ -775,6 +1039,7 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (any::<u8>(), 1u16..20_000).prop_map(|(k, s)| Op::Put(k % 64, s)),
+        1 => (any::<u8>(), 1u16..20_000).prop_map(|(k, s)| Op::Upsert(k % 64, s)),
         2 => any::<u8>().prop_map(|k| Op::Get(k % 64)),
         1 => (any::<u8>(), any::<bool>()).prop_map(|(k, f)| Op::Remove(k % 64, f)),
         1 => (0u16..5000).prop_map(Op::Advance),
@@ -796,10 +1061,13 @@ proptest! {
         let hard = ReplicateConfig { hard_pin: true, ..Default::default() };
         for op in ops {
             match op {
-                Op::Put(k, s) => {
-                    let c = if k % 5 == 0 { &hard } else { &two };
+                Op::Put(k, s) | Op::Upsert(k, s) => {
+                    let mut c = if k % 5 == 0 { hard.clone() } else { two.clone() };
+                    // Keys fall into a few groups (and some in none), differently by size.
+                    c.group_ids = vec![match s % 3 { 0 => String::new(), g => format!("g{}", (k as u16 + g) % 4) }];
                     let key = format!("k{k}");
-                    if let Ok(d) = f.svc.batch_put_start(a, vec![(key.clone(), s as u64)], c, false).unwrap().remove(0) {
+                    let upsert = matches!(op, Op::Upsert(..));
+                    if let Ok(d) = f.svc.batch_put_start(a, vec![(key.clone(), s as u64)], &c, upsert).unwrap().remove(0) {
                         prop_assert!(d.iter().all(|r| r.len == s as u64));
                         f.svc.batch_put_end(a, &[key]).unwrap();
                     }
@@ -821,11 +1089,13 @@ proptest! {
                 }
             }
             assert_no_overlap(&f.svc);
+            assert_groups_match_index(&f.svc);
             let (cap, used) = f.svc.usage();
             prop_assert!(used <= cap);
         }
         // Freed space is reusable: after removing everything and waiting out leases, all is free.
         f.svc.remove_all(true);
+        prop_assert_eq!(f.svc.group_counts(), (0, 0));
         f.clock.advance_ms(ms(f.svc.config().lease_ttl) + 1);
         f.svc.ping(a);
         f.svc.tick();

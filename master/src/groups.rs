@@ -1,0 +1,143 @@
+//! Object groups (Mooncake's `ReplicateConfig.group_ids`): objects put under one group id
+//! (say the TP/K/V shards of one prefix chunk) are useless apart, so they share one last
+//! access (reading or probing any member counts for all of them) and eviction takes a
+//! victim's evictable fellow members with it. Leases stay per object.
+//!
+//! Each grouped object holds its group's [`ObjectGroup`] (the shared access time, touched in
+//! O(1) under a shard read lock); the [`GroupRegistry`] maps group ids to member keys for
+//! eviction and hands new members the same `ObjectGroup`. Its mutex is a leaf lock: taken under
+//! a shard lock, never held while taking one. A key joins or leaves a group only under its own
+//! shard's write lock, so membership changes of one key are ordered.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+/// The state members of one group share.
+#[derive(Debug)]
+pub struct ObjectGroup {
+    id: String,
+    /// Latest access of any member (ms, on the same scale as [`crate::lease::Lease`]'s).
+    last_access_ms: AtomicU64,
+}
+
+impl ObjectGroup {
+    /// Its id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Records an access of a member at `now`: counts for every member's eviction order as a
+    /// touch of each would.
+    pub fn touch(&self, now_ms: u64, ttl_ms: u64) {
+        self.last_access_ms
+            .fetch_max(now_ms.saturating_add(ttl_ms), Ordering::Relaxed);
+    }
+
+    /// Latest access of any member (0 when none was accessed since the group formed).
+    pub fn last_access_ms(&self) -> u64 {
+        self.last_access_ms.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug)]
+struct Members {
+    group: Arc<ObjectGroup>,
+    keys: HashSet<String>,
+}
+
+/// Group id → current member keys (see the module documentation).
+#[derive(Debug, Default)]
+pub struct GroupRegistry {
+    groups: Mutex<HashMap<String, Members>>,
+}
+
+impl GroupRegistry {
+    /// Adds `key` to group `id` (created when new); the group's shared state. Idempotent.
+    pub fn join(&self, id: &str, key: &str) -> Arc<ObjectGroup> {
+        let mut groups = self.groups.lock();
+        let m = groups.entry(id.to_string()).or_insert_with(|| Members {
+            group: Arc::new(ObjectGroup {
+                id: id.to_string(),
+                last_access_ms: AtomicU64::new(0),
+            }),
+            keys: HashSet::new(),
+        });
+        if !m.keys.contains(key) {
+            m.keys.insert(key.to_string());
+        }
+        m.group.clone()
+    }
+
+    /// Removes `key` from `group` (when that is still the registered group of its id); a group
+    /// left without members is forgotten.
+    pub fn leave(&self, group: &Arc<ObjectGroup>, key: &str) {
+        let mut groups = self.groups.lock();
+        let Some(m) = groups.get_mut(group.id()) else {
+            return;
+        };
+        if !Arc::ptr_eq(&m.group, group) {
+            return;
+        }
+        m.keys.remove(key);
+        if m.keys.is_empty() {
+            groups.remove(group.id());
+        }
+    }
+
+    /// The current members of `group` (empty when it is gone).
+    pub fn members(&self, group: &Arc<ObjectGroup>) -> Vec<String> {
+        match self.groups.lock().get(group.id()) {
+            Some(m) if Arc::ptr_eq(&m.group, group) => m.keys.iter().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Number of groups with members.
+    pub fn len(&self) -> usize {
+        self.groups.lock().len()
+    }
+
+    /// Whether no group has members.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of (group, key) memberships.
+    pub fn member_count(&self) -> usize {
+        self.groups.lock().values().map(|m| m.keys.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_join_share_state_and_the_last_to_leave_forgets_the_group() {
+        let r = GroupRegistry::default();
+        let a1 = r.join("a", "a1");
+        let a2 = r.join("a", "a2");
+        assert!(Arc::ptr_eq(&a1, &a2));
+        assert!(Arc::ptr_eq(&r.join("a", "a1"), &a1), "idempotent");
+        a1.touch(100, 10);
+        a2.touch(50, 10);
+        assert_eq!(a2.last_access_ms(), 110);
+        let mut m = r.members(&a1);
+        m.sort();
+        assert_eq!(m, vec!["a1", "a2"]);
+        r.leave(&a1, "a1");
+        assert_eq!(r.members(&a1), vec!["a2"]);
+        r.leave(&a1, "a2");
+        assert!(r.is_empty());
+        // A group formed again under the same id is a new group: the old handle touches
+        // nothing of it and lists no members.
+        let again = r.join("a", "a3");
+        assert!(!Arc::ptr_eq(&again, &a1));
+        r.leave(&a1, "a3");
+        assert_eq!(r.member_count(), 1);
+        assert!(r.members(&a1).is_empty());
+    }
+}
