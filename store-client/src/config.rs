@@ -32,7 +32,8 @@ pub struct ClientConfig {
     /// through. A copying call larger than this is split; one value larger than this fails
     /// with `BUFFER_OVERFLOW` (use the zero-copy calls for such values).
     pub staging_size: u64,
-    /// Replication used by calls that take no explicit [`ReplicateConfig`].
+    /// Replication used by calls that take no explicit [`ReplicateConfig`] (keep its
+    /// `group_ids` empty: they name one group per item of one batch).
     pub replicate: ReplicateConfig,
     /// Heartbeat period.
     pub ping_interval: Duration,

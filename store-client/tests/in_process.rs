@@ -7,6 +7,7 @@ use mooncake_master::proto::ClientId;
 use mooncake_master::{MasterConfig, MasterServer, RunningMaster};
 use store_client::{
     BatchPolicyConfig, BufferSlice, Client, ClientConfig, ErrorCode, OpKind, Protocol,
+    ReplicateConfig,
 };
 
 async fn cluster(auto_batch: bool) -> (RunningMaster, Client, Client) {
@@ -152,6 +153,95 @@ async fn zero_copy_with_multi_buffer_layers_and_invalid_buffers() {
     }
     reader.unregister_buffer(src.as_mut_ptr()).unwrap();
     reader.unregister_buffer(dst.as_mut_ptr()).unwrap();
+}
+
+/// Each stored key's group on the master (`""`: none).
+fn groups_on_master(m: &RunningMaster, keys: &[&str]) -> Vec<String> {
+    let svc = m.service().unwrap();
+    let mut all = std::collections::HashMap::new();
+    svc.for_each_object(|k, e| {
+        all.insert(
+            k.to_string(),
+            e.group.as_ref().map_or("", |g| g.id()).to_string(),
+        );
+    });
+    keys.iter()
+        .map(|k| all.get(*k).cloned().unwrap_or_else(|| "<absent>".into()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_puts_carry_each_keys_group_past_the_keys_that_fail() {
+    let (m, _holder, reader) = cluster(false).await;
+    let mut src = vec![7u8; 16 << 10];
+    // SAFETY: the vector outlives the client's use of it and is unregistered below.
+    unsafe { reader.register_buffer(src.as_mut_ptr(), src.len()).unwrap() };
+    let base = src.as_ptr() as u64;
+    // A key that fails in the client (empty) sits between grouped ones: the groups that reach
+    // the master must still be those of the keys' own positions.
+    let cfg = ReplicateConfig {
+        group_ids: vec![
+            "g1".into(),
+            "g1".into(),
+            "g2".into(),
+            String::new(),
+            "g2".into(),
+        ],
+        ..Default::default()
+    };
+    let zc: Vec<(String, Vec<BufferSlice>)> = ["z0", "z1", "", "z3", "z4"]
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            (
+                k.to_string(),
+                vec![BufferSlice::new(base + i as u64 * 1024, 1024)],
+            )
+        })
+        .collect();
+    let put = reader.batch_put_from_parts(&zc, &cfg).await;
+    assert_eq!(put[2].code(), ErrorCode::InvalidKey);
+    assert!([0, 1, 3, 4].iter().all(|&i| put[i].is_ok()), "{put:?}");
+    assert_eq!(
+        groups_on_master(&m, &["z0", "z1", "z3", "z4"]),
+        ["g1", "g1", "", "g2"]
+    );
+    let copies: Vec<(&str, &[u8])> = ["c0", "c1", "c1", "c3", "c4"]
+        .iter()
+        .map(|k| (*k, &src[..100]))
+        .collect();
+    let put = reader.batch_put_with(&copies, &cfg).await;
+    assert_eq!(put[2].code(), ErrorCode::InvalidParams, "duplicate");
+    assert_eq!(
+        groups_on_master(&m, &["c0", "c1", "c3", "c4"]),
+        ["g1", "g1", "", "g2"]
+    );
+    // Upserts move a key to its new group.
+    let up = ReplicateConfig {
+        group_ids: vec!["g3".into()],
+        ..Default::default()
+    };
+    let r = reader.batch_upsert_with(&[("c0", &src[..100])], &up).await;
+    assert!(r[0].is_ok());
+    assert_eq!(groups_on_master(&m, &["c0", "c1"]), ["g3", "g1"]);
+    // A count that is not the batch's fails every key, nothing is written.
+    for n in [1, 3] {
+        let bad = ReplicateConfig {
+            group_ids: vec!["g".into(); n],
+            ..Default::default()
+        };
+        let two = [("n0", &src[..10]), ("n1", &src[..10])];
+        let r = reader.batch_put_with(&two, &bad).await;
+        assert!(
+            r.iter().all(|r| r.code() == ErrorCode::InvalidParams),
+            "{r:?}"
+        );
+        let parts = [("n0", vec![BufferSlice::new(base, 10)])];
+        let r = reader.batch_upsert_from_parts(&parts, &bad).await;
+        assert_eq!(n == 1, r[0].is_ok(), "{r:?}");
+    }
+    assert_eq!(groups_on_master(&m, &["n0", "n1"]), ["g", "<absent>"]);
+    reader.unregister_buffer(src.as_mut_ptr()).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

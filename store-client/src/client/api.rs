@@ -28,6 +28,22 @@ fn problem_error(p: &KeyProblem) -> KeyError {
     }
 }
 
+/// `cfg.group_ids` must be empty or name one group per item of the batch (as the master
+/// requires); otherwise the whole batch fails with INVALID_PARAMS, as it would there.
+fn check_group_ids(cfg: &ReplicateConfig, n: usize) -> Result<(), KeyError> {
+    if cfg.group_ids.is_empty() || cfg.group_ids.len() == n {
+        return Ok(());
+    }
+    Err(KeyError::new(
+        ErrorCode::InvalidParams,
+        format!(
+            "ReplicateConfig.group_ids has {} entries for a batch of {n} keys (one per key, or \
+             none)",
+            cfg.group_ids.len()
+        ),
+    ))
+}
+
 fn zero_length() -> KeyError {
     KeyError::new(
         ErrorCode::InvalidParams,
@@ -102,6 +118,7 @@ impl Client {
             key: key.to_string(),
             parts: vec![BufferSlice::new(lease.addr(), value.len() as u64)],
             len: value.len() as u64,
+            group: String::new(),
             _lease: Some(lease),
         })
     }
@@ -127,6 +144,10 @@ impl Client {
     }
 
     /// [`Client::batch_put`] with an explicit replication config.
+    ///
+    /// `cfg.group_ids` puts each item in an object group (one id per item, `""` for none, or
+    /// no ids at all; another count fails every item with INVALID_PARAMS): a group's members
+    /// share their last access and are evicted together.
     pub async fn batch_put_with<K: AsRef<str>, V: AsRef<[u8]>>(
         &self,
         items: &[(K, V)],
@@ -151,7 +172,8 @@ impl Client {
         r
     }
 
-    /// [`Client::batch_upsert`] with an explicit replication config.
+    /// [`Client::batch_upsert`] with an explicit replication config (`group_ids` as in
+    /// [`Client::batch_put_with`]; an overwritten key moves to its new group).
     pub async fn batch_upsert_with<K: AsRef<str>, V: AsRef<[u8]>>(
         &self,
         items: &[(K, V)],
@@ -170,6 +192,10 @@ impl Client {
         upsert: bool,
     ) -> Vec<KeyResult<u64>> {
         let mut slots = Slots::new(items.len());
+        if let Err(e) = check_group_ids(cfg, items.len()) {
+            (0..items.len()).for_each(|i| slots.set(i, Err(e.clone())));
+            return slots.finish();
+        }
         let keys: Vec<&str> = items.iter().map(|(k, _)| k.as_ref()).collect();
         let capacity = self.inner.staging.capacity();
         let mut valid = Vec::new();
@@ -208,6 +234,7 @@ impl Client {
                     key: keys[i].to_string(),
                     parts: Vec::new(),
                     len: v.len() as u64,
+                    group: cfg.group_id(i).to_string(),
                     _lease: None,
                 })
                 .collect();
@@ -308,6 +335,7 @@ impl Client {
             key: key.to_string(),
             parts: parts.to_vec(),
             len,
+            group: String::new(),
             _lease: None,
         })
     }
@@ -323,7 +351,8 @@ impl Client {
             .await
     }
 
-    /// Batch zero-copy put where each object is gathered from several buffers.
+    /// Batch zero-copy put where each object is gathered from several buffers (`group_ids`
+    /// as in [`Client::batch_put_with`]).
     pub async fn batch_put_from_parts<K: AsRef<str>>(
         &self,
         items: &[(K, Vec<BufferSlice>)],
@@ -358,6 +387,10 @@ impl Client {
         upsert: bool,
     ) -> Vec<KeyResult<u64>> {
         let mut slots = Slots::new(items.len());
+        if let Err(e) = check_group_ids(cfg, items.len()) {
+            (0..items.len()).for_each(|i| slots.set(i, Err(e.clone())));
+            return slots.finish();
+        }
         let keys: Vec<&str> = items.iter().map(|(k, _)| k.as_ref()).collect();
         let mut work = Vec::new();
         let mut idx = Vec::new();
@@ -377,6 +410,7 @@ impl Client {
                         key: keys[i].to_string(),
                         parts: parts.clone(),
                         len,
+                        group: cfg.group_id(i).to_string(),
                         _lease: None,
                     });
                     idx.push(i);

@@ -22,6 +22,8 @@ pub(crate) struct WriteItem {
     pub(crate) key: String,
     pub(crate) parts: Vec<BufferSlice>,
     pub(crate) len: u64,
+    /// Object group (`""`: none), from the caller's `ReplicateConfig::group_ids`.
+    pub(crate) group: String,
     /// Keeps the staging range the parts point into alive (auto-batched copying puts).
     pub(crate) _lease: Option<StagingLease>,
 }
@@ -101,14 +103,20 @@ impl Inner {
         }
         let start_items: Vec<(String, u64)> =
             items.iter().map(|i| (i.key.clone(), i.len)).collect();
+        // The items' own groups: callers drop bad items before this, so `cfg.group_ids` (one
+        // per item of the caller's batch) no longer lines up.
+        let mut cfg = cfg.clone();
+        cfg.group_ids = if items.iter().any(|i| !i.group.is_empty()) {
+            items.iter().map(|i| i.group.clone()).collect()
+        } else {
+            Vec::new()
+        };
         let started = if upsert {
             self.master
-                .batch_upsert_start(self.id, start_items, cfg.clone())
+                .batch_upsert_start(self.id, start_items, cfg)
                 .await
         } else {
-            self.master
-                .batch_put_start(self.id, start_items, cfg.clone())
-                .await
+            self.master.batch_put_start(self.id, start_items, cfg).await
         };
         let mut per_key = match started {
             Ok(v) if v.len() == items.len() => v,
@@ -187,6 +195,7 @@ impl Inner {
                         key: item.key.clone(),
                         parts,
                         len: item.len,
+                        group: String::new(),
                         _lease: None,
                     };
                     &staged
