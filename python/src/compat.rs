@@ -6,7 +6,8 @@
 //! that already exists is 0 (the object stays as it was), while the upserts replace it and
 //! answer a negative code whenever this caller's bytes were not stored; `get` returns empty
 //! bytes and `get_buffer` None for a missing key; the copying puts take any object with the
-//! buffer protocol; a batch whose lists differ in length answers INVALID_PARAMS for every key.
+//! buffer protocol; a batch whose lists differ in length (`ReplicateConfig.group_ids`
+//! included, when given) answers INVALID_PARAMS for every key.
 //! `metadata_server` is accepted and unused: segment descriptors travel peer to peer
 //! (Mooncake's P2PHANDSHAKE mode).
 
@@ -66,6 +67,11 @@ pub struct ReplicateConfig {
     /// it knows; nothing changes for a client without a segment).
     #[pyo3(get, set)]
     prefer_alloc_in_same_node: bool,
+    /// Object group of each key of a batch put or upsert, in key order (`""`: none; empty:
+    /// no groups). A group's objects share their last access and are evicted together. Any
+    /// other count answers INVALID_PARAMS for every key of the call.
+    #[pyo3(get, set)]
+    group_ids: Vec<String>,
 }
 
 #[pymethods]
@@ -79,6 +85,7 @@ impl ReplicateConfig {
             preferred_segment: String::new(),
             preferred_segments: Vec::new(),
             prefer_alloc_in_same_node: false,
+            group_ids: Vec::new(),
         }
     }
 
@@ -86,13 +93,15 @@ impl ReplicateConfig {
         let py_bool = |b: bool| if b { "True" } else { "False" };
         format!(
             "ReplicateConfig(replica_num={}, with_soft_pin={}, with_hard_pin={}, \
-             preferred_segment={:?}, preferred_segments={:?}, prefer_alloc_in_same_node={})",
+             preferred_segment={:?}, preferred_segments={:?}, prefer_alloc_in_same_node={}, \
+             group_ids={:?})",
             self.replica_num,
             py_bool(self.with_soft_pin),
             py_bool(self.with_hard_pin),
             self.preferred_segment,
             self.preferred_segments,
             py_bool(self.prefer_alloc_in_same_node),
+            self.group_ids,
         )
     }
 
@@ -122,7 +131,7 @@ impl ReplicateConfig {
             preferred_segments: preferred,
             soft_pin: c.with_soft_pin,
             hard_pin: c.with_hard_pin,
-            group_ids: Vec::new(),
+            group_ids: c.group_ids,
         }
     }
 }

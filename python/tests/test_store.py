@@ -389,6 +389,62 @@ class CompatTest(unittest.TestCase):
         self.assertEqual(s.upsert_batch(["up/q"], []), -600)
         self.assertEqual(mooncake_rs.error_name(s.upsert("", b"x")), "INVALID_KEY")
 
+    def test_group_ids_per_key_of_batch_puts(self):
+        # Connectors (vLLM's store worker, SGLang's HiCache) switch to grouped puts on this.
+        self.assertTrue(hasattr(ReplicateConfig, "group_ids"))
+        s = self.store
+        cfg = ReplicateConfig()
+        self.assertEqual(cfg.group_ids, [])
+        cfg.group_ids = ["g", "g"]
+        self.assertEqual(cfg.group_ids, ["g", "g"])
+        self.assertIn("group_ids=[\"g\", \"g\"]", repr(cfg))
+        n, block = 4, 4096
+        src = ctypes.create_string_buffer(n * block)
+        for i in range(n):
+            ctypes.memmove(ctypes.addressof(src) + i * block, value(i + 300, block), block)
+        sa = ctypes.addressof(src)
+        self.assertEqual(s.register_buffer(sa, n * block), 0)
+        try:
+            self.assertEqual(s.batch_put_from(["grp/k", "grp/v"], [sa, sa + block], [block] * 2, cfg), [0, 0])
+            self.assertEqual(s.get("grp/v"), value(301, block))
+            mixed = ReplicateConfig()
+            mixed.group_ids = ["h", ""]  # "" is ungrouped
+            self.assertEqual(
+                s.batch_put_from_multi_buffers(["grp/m0", "grp/m1"], [[sa], [sa + block, sa + 2 * block]],
+                                               [[block], [block, block]], mixed),
+                [0, 0],
+            )
+            self.assertEqual(s.get("grp/m1"), value(301, block) + value(302, block))
+            self.assertEqual(s.batch_upsert_from(["grp/k", "grp/u"], [sa + 3 * block] * 2, [block] * 2, cfg), [0, 0])
+            self.assertEqual(s.get("grp/k"), value(303, block))
+            self.assertEqual(
+                s.batch_upsert_from_multi_buffers(["grp/k", "grp/w"], [[sa], [sa]], [[block], [block]], cfg), [0, 0]
+            )
+            self.assertEqual(s.get("grp/k"), value(300, block))
+            # One id per key: any other count is INVALID_PARAMS for every key, nothing stored.
+            for ids in (["g"], ["g", "g", "g"]):
+                bad = ReplicateConfig()
+                bad.group_ids = ids
+                keys = ["grp/x", "grp/y"]
+                self.assertEqual(s.batch_put_from(keys, [sa, sa], [block, block], bad), [-600, -600])
+                self.assertEqual(s.batch_upsert_from(keys, [sa, sa], [block, block], bad), [-600, -600])
+                self.assertEqual(
+                    s.batch_put_from_multi_buffers(keys, [[sa], [sa]], [[block], [block]], bad), [-600, -600]
+                )
+                self.assertEqual(s.put_batch(keys, [b"x", b"y"], bad), -600)
+                self.assertEqual(s.upsert_batch(keys, [b"x", b"y"], bad), -600)
+                self.assertEqual(s.batch_is_exist(keys), [0, 0])
+        finally:
+            self.assertEqual(s.unregister_buffer(sa), 0)
+        # The copying batch calls take them too.
+        self.assertEqual(s.put_batch(["grp/c0", "grp/c1"], [b"c0", b"c1"], cfg), 0)
+        self.assertEqual(s.upsert_batch(["grp/c0", "grp/c2"], [b"C0", b"c2"], cfg), 0)
+        self.assertEqual(s.get_batch(["grp/c0", "grp/c1", "grp/c2"]), [b"C0", b"c1", b"c2"])
+        one = ReplicateConfig()
+        one.group_ids = ["solo"]
+        self.assertEqual(s.put("grp/one", b"1", one), 0)
+        self.assertEqual(mooncake_rs.error_name(s.put("grp/two", b"2", cfg)), "INVALID_PARAMS")
+
     def test_batch_remove_and_remove_with_force(self):
         s = self.store
         self.assertEqual(s.put_batch(["rm/a", "rm/b", "rm/c"], [b"a", b"b", b"c"]), 0)
