@@ -5,15 +5,22 @@
 //!
 //! Each grouped object holds its group's [`ObjectGroup`] (the shared access time, touched in
 //! O(1) under a shard read lock); the [`GroupRegistry`] maps group ids to member keys for
-//! eviction and hands new members the same `ObjectGroup`. Its mutex is a leaf lock: taken under
-//! a shard lock, never held while taking one. A key joins or leaves a group only under its own
+//! eviction and hands new members the same `ObjectGroup`. It is striped by group id (puts of
+//! grouped keys from many clients do not all queue on one mutex); its mutexes are leaf locks:
+//! taken under a shard lock, never held while taking one. A key joins or leaves a group only under its own
 //! shard's write lock, so membership changes of one key are ordered.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+
+use crate::index::KeyHashBuilder;
+
+/// Stripes of the registry.
+const STRIPES: usize = 64;
 
 /// The state members of one group share.
 #[derive(Debug)]
@@ -49,15 +56,29 @@ struct Members {
 }
 
 /// Group id → current member keys (see the module documentation).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct GroupRegistry {
-    groups: Mutex<HashMap<String, Members>>,
+    stripes: Box<[Mutex<HashMap<String, Members>>]>,
+    hasher: KeyHashBuilder,
+}
+
+impl Default for GroupRegistry {
+    fn default() -> Self {
+        GroupRegistry {
+            stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
+            hasher: KeyHashBuilder::default(),
+        }
+    }
 }
 
 impl GroupRegistry {
+    fn stripe(&self, id: &str) -> &Mutex<HashMap<String, Members>> {
+        &self.stripes[self.hasher.hash_one(id) as usize % STRIPES]
+    }
+
     /// Adds `key` to group `id` (created when new); the group's shared state. Idempotent.
     pub fn join(&self, id: &str, key: &str) -> Arc<ObjectGroup> {
-        let mut groups = self.groups.lock();
+        let mut groups = self.stripe(id).lock();
         let m = groups.entry(id.to_string()).or_insert_with(|| Members {
             group: Arc::new(ObjectGroup {
                 id: id.to_string(),
@@ -74,7 +95,7 @@ impl GroupRegistry {
     /// Removes `key` from `group` (when that is still the registered group of its id); a group
     /// left without members is forgotten.
     pub fn leave(&self, group: &Arc<ObjectGroup>, key: &str) {
-        let mut groups = self.groups.lock();
+        let mut groups = self.stripe(group.id()).lock();
         let Some(m) = groups.get_mut(group.id()) else {
             return;
         };
@@ -89,7 +110,7 @@ impl GroupRegistry {
 
     /// The current members of `group` (empty when it is gone).
     pub fn members(&self, group: &Arc<ObjectGroup>) -> Vec<String> {
-        match self.groups.lock().get(group.id()) {
+        match self.stripe(group.id()).lock().get(group.id()) {
             Some(m) if Arc::ptr_eq(&m.group, group) => m.keys.iter().cloned().collect(),
             _ => Vec::new(),
         }
@@ -97,7 +118,7 @@ impl GroupRegistry {
 
     /// Number of groups with members.
     pub fn len(&self) -> usize {
-        self.groups.lock().len()
+        self.stripes.iter().map(|s| s.lock().len()).sum()
     }
 
     /// Whether no group has members.
@@ -107,7 +128,10 @@ impl GroupRegistry {
 
     /// Number of (group, key) memberships.
     pub fn member_count(&self) -> usize {
-        self.groups.lock().values().map(|m| m.keys.len()).sum()
+        self.stripes
+            .iter()
+            .map(|s| s.lock().values().map(|m| m.keys.len()).sum::<usize>())
+            .sum()
     }
 }
 

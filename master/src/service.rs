@@ -252,7 +252,13 @@ impl MasterService {
         self.clients.len()
     }
 
-    /// Number of object groups with members, and of (group, key) memberships.
+    /// Number of object groups with members.
+    pub fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Number of object groups with members, and of (group, key) memberships (walks every
+    /// group).
     pub fn group_counts(&self) -> (usize, usize) {
         (self.groups.len(), self.groups.member_count())
     }

@@ -332,6 +332,10 @@ async fn a_grouped_batch_cut_into_calls_keeps_each_keys_group() {
     });
     assert_eq!(seen, 200);
     assert_eq!(svc.group_counts().1, 180);
+    // Groups g0..g66 have members (g0 without k0).
+    assert_eq!(svc.group_counts().0, 67);
+    let text = m.metrics_text();
+    assert!(text.contains("mooncake_master_object_groups 67"), "{text}");
     // A count that is not the batch's fails the whole call, however it is cut.
     let short = ReplicateConfig {
         group_ids: vec!["g".into(); 199],

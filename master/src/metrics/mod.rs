@@ -65,10 +65,12 @@ pub struct Metrics {
     replaced_clients: Counter,
     futile_evictions: Counter,
     skipped_evictions: Counter,
+    evicted_group_members: Counter,
+    object_groups: Gauge,
     is_leader: Gauge,
     mooncake: MooncakeSeries,
     /// The service last scraped and its counters then, to export per-term totals as deltas.
-    last: Mutex<(usize, [u64; 8])>,
+    last: Mutex<(usize, [u64; 9])>,
 }
 
 impl Default for Metrics {
@@ -101,9 +103,11 @@ impl Metrics {
             replaced_clients: Counter::default(),
             futile_evictions: Counter::default(),
             skipped_evictions: Counter::default(),
+            evicted_group_members: Counter::default(),
+            object_groups: Gauge::default(),
             is_leader: Gauge::default(),
             mooncake: MooncakeSeries::default(),
-            last: Mutex::new((0, [0; 8])),
+            last: Mutex::new((0, [0; 9])),
             registry: Registry::default(),
         };
         m.mooncake.register(&mut root);
@@ -167,6 +171,16 @@ impl Metrics {
             "skipped_eviction_passes",
             "Eviction passes not run: the last one freed nothing, or one ran meanwhile",
             m.skipped_evictions.clone(),
+        );
+        registry.register(
+            "evicted_group_members",
+            "Objects evicted with a member of their object group (also in evicted_objects)",
+            m.evicted_group_members.clone(),
+        );
+        registry.register(
+            "object_groups",
+            "Object groups (ReplicateConfig.group_ids) with members",
+            m.object_groups.clone(),
         );
         registry.register("is_leader", "1 when serving as leader", m.is_leader.clone());
         Metrics {
@@ -237,6 +251,7 @@ impl Metrics {
             self.keys.set(s.key_count() as i64);
             self.segments.set(s.segment_count() as i64);
             self.clients.set(s.client_count() as i64);
+            self.object_groups.set(s.group_count() as i64);
             let st = &s.stats;
             let now = [
                 &st.evicted_objects,
@@ -247,11 +262,12 @@ impl Metrics {
                 &st.replaced_clients,
                 &st.futile_eviction_passes,
                 &st.skipped_eviction_passes,
+                &st.evicted_group_members,
             ]
             .map(|a| a.load(Ordering::Relaxed));
             let id = s as *const MasterService as usize;
             if last.0 != id {
-                *last = (id, [0; 8]);
+                *last = (id, [0; 9]);
             }
             let counters = [
                 &self.evicted_objects,
@@ -262,6 +278,7 @@ impl Metrics {
                 &self.replaced_clients,
                 &self.futile_evictions,
                 &self.skipped_evictions,
+                &self.evicted_group_members,
             ];
             for (i, c) in counters.into_iter().enumerate() {
                 c.inc_by(now[i].saturating_sub(last.1[i]));
