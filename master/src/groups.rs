@@ -39,8 +39,12 @@ impl ObjectGroup {
     /// Records an access of a member at `now`: counts for every member's eviction order as a
     /// touch of each would.
     pub fn touch(&self, now_ms: u64, ttl_ms: u64) {
-        self.last_access_ms
-            .fetch_max(now_ms.saturating_add(ttl_ms), Ordering::Relaxed);
+        let until = now_ms.saturating_add(ttl_ms);
+        // Members are read together (all shards of a chunk at once): a plain load first keeps
+        // readers of one group from bouncing its cache line with writes within one millisecond.
+        if self.last_access_ms.load(Ordering::Relaxed) < until {
+            self.last_access_ms.fetch_max(until, Ordering::Relaxed);
+        }
     }
 
     /// Latest access of any member (0 when none was accessed since the group formed).
@@ -52,44 +56,58 @@ impl ObjectGroup {
 #[derive(Debug)]
 struct Members {
     group: Arc<ObjectGroup>,
-    keys: HashSet<String>,
+    keys: HashSet<String, KeyHashBuilder>,
 }
+
+type Stripe = HashMap<String, Members, KeyHashBuilder>;
 
 /// Group id → current member keys (see the module documentation).
 #[derive(Debug)]
 pub struct GroupRegistry {
-    stripes: Box<[Mutex<HashMap<String, Members>>]>,
+    stripes: Box<[Mutex<Stripe>]>,
     hasher: KeyHashBuilder,
 }
 
 impl Default for GroupRegistry {
     fn default() -> Self {
         GroupRegistry {
-            stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
+            stripes: (0..STRIPES)
+                .map(|_| Mutex::new(HashMap::with_hasher(KeyHashBuilder::default())))
+                .collect(),
             hasher: KeyHashBuilder::default(),
         }
     }
 }
 
 impl GroupRegistry {
-    fn stripe(&self, id: &str) -> &Mutex<HashMap<String, Members>> {
+    fn stripe(&self, id: &str) -> &Mutex<Stripe> {
         &self.stripes[self.hasher.hash_one(id) as usize % STRIPES]
     }
 
     /// Adds `key` to group `id` (created when new); the group's shared state. Idempotent.
     pub fn join(&self, id: &str, key: &str) -> Arc<ObjectGroup> {
         let mut groups = self.stripe(id).lock();
-        let m = groups.entry(id.to_string()).or_insert_with(|| Members {
-            group: Arc::new(ObjectGroup {
-                id: id.to_string(),
-                last_access_ms: AtomicU64::new(0),
-            }),
-            keys: HashSet::new(),
-        });
-        if !m.keys.contains(key) {
-            m.keys.insert(key.to_string());
+        // Looked up before any allocation: most joins find their group (K/V shards of a chunk).
+        if let Some(m) = groups.get_mut(id) {
+            if !m.keys.contains(key) {
+                m.keys.insert(key.to_string());
+            }
+            return m.group.clone();
         }
-        m.group.clone()
+        let group = Arc::new(ObjectGroup {
+            id: id.to_string(),
+            last_access_ms: AtomicU64::new(0),
+        });
+        let mut keys = HashSet::with_hasher(self.hasher.clone());
+        keys.insert(key.to_string());
+        groups.insert(
+            id.to_string(),
+            Members {
+                group: group.clone(),
+                keys,
+            },
+        );
+        group
     }
 
     /// Removes `key` from `group` (when that is still the registered group of its id); a group
