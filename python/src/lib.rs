@@ -15,7 +15,6 @@ mod buffers;
 mod compat;
 mod logging;
 
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
 use pyo3::create_exception;
@@ -107,35 +106,7 @@ fn parse_protocol(p: &str) -> PyResult<Protocol> {
     }
 }
 
-/// `local_hostname` without its port: `host` of `host:port` or `[v6]:port`, anything else
-/// (a bare host or IPv6 address) as given.
-pub(crate) fn without_port(local_hostname: &str) -> &str {
-    match local_hostname.rsplit_once(':') {
-        Some((host, port))
-            if port.parse::<u16>().is_ok()
-                && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']'))) =>
-        {
-            host
-        }
-        _ => local_hostname,
-    }
-}
-
-/// The engine's listen address from `host`, `host:port`, `ip` or `[v6]:port` (port 0 when
-/// none is given: any free one). Peers connect to it, so it must be routable from them.
-fn listen_addr(local_hostname: &str) -> PyResult<SocketAddr> {
-    let has_port = without_port(local_hostname).len() != local_hostname.len();
-    let resolved = if has_port {
-        local_hostname.to_socket_addrs()
-    } else {
-        (local_hostname.trim_matches(['[', ']']), 0).to_socket_addrs()
-    };
-    resolved.ok().and_then(|mut a| a.next()).ok_or_else(|| {
-        PyValueError::new_err(format!(
-            "local_hostname {local_hostname:?} does not resolve"
-        ))
-    })
-}
+pub(crate) use store_client::config::without_port;
 
 /// Everything a client needs, from the arguments both Python classes take.
 pub(crate) struct ConnectArgs<'a> {
@@ -154,16 +125,11 @@ impl ConnectArgs<'_> {
             .staging_size(self.staging_size)
             .protocol(parse_protocol(self.protocol)?);
         if let Some(h) = self.local_hostname.filter(|h| !h.is_empty()) {
-            cfg.engine.listen_addr = listen_addr(h)?;
+            cfg = cfg
+                .local_hostname(h)
+                .map_err(|e| PyValueError::new_err(e.to_string()))?;
         }
-        cfg.engine.rdma.devices = self
-            .rdma_devices
-            .split(',')
-            .map(str::trim)
-            .filter(|d| !d.is_empty())
-            .map(str::to_string)
-            .collect();
-        Ok(cfg)
+        Ok(cfg.rdma_devices(self.rdma_devices))
     }
 }
 

@@ -121,13 +121,7 @@ impl ClientConfig {
     /// `host`, `ip`, `host:port` or `[v6]:port` (no port: any free one). Peers connect to it,
     /// so it must be routable from them.
     pub fn local_hostname(mut self, local_hostname: &str) -> Result<Self, ClientError> {
-        let has_port = match local_hostname.rsplit_once(':') {
-            Some((host, port)) => {
-                port.parse::<u16>().is_ok()
-                    && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']')))
-            }
-            None => false,
-        };
+        let has_port = without_port(local_hostname).len() != local_hostname.len();
         let resolved = if has_port {
             local_hostname.to_socket_addrs()
         } else {
@@ -139,6 +133,20 @@ impl ClientConfig {
             ))
         })?;
         Ok(self)
+    }
+}
+
+/// `local_hostname` without its port: `host` of `host:port` or `[v6]:port`, anything else
+/// (a bare host or IPv6 address) as given.
+pub fn without_port(local_hostname: &str) -> &str {
+    match local_hostname.rsplit_once(':') {
+        Some((host, port))
+            if port.parse::<u16>().is_ok()
+                && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']'))) =>
+        {
+            host
+        }
+        _ => local_hostname,
     }
 }
 
