@@ -491,9 +491,13 @@ impl MasterClient {
         mut cfg: ReplicateConfig,
         request: impl Fn(Vec<(String, u64)>, ReplicateConfig) -> Request,
     ) -> BatchResult<Vec<ReplicaDescriptor>> {
+        // A length mismatch refuses the whole call, as the master would for one chunk (cut into
+        // chunks, each would be checked against its own length).
+        if !cfg.group_ids.is_empty() && cfg.group_ids.len() != items.len() {
+            return Err(ErrorCode::InvalidParams);
+        }
         let limits = self.chunk_limits().per_replicas(cfg.replica_num);
-        // A length mismatch goes to the master as it is, which refuses it.
-        let grouped = !cfg.group_ids.is_empty() && cfg.group_ids.len() == items.len();
+        let grouped = !cfg.group_ids.is_empty();
         let groups = if grouped {
             std::mem::take(&mut cfg.group_ids)
         } else {

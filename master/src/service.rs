@@ -435,7 +435,15 @@ impl MasterService {
                         if let Some(old) = displaced[p].take() {
                             let no_space = out[p] == Err(ErrorCode::NoAvailableHandle);
                             if no_space && !map.contains_key(&key) {
-                                // The upsert failed: the old value stands.
+                                // The upsert failed: the old value stands. While it was out of
+                                // the index another writer's remove or eviction of the key may
+                                // have taken it out of its group, so it joins again.
+                                let mut old = old;
+                                if let Some(g) = old.group.take() {
+                                    let again = self.groups.join(g.id(), &key);
+                                    again.touch(g.last_access_ms(), 0);
+                                    old.group = Some(again);
+                                }
                                 map.insert(key, old);
                             } else {
                                 self.unlink(&map, &key, &old);

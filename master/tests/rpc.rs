@@ -350,6 +350,20 @@ async fn a_grouped_batch_cut_into_calls_keeps_each_keys_group() {
         "{r:?}"
     );
     assert_eq!(svc.key_count(), 200);
+    // Also when the count happens to match each call's size (64 ids, 128 keys in 2 calls).
+    let half = ReplicateConfig {
+        group_ids: vec!["h".into(); 64],
+        ..Default::default()
+    };
+    let two_calls: Vec<(String, u64)> = (0..128).map(|i| (format!("n{i}"), 100)).collect();
+    let r = c.batch_put_start(me, two_calls, half).await;
+    assert!(
+        r.as_ref().map_or(true, |v| v
+            .iter()
+            .all(|k| *k == Err(ErrorCode::InvalidParams))),
+        "{r:?}"
+    );
+    assert_eq!(svc.key_count(), 200);
     m.stop().await;
 }
 
