@@ -336,34 +336,23 @@ async fn a_grouped_batch_cut_into_calls_keeps_each_keys_group() {
     assert_eq!(svc.group_counts().0, 67);
     let text = m.metrics_text();
     assert!(text.contains("mooncake_master_object_groups 67"), "{text}");
-    // A count that is not the batch's fails the whole call, however it is cut.
-    let short = ReplicateConfig {
-        group_ids: vec!["g".into(); 199],
-        ..Default::default()
-    };
-    let more: Vec<(String, u64)> = (0..200).map(|i| (format!("m{i}"), 100)).collect();
-    let r = c.batch_put_start(me, more, short).await;
-    assert!(
-        r.as_ref().map_or(true, |v| v
-            .iter()
-            .all(|k| *k == Err(ErrorCode::InvalidParams))),
-        "{r:?}"
-    );
-    assert_eq!(svc.key_count(), 200);
-    // Also when the count happens to match each call's size (64 ids, 128 keys in 2 calls).
-    let half = ReplicateConfig {
-        group_ids: vec!["h".into(); 64],
-        ..Default::default()
-    };
-    let two_calls: Vec<(String, u64)> = (0..128).map(|i| (format!("n{i}"), 100)).collect();
-    let r = c.batch_put_start(me, two_calls, half).await;
-    assert!(
-        r.as_ref().map_or(true, |v| v
-            .iter()
-            .all(|k| *k == Err(ErrorCode::InvalidParams))),
-        "{r:?}"
-    );
-    assert_eq!(svc.key_count(), 200);
+    // A count that is not the batch's fails the whole call, however it is cut: 199 ids for
+    // 200 keys, and 64 ids for 128 keys (a count that matches each 64-key call's size).
+    for (ids, keys, prefix) in [(199, 200, "m"), (64, 128, "n")] {
+        let cfg = ReplicateConfig {
+            group_ids: vec!["g".into(); ids],
+            ..Default::default()
+        };
+        let items: Vec<(String, u64)> = (0..keys).map(|i| (format!("{prefix}{i}"), 100)).collect();
+        let r = c.batch_put_start(me, items, cfg).await;
+        assert!(
+            r.as_ref().map_or(true, |v| v
+                .iter()
+                .all(|k| *k == Err(ErrorCode::InvalidParams))),
+            "{r:?}"
+        );
+        assert_eq!(svc.key_count(), 200);
+    }
     m.stop().await;
 }
 

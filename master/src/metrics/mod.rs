@@ -5,7 +5,7 @@
 
 pub mod mooncake;
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -17,7 +17,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::proto::ErrorCode;
-use crate::service::MasterService;
+use crate::service::{MasterService, ServiceStats};
 use mooncake::MooncakeSeries;
 
 /// Label set of per-RPC metrics.
@@ -43,6 +43,46 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1e-5, 2.0, 20))
 }
 
+/// The service's counters (kept per leadership term, exported as totals across terms): name
+/// under the prefix, help, and where the service keeps it.
+type ServiceCounter = (&'static str, &'static str, fn(&ServiceStats) -> &AtomicU64);
+
+const SERVICE_COUNTERS: [ServiceCounter; 9] = [
+    ("evicted_objects", "Objects evicted", |s| &s.evicted_objects),
+    ("evicted_bytes", "Bytes evicted", |s| &s.evicted_bytes),
+    ("eviction_passes", "Eviction passes run", |s| {
+        &s.eviction_passes
+    }),
+    (
+        "discarded_processing",
+        "PROCESSING objects discarded (stale or writer gone)",
+        |s| &s.discarded_processing,
+    ),
+    ("expired_clients", "Clients expired by the TTL", |s| {
+        &s.expired_clients
+    }),
+    (
+        "replaced_clients",
+        "Clients dropped because a new client mounted a segment under their name (a restart)",
+        |s| &s.replaced_clients,
+    ),
+    (
+        "futile_eviction_passes",
+        "Eviction passes that found nothing to evict (pinned, leased or in-flight objects)",
+        |s| &s.futile_eviction_passes,
+    ),
+    (
+        "skipped_eviction_passes",
+        "Eviction passes not run: the last one freed nothing, or one ran meanwhile",
+        |s| &s.skipped_eviction_passes,
+    ),
+    (
+        "evicted_group_members",
+        "Objects evicted with a member of their object group (also in evicted_objects)",
+        |s| &s.evicted_group_members,
+    ),
+];
+
 /// See the module documentation.
 #[derive(Debug)]
 pub struct Metrics {
@@ -57,20 +97,13 @@ pub struct Metrics {
     keys: Gauge,
     segments: Gauge,
     clients: Gauge,
-    evicted_objects: Counter,
-    evicted_bytes: Counter,
-    eviction_passes: Counter,
-    discarded: Counter,
-    expired_clients: Counter,
-    replaced_clients: Counter,
-    futile_evictions: Counter,
-    skipped_evictions: Counter,
-    evicted_group_members: Counter,
+    /// One per [`SERVICE_COUNTERS`] entry.
+    service_counters: [Counter; SERVICE_COUNTERS.len()],
     object_groups: Gauge,
     is_leader: Gauge,
     mooncake: MooncakeSeries,
     /// The service last scraped and its counters then, to export per-term totals as deltas.
-    last: Mutex<(usize, [u64; 9])>,
+    last: Mutex<(usize, [u64; SERVICE_COUNTERS.len()])>,
 }
 
 impl Default for Metrics {
@@ -95,19 +128,11 @@ impl Metrics {
             keys: Gauge::default(),
             segments: Gauge::default(),
             clients: Gauge::default(),
-            evicted_objects: Counter::default(),
-            evicted_bytes: Counter::default(),
-            eviction_passes: Counter::default(),
-            discarded: Counter::default(),
-            expired_clients: Counter::default(),
-            replaced_clients: Counter::default(),
-            futile_evictions: Counter::default(),
-            skipped_evictions: Counter::default(),
-            evicted_group_members: Counter::default(),
+            service_counters: std::array::from_fn(|_| Counter::default()),
             object_groups: Gauge::default(),
             is_leader: Gauge::default(),
             mooncake: MooncakeSeries::default(),
-            last: Mutex::new((0, [0; 9])),
+            last: Mutex::new((0, [0; SERVICE_COUNTERS.len()])),
             registry: Registry::default(),
         };
         m.mooncake.register(&mut root);
@@ -135,48 +160,9 @@ impl Metrics {
         registry.register("keys", "Objects in the index", m.keys.clone());
         registry.register("segments", "Mounted segments", m.segments.clone());
         registry.register("clients", "Live clients", m.clients.clone());
-        // Kept by the service (one per leadership term), added up here across terms.
-        registry.register(
-            "evicted_objects",
-            "Objects evicted",
-            m.evicted_objects.clone(),
-        );
-        registry.register("evicted_bytes", "Bytes evicted", m.evicted_bytes.clone());
-        registry.register(
-            "eviction_passes",
-            "Eviction passes run",
-            m.eviction_passes.clone(),
-        );
-        registry.register(
-            "discarded_processing",
-            "PROCESSING objects discarded (stale or writer gone)",
-            m.discarded.clone(),
-        );
-        registry.register(
-            "expired_clients",
-            "Clients expired by the TTL",
-            m.expired_clients.clone(),
-        );
-        registry.register(
-            "replaced_clients",
-            "Clients dropped because a new client mounted a segment under their name (a restart)",
-            m.replaced_clients.clone(),
-        );
-        registry.register(
-            "futile_eviction_passes",
-            "Eviction passes that found nothing to evict (pinned, leased or in-flight objects)",
-            m.futile_evictions.clone(),
-        );
-        registry.register(
-            "skipped_eviction_passes",
-            "Eviction passes not run: the last one freed nothing, or one ran meanwhile",
-            m.skipped_evictions.clone(),
-        );
-        registry.register(
-            "evicted_group_members",
-            "Objects evicted with a member of their object group (also in evicted_objects)",
-            m.evicted_group_members.clone(),
-        );
+        for ((name, help, _), c) in SERVICE_COUNTERS.iter().zip(&m.service_counters) {
+            registry.register(*name, *help, c.clone());
+        }
         registry.register(
             "object_groups",
             "Object groups (ReplicateConfig.group_ids) with members",
@@ -252,36 +238,13 @@ impl Metrics {
             self.segments.set(s.segment_count() as i64);
             self.clients.set(s.client_count() as i64);
             self.object_groups.set(s.group_count() as i64);
-            let st = &s.stats;
-            let now = [
-                &st.evicted_objects,
-                &st.evicted_bytes,
-                &st.eviction_passes,
-                &st.discarded_processing,
-                &st.expired_clients,
-                &st.replaced_clients,
-                &st.futile_eviction_passes,
-                &st.skipped_eviction_passes,
-                &st.evicted_group_members,
-            ]
-            .map(|a| a.load(Ordering::Relaxed));
+            let now = SERVICE_COUNTERS.map(|(_, _, of)| of(&s.stats).load(Ordering::Relaxed));
             let id = s as *const MasterService as usize;
             if last.0 != id {
-                *last = (id, [0; 9]);
+                *last = (id, [0; SERVICE_COUNTERS.len()]);
             }
-            let counters = [
-                &self.evicted_objects,
-                &self.evicted_bytes,
-                &self.eviction_passes,
-                &self.discarded,
-                &self.expired_clients,
-                &self.replaced_clients,
-                &self.futile_evictions,
-                &self.skipped_evictions,
-                &self.evicted_group_members,
-            ];
-            for (i, c) in counters.into_iter().enumerate() {
-                c.inc_by(now[i].saturating_sub(last.1[i]));
+            for ((c, now), before) in self.service_counters.iter().zip(now).zip(last.1) {
+                c.inc_by(now.saturating_sub(before));
             }
             last.1 = now;
         }

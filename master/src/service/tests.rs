@@ -50,6 +50,23 @@ fn put(
     Ok(d)
 }
 
+/// Writes `names` (`size` bytes each) hard-pinned, as one batch; panics if any fails.
+fn put_hard_pinned(svc: &MasterService, c: ClientId, names: &[&str], size: u64) {
+    let hard = ReplicateConfig {
+        hard_pin: true,
+        ..Default::default()
+    };
+    for r in svc
+        .batch_put_start(c, items(names, size), &hard, false)
+        .unwrap()
+    {
+        r.unwrap();
+    }
+    for r in svc.batch_put_end(c, &keys(names)).unwrap() {
+        r.unwrap();
+    }
+}
+
 /// Every replica in the index, as (segment, addr, len); panics if two overlap.
 fn assert_no_overlap(svc: &MasterService) -> usize {
     let mut all: Vec<(SegmentId, u64, u64)> = Vec::new();
@@ -408,16 +425,7 @@ fn nothing_evictable_means_no_available_handle() {
     let f = fixture(ServiceConfig::default());
     let a = Uuid::new_v4();
     f.svc.mount_segment(a, segment("h1:1", 2048)).unwrap();
-    let hard = ReplicateConfig {
-        hard_pin: true,
-        ..Default::default()
-    };
-    f.svc
-        .batch_put_start(a, items(&["p"], 1024), &hard, false)
-        .unwrap()[0]
-        .clone()
-        .unwrap();
-    f.svc.batch_put_end(a, &keys(&["p"])).unwrap();
+    put_hard_pinned(&f.svc, a, &["p"], 1024);
     put(&f.svc, a, "l", 1024).unwrap();
     f.svc.batch_get_replica_list(&keys(&["l"])).unwrap();
     assert_eq!(put(&f.svc, a, "x", 1024), Err(ErrorCode::NoAvailableHandle));
@@ -1295,16 +1303,9 @@ fn a_full_pool_with_nothing_evictable_is_not_scanned_again_for_every_put() {
     let f = fixture(ServiceConfig::default());
     let a = Uuid::new_v4();
     f.svc.mount_segment(a, segment("h1:1", 64 * 1024)).unwrap();
-    let hard = ReplicateConfig {
-        hard_pin: true,
-        ..Default::default()
-    };
     let all: Vec<String> = (0..16).map(|i| format!("pinned{i}")).collect();
-    let it: Vec<(String, u64)> = all.iter().map(|k| (k.clone(), 4096)).collect();
-    for r in f.svc.batch_put_start(a, it, &hard, false).unwrap() {
-        r.unwrap();
-    }
-    f.svc.batch_put_end(a, &all).unwrap();
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    put_hard_pinned(&f.svc, a, &all, 4096);
     let passes = || f.svc.stats.eviction_passes.load(Ordering::Relaxed);
     for i in 0..1000 {
         assert_eq!(
@@ -1344,16 +1345,7 @@ fn an_upsert_of_a_leased_object_that_finds_no_space_keeps_the_old_value() {
     let f = fixture(ServiceConfig::default());
     let a = Uuid::new_v4();
     f.svc.mount_segment(a, segment("h1:1", 2048)).unwrap();
-    let hard = ReplicateConfig {
-        hard_pin: true,
-        ..Default::default()
-    };
-    f.svc
-        .batch_put_start(a, items(&["p"], 1024), &hard, false)
-        .unwrap()[0]
-        .clone()
-        .unwrap();
-    f.svc.batch_put_end(a, &keys(&["p"])).unwrap();
+    put_hard_pinned(&f.svc, a, &["p"], 1024);
     let old = put(&f.svc, a, "k", 1024).unwrap();
     f.svc.batch_get_replica_list(&keys(&["k"])).unwrap()[0]
         .clone()

@@ -58,11 +58,26 @@ struct Target {
     replicas: Vec<ReplicaDescriptor>,
     cursor: ReplicaCursor,
     parts: Vec<BufferSlice>,
+    /// First byte of the object a ranged read starts at (its replicas are moved by it).
+    range_offset: Option<u64>,
     len: u64,
     last_error: Option<String>,
 }
 
 impl Target {
+    /// Where its bytes were to go, for a new lookup of a read that never started (`copy`: a
+    /// copying read, whose `parts` are staging). Takes the caller's buffers out of it.
+    fn take_dst(&mut self, copy: bool) -> ReadDst {
+        match (copy, self.range_offset) {
+            (true, _) => ReadDst::Copy,
+            (false, Some(offset)) => ReadDst::Range {
+                offset,
+                dst: self.parts[0],
+            },
+            (false, None) => ReadDst::Parts(std::mem::take(&mut self.parts)),
+        }
+    }
+
     /// Segment and address of the replica tried first.
     fn first_location(&self) -> Option<(&str, u64)> {
         let r = self.replicas.get(self.cursor.peek()?)?;
@@ -98,8 +113,9 @@ struct Pass {
     /// Replica retries.
     retries: u64,
     /// Keys whose lease ran out before their transfers could start (their group waited for
-    /// staging): nothing was read for them, and a new lookup may well succeed.
-    unstarted: Vec<usize>,
+    /// staging), with where their bytes go: nothing was read for them, and a new lookup may
+    /// well succeed.
+    unstarted: Vec<(usize, ReadDst)>,
 }
 
 impl Pass {
@@ -125,7 +141,7 @@ impl Inner {
         keys: Vec<String>,
         dsts: Vec<ReadDst>,
     ) -> (Vec<Result<ReadOut, KeyError>>, u64) {
-        let first = self.read_pass(&keys, &dsts).await;
+        let first = self.read_pass(&keys, dsts).await;
         let (mut results, mut retries) = (first.results, first.retries);
         if first.unstarted.is_empty() {
             return (results, retries);
@@ -134,18 +150,19 @@ impl Inner {
             keys = first.unstarted.len(),
             "read lease ran out while waiting for staging; looking the keys up again"
         );
-        let again_keys: Vec<String> = first.unstarted.iter().map(|&i| keys[i].clone()).collect();
-        let again_dsts: Vec<ReadDst> = first.unstarted.iter().map(|&i| dsts[i].clone()).collect();
-        let second = self.read_pass(&again_keys, &again_dsts).await;
-        retries += second.retries + first.unstarted.len() as u64;
-        for (i, r) in first.unstarted.into_iter().zip(second.results) {
+        let again = first.unstarted.len();
+        let (slots, again_dsts): (Vec<usize>, Vec<ReadDst>) = first.unstarted.into_iter().unzip();
+        let again_keys: Vec<String> = slots.iter().map(|&i| keys[i].clone()).collect();
+        let second = self.read_pass(&again_keys, again_dsts).await;
+        retries += second.retries + again as u64;
+        for (i, r) in slots.into_iter().zip(second.results) {
             results[i] = r;
         }
         (results, retries)
     }
 
     /// One replica lookup for `keys` and the reads it allows.
-    async fn read_pass(&self, keys: &[String], dsts: &[ReadDst]) -> Pass {
+    async fn read_pass(&self, keys: &[String], dsts: Vec<ReadDst>) -> Pass {
         let n = keys.len();
         let mut results: Vec<Option<Result<ReadOut, KeyError>>> = (0..n).map(|_| None).collect();
         let mut unstarted = Vec::new();
@@ -187,7 +204,7 @@ impl Inner {
         let near = NearSegments::new(&self.engine);
         let mut direct = Vec::new();
         let mut copy = Vec::new();
-        for (i, (lookup, dst)) in lookups.into_iter().zip(dsts.iter().cloned()).enumerate() {
+        for (i, (lookup, dst)) in lookups.into_iter().zip(dsts).enumerate() {
             let replicas = match lookup {
                 Ok(r) => r,
                 Err(code) => {
@@ -244,6 +261,7 @@ impl Inner {
                 replicas,
                 cursor,
                 parts: Vec::new(),
+                range_offset: None,
                 len,
                 last_error: None,
             };
@@ -261,8 +279,9 @@ impl Inner {
                     }
                     direct.push(Target { parts, ..target });
                 }
-                ReadDst::Range { dst, .. } => direct.push(Target {
+                ReadDst::Range { offset, dst } => direct.push(Target {
                     parts: vec![dst],
+                    range_offset: Some(offset),
                     ..target
                 }),
                 ReadDst::Copy => copy.push(target),
@@ -333,7 +352,13 @@ impl Inner {
             let outcomes = match self.lease_expired(t0) {
                 // Too late to start: the replicas may hold other objects' bytes by now.
                 Some(e) => {
-                    unstarted.extend(targets.iter().map(|t| t.slot));
+                    let n_copy = offsets.len();
+                    unstarted.extend(
+                        targets
+                            .iter_mut()
+                            .enumerate()
+                            .map(|(k, t)| (t.slot, t.take_dst(k < n_copy))),
+                    );
                     targets.iter().map(|_| Err(e.clone())).collect()
                 }
                 None => {

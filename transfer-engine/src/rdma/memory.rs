@@ -97,28 +97,33 @@ impl MrTable {
         Ok(())
     }
 
-    /// The preferred devices of the region holding `addr` (`None`: not registered).
-    pub fn preferred(&self, addr: u64) -> Option<Arc<[usize]>> {
-        let regions = self.regions.read();
-        let (_, r) = regions.range(..=addr).next_back()?;
-        let last = r.chunks.last()?;
-        (addr < last.addr + last.len).then(|| r.preferred.clone())
-    }
-
     /// Deregisters the MRs of the region starting at `addr` (no-op if it has none).
     pub fn unregister(&self, addr: u64) {
         self.regions.write().remove(&addr);
     }
 
-    /// The MRs on device `nic` overlapping `[addr, addr + len)`, as lkey spans.
-    pub fn local_spans(&self, nic: usize, addr: u64, len: u64) -> Vec<KeySpan> {
+    /// With one lookup of the region holding `addr`: `pick` chooses a device (the first of
+    /// its answer) from the region's preferred ones (none when `addr` is in no region), and
+    /// the MRs on that device overlapping `[addr, addr + len)` come back with its answer, as
+    /// lkey spans.
+    pub fn local_spans<R>(
+        &self,
+        addr: u64,
+        len: u64,
+        pick: impl FnOnce(&[usize]) -> (usize, R),
+    ) -> ((usize, R), Vec<KeySpan>) {
         let end = addr.saturating_add(len);
         let regions = self.regions.read();
-        let Some((_, r)) = regions.range(..=addr).next_back() else {
-            return Vec::new();
-        };
-        r.chunks
-            .iter()
+        let region = regions
+            .range(..=addr)
+            .next_back()
+            .map(|(_, r)| r)
+            .filter(|r| r.chunks.last().is_some_and(|c| addr < c.addr + c.len));
+        let picked = pick(region.map_or(&[][..], |r| &r.preferred[..]));
+        let nic = picked.0;
+        let spans = region
+            .into_iter()
+            .flat_map(|r| &r.chunks)
             .filter(|c| c.addr < end && c.addr + c.len > addr)
             .filter_map(|c| {
                 Some(KeySpan {
@@ -127,7 +132,8 @@ impl MrTable {
                     key: c.mrs.get(nic)?.lkey(),
                 })
             })
-            .collect()
+            .collect();
+        (picked, spans)
     }
 
     /// Every MR with its rkey per device, for the segment descriptor.

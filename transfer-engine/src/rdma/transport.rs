@@ -323,15 +323,10 @@ impl Transport for RdmaTransport {
         let mut per_ep: HashMap<u32, (Arc<Endpoint>, Vec<Slice>)> = HashMap::new();
         for (index, req) in items {
             let turn = s.next_turn.fetch_add(1, Ordering::Relaxed);
-            let local = s.mrs.preferred(req.local_addr);
-            let (nic, dev) = pick_devices(
-                turn,
-                local.as_deref().unwrap_or(&[]),
-                info.preferred_at(req.target_offset),
-                s.nics.len(),
-                info.devices.len(),
-            );
-            let lspans = s.mrs.local_spans(nic, req.local_addr, req.len);
+            let peer = info.preferred_at(req.target_offset);
+            let ((nic, dev), lspans) = s.mrs.local_spans(req.local_addr, req.len, |local| {
+                pick_devices(turn, local, peer, s.nics.len(), info.devices.len())
+            });
             let rspans = info.spans(dev, req.target_offset, req.len);
             let plan = match plan_slices(
                 req.local_addr,
